@@ -1,0 +1,385 @@
+"""`fleet` command line: builds Settings (env, then flags) and wires the roles together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+import click
+
+from fleet.errors import ConfigError, FleetError
+from fleet.settings import Settings, SettingsError
+from fleet.telemetry import setup_logging
+
+T = TypeVar("T")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def _run(coro: Awaitable[T]) -> T:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
+        return asyncio.run(coro)  # type: ignore[arg-type]
+    result: T = uvloop.run(coro)
+    return result
+
+
+async def _until_signalled(role: Callable[[asyncio.Event], Awaitable[T]]) -> T:
+    """Run a long-lived role; SIGTERM/SIGINT set its stop event (it then drains)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return await role(stop)
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> None:
+    click.echo(f"fleet: {message}", err=True)
+    sys.exit(code)
+
+
+def _settings(ctx: click.Context, **flags: Any) -> Settings:
+    base: Settings = ctx.obj
+    try:
+        return base.replace(**flags)
+    except SettingsError as exc:
+        _fail(str(exc))
+        raise  # unreachable; keeps type checkers happy
+
+
+def _guard(fn: Callable[[], T]) -> T:
+    """Turn fleet's errors into one clear line and an exit code, never a traceback."""
+    try:
+        return fn()
+    except ConfigError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    except FleetError as exc:
+        _fail(str(exc), EXIT_FAILED)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def _open_lines(file: str) -> Iterator[IO[str]]:
+    if file == "-":
+        yield sys.stdin
+        return
+    path = Path(file)
+    if not path.is_file():
+        _fail(f"{file}: no such file (give a file of URLs, one per line, or - for stdin)")
+    with path.open(encoding="utf-8", errors="replace") as fh:
+        yield fh
+
+
+def _progress(file: str, enabled: bool) -> Any:
+    if not enabled or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    total = None
+    if file != "-":
+        with Path(file).open("rb") as fh:
+            total = sum(1 for _ in fh)
+    return tqdm(total=total, unit="url", desc="publish", file=sys.stderr)
+
+
+def _invalid_reporter(file: str) -> Callable[[int, str], None]:
+    name = "<stdin>" if file == "-" else file
+
+    def report(lineno: int, reason: str) -> None:
+        click.echo(f"{name}:{lineno}: {reason}", err=True)
+
+    return report
+
+
+nats_option = click.option(
+    "--nats-url", default=None, help="NATS server URL [env FLEET_NATS_URL; nats://127.0.0.1:4222]"
+)
+sink_option = click.option(
+    "--sink",
+    default=None,
+    help="sqlite:///path/to/fleet.db or http(s)://meili:7700 [env FLEET_SINK]",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--log-level", default=None, help="DEBUG, INFO, WARNING… [env FLEET_LOG_LEVEL]")
+@click.option(
+    "--log-format", default=None, type=click.Choice(["text", "json"]), help="[env FLEET_LOG_FORMAT]"
+)
+@click.pass_context
+def main(ctx: click.Context, log_level: str | None, log_format: str | None) -> None:
+    """fleet: a streaming scraper fleet over NATS JetStream."""
+    try:
+        settings = Settings.from_env(os.environ).replace(log_level=log_level, log_format=log_format)
+    except SettingsError as exc:
+        _fail(str(exc))
+    ctx.obj = settings
+    setup_logging(
+        ctx.invoked_subcommand or "fleet", level=settings.log_level, fmt=settings.log_format
+    )
+
+
+@main.command()
+@click.argument("file")
+@nats_option
+@json_option
+@click.pass_context
+def publish(ctx: click.Context, file: str, nats_url: str | None, as_json: bool) -> None:
+    """Publish URLs from FILE (one per line; - for stdin)."""
+    settings = _settings(ctx, nats_url=nats_url)
+
+    async def go() -> dict[str, int]:
+        from fleet.publisher import Publisher, read_url_lines
+        from fleet.streams import connect, ensure_topology
+
+        nc = await connect(settings, name="fleet-publish", reconnect=False)
+        try:
+            js = nc.jetstream(publish_async_max_pending=2048)
+            await ensure_topology(js, settings)
+            with _open_lines(file) as fh:
+                bar = _progress(file, not as_json)
+                try:
+                    report = await Publisher(js, settings).publish_urls(
+                        read_url_lines(fh),
+                        on_invalid=_invalid_reporter(file),
+                        progress=bar,
+                        source=None if file == "-" else Path(file).name,
+                    )
+                finally:
+                    if bar is not None:
+                        bar.close()
+            return report.as_dict()
+        finally:
+            await nc.drain()
+
+    counts = _guard(lambda: _run(go()))
+    if as_json:
+        click.echo(json.dumps(counts))
+    else:
+        click.echo(
+            f"published {counts['published']}, duplicates {counts['duplicates']}, "
+            f"invalid {counts['invalid']}"
+        )
+    sys.exit(EXIT_USAGE if counts["invalid"] else EXIT_OK)
+
+
+@main.command()
+@nats_option
+@click.option("--concurrency", type=int, default=None, help="[env FLEET_WORKER_CONCURRENCY]")
+@click.pass_context
+def worker(ctx: click.Context, nats_url: str | None, concurrency: int | None) -> None:
+    """Pull URLs and scrape them (competing with every other worker) until SIGTERM."""
+    settings = _settings(ctx, nats_url=nats_url, worker_concurrency=concurrency)
+    from fleet import worker as worker_role
+
+    _guard(lambda: _run(_until_signalled(lambda stop: worker_role.serve(settings, stop))))
+
+
+@main.command()
+@nats_option
+@sink_option
+@click.pass_context
+def indexer(ctx: click.Context, nats_url: str | None, sink: str | None) -> None:
+    """Consume results and write them to the sink until SIGTERM."""
+    settings = _settings(ctx, nats_url=nats_url, sink=sink)
+    from fleet import indexer as indexer_role
+    from fleet.sinks import open_sink
+
+    async def go(stop: asyncio.Event) -> int:
+        store = open_sink(settings)
+        try:
+            return await indexer_role.serve(settings, stop, store)
+        finally:
+            await store.close()
+
+    _guard(lambda: _run(_until_signalled(go)))
+
+
+@main.command()
+@click.argument("query")
+@sink_option
+@click.option("--limit", type=int, default=10, show_default=True)
+@json_option
+@click.pass_context
+def search(ctx: click.Context, query: str, sink: str | None, limit: int, as_json: bool) -> None:
+    """Search the indexed pages, best first."""
+    settings = _settings(ctx, sink=sink)
+    from fleet.sinks import Hit, open_sink
+
+    async def go() -> list[Hit]:
+        store = open_sink(settings)
+        try:
+            await store.open()
+            return await store.search(query, limit)
+        finally:
+            await store.close()
+
+    hits = _guard(lambda: _run(go()))
+    if as_json:
+        click.echo(
+            json.dumps([{"url": h.url, "title": h.title, "snippet": h.snippet} for h in hits])
+        )
+        return
+    if not hits:
+        click.echo("no results")
+    for n, hit in enumerate(hits, start=1):
+        click.echo(f"{n}. {hit.title or '(untitled)'}\n   {hit.url}\n   {hit.snippet}")
+
+
+@main.command()
+@nats_option
+@json_option
+@click.pass_context
+def status(ctx: click.Context, nats_url: str | None, as_json: bool) -> None:
+    """Streams, consumers and dead letters."""
+    settings = _settings(ctx, nats_url=nats_url)
+
+    async def go() -> dict[str, Any]:
+        from fleet.admin import status as get_status
+        from fleet.streams import connect
+
+        nc = await connect(settings, name="fleet-status", reconnect=False)
+        try:
+            return await get_status(nc.jetstream(), settings)
+        finally:
+            await nc.close()
+
+    info = _guard(lambda: _run(go()))
+    if as_json:
+        click.echo(json.dumps(info))
+        return
+    for name, view in info["streams"].items():
+        shown = " ".join(f"{k}={v}" for k, v in view.items()) or "(missing)"
+        click.echo(f"stream {name:8} {shown}")
+    for name, view in info["consumers"].items():
+        shown = " ".join(f"{k}={v}" for k, v in view.items()) or "(missing)"
+        click.echo(f"consumer {name:7} {shown}")
+    click.echo(f"dead letters {info['dead_letters']}")
+
+
+@main.group()
+def dlq() -> None:
+    """Dead letters: URLs or documents that will not be retried on their own."""
+
+
+@dlq.command("list")
+@nats_option
+@click.option("--limit", type=int, default=1000, show_default=True)
+@json_option
+@click.pass_context
+def dlq_list(ctx: click.Context, nats_url: str | None, limit: int, as_json: bool) -> None:
+    """Show dead letters with their reason and attempt count."""
+    settings = _settings(ctx, nats_url=nats_url)
+
+    async def go() -> list[dict[str, Any]]:
+        from fleet.admin import list_dead_letters
+        from fleet.streams import connect, ensure_topology
+
+        nc = await connect(settings, name="fleet-dlq", reconnect=False)
+        try:
+            js = nc.jetstream()
+            await ensure_topology(js, settings)
+            return [d.as_dict() for d in await list_dead_letters(js, settings, limit=limit)]
+        finally:
+            await nc.close()
+
+    letters = _guard(lambda: _run(go()))
+    if as_json:
+        click.echo(json.dumps(letters))
+        return
+    for d in letters:
+        click.echo(f"#{d['seq']} {d['stage']} {d['reason']} attempts={d['attempts']} {d['url']}")
+        click.echo(f"    {d['error']}")
+    click.echo(f"{len(letters)} dead letter(s)")
+
+
+@dlq.command("replay")
+@nats_option
+@click.option("--reason", default=None, help="Only dead letters with this reason (e.g. http_503).")
+@json_option
+@click.pass_context
+def dlq_replay(ctx: click.Context, nats_url: str | None, reason: str | None, as_json: bool) -> None:
+    """Re-publish dead letters to the stage they failed in, and remove them from the DLQ."""
+    settings = _settings(ctx, nats_url=nats_url)
+
+    async def go() -> int:
+        from fleet.admin import replay_dead_letters
+        from fleet.streams import connect, ensure_topology
+
+        nc = await connect(settings, name="fleet-dlq", reconnect=False)
+        try:
+            js = nc.jetstream()
+            await ensure_topology(js, settings)
+            return await replay_dead_letters(js, settings, reason=reason)
+        finally:
+            await nc.drain()
+
+    count = _guard(lambda: _run(go()))
+    click.echo(json.dumps({"replayed": count}) if as_json else f"replayed {count} dead letter(s)")
+
+
+@main.command()
+@click.argument("file")
+@click.option("--workers", type=int, default=None, help="Worker processes [default: CPU count]")
+@nats_option
+@sink_option
+@json_option
+@click.pass_context
+def run(
+    ctx: click.Context,
+    file: str,
+    workers: int | None,
+    nats_url: str | None,
+    sink: str | None,
+    as_json: bool,
+) -> None:
+    """All in one: publish FILE, run workers and the indexer until every URL is done."""
+    settings = _settings(ctx, nats_url=nats_url, sink=sink)
+    from fleet.publisher import read_url_lines
+    from fleet.runner import RunSummary, run_pipeline
+
+    n_workers = workers if workers is not None else (os.cpu_count() or 1)
+    if n_workers < 1:
+        _fail("--workers must be at least 1")
+
+    async def go() -> RunSummary:
+        with _open_lines(file) as fh:
+            bar = _progress(file, not as_json)
+            try:
+                return await run_pipeline(
+                    settings,
+                    read_url_lines(fh),
+                    workers=n_workers,
+                    base_env=os.environ,
+                    on_invalid=_invalid_reporter(file),
+                    progress=bar,
+                    source=None if file == "-" else Path(file).name,
+                )
+            finally:
+                if bar is not None:
+                    bar.close()
+
+    summary = _guard(lambda: _run(go()))
+    if as_json:
+        click.echo(json.dumps(summary.as_dict()))
+    else:
+        d = summary.as_dict()
+        click.echo(
+            f"published {d['published']}, indexed {d['indexed']}, dead-lettered "
+            f"{d['dead_lettered']}, invalid {d['invalid']} in {d['seconds']}s "
+            f"({d['pages_per_s']} pages/s)"
+        )
+    sys.exit(EXIT_OK if summary.completed else EXIT_FAILED)

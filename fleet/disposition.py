@@ -1,0 +1,185 @@
+"""The one place where a handler's outcome becomes ack, nak (with delay) or term.
+
+``decide`` is pure (unit-tested as a table); ``Settler.settle`` carries the decision out on a
+JetStream message. Permanent errors, and transient ones on the last allowed delivery, are
+written to the dead-letter stream *before* the message is terminated, so a URL is never
+silently gone: if the dead letter cannot be written, the message is nak'ed instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+import random
+import time
+from typing import Literal, Protocol
+
+from nats.js.api import PubAck
+
+from fleet.errors import FleetError, PermanentError, TransientError
+from fleet.messages import DeadLetter, dead_letter_encoder
+from fleet.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_CAP_S = 3600.0
+
+
+class Action(enum.Enum):
+    ACK = "ack"
+    NAK = "nak"
+    TERM = "term"
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    action: Action
+    delay_s: float = 0.0
+    reason: str = ""
+    dead_letter: bool = False
+
+
+def backoff_delay(attempt: int, base_s: float, max_s: float, jitter: float = 0.2) -> float:
+    """Exponential backoff with jitter, so retries of a burst do not land together."""
+    delay = min(max_s, base_s * (2 ** max(0, attempt - 1)))
+    return delay * (1 + random.uniform(-jitter, jitter))
+
+
+def error_reason(error: BaseException) -> str:
+    return error.reason if isinstance(error, FleetError) else "internal_error"
+
+
+def decide(
+    error: BaseException | None,
+    *,
+    attempt: int,
+    max_deliver: int,
+    backoff_base_s: float,
+    backoff_max_s: float,
+) -> Decision:
+    """Map an outcome to an action.
+
+    Unknown exceptions count as transient: a bug must not lose a URL, and after
+    ``max_deliver`` attempts it is dead-lettered with reason ``internal_error``.
+    """
+    if error is None:
+        return Decision(Action.ACK)
+    reason = error_reason(error)
+    if isinstance(error, PermanentError):
+        return Decision(Action.TERM, reason=reason, dead_letter=True)
+    if max_deliver > 0 and attempt >= max_deliver:
+        return Decision(Action.TERM, reason=reason, dead_letter=True)
+    if isinstance(error, TransientError) and error.retry_after_s is not None:
+        delay = min(max(error.retry_after_s, 0.0), RETRY_AFTER_CAP_S)
+    else:
+        delay = backoff_delay(attempt, backoff_base_s, backoff_max_s)
+    return Decision(Action.NAK, delay_s=delay, reason=reason)
+
+
+class JetStreamMsg(Protocol):
+    """The part of nats-py's Msg the settler uses (kept small so tests can see the contract)."""
+
+    data: bytes
+
+    async def ack(self) -> None: ...
+    async def nak(self, delay: float | None = None) -> None: ...
+    async def term(self) -> None: ...
+    async def in_progress(self) -> None: ...
+
+
+class DeadLetterPublisher(Protocol):
+    async def publish(
+        self,
+        subject: str,
+        payload: bytes = b"",
+        timeout: float | None = None,
+        stream: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> PubAck: ...
+
+
+class Settler:
+    def __init__(
+        self,
+        js: DeadLetterPublisher,
+        settings: Settings,
+        *,
+        stage: Literal["worker", "indexer"],
+        max_deliver: int,
+    ) -> None:
+        self._js = js
+        self._settings = settings
+        self._stage: Literal["worker", "indexer"] = stage
+        self._max_deliver = max_deliver
+
+    def decide(self, error: BaseException | None, attempt: int) -> Decision:
+        return decide(
+            error,
+            attempt=attempt,
+            max_deliver=self._max_deliver,
+            backoff_base_s=self._settings.backoff_base_s,
+            backoff_max_s=self._settings.backoff_max_s,
+        )
+
+    async def settle(
+        self,
+        msg: JetStreamMsg,
+        error: BaseException | None,
+        *,
+        attempt: int,
+        url: str,
+        item_id: str,
+        seq: int,
+    ) -> Decision:
+        decision = self.decide(error, attempt)
+        try:
+            if decision.action is Action.ACK:
+                await msg.ack()
+            elif decision.action is Action.NAK:
+                log.info(
+                    "retrying %s in %.1fs (attempt %d, %s)", url, decision.delay_s, attempt, error
+                )
+                await msg.nak(delay=decision.delay_s)
+            else:
+                assert error is not None
+                letter = DeadLetter(
+                    url=url,
+                    id=item_id,
+                    stage=self._stage,
+                    reason=decision.reason,
+                    error=str(error)[:2000],
+                    attempts=attempt,
+                    failed_at=time.time(),
+                    payload=msg.data,
+                )
+                if not await self._dead_letter(letter, seq):
+                    # Keep the message rather than lose it; it comes back after the delay.
+                    await msg.nak(delay=backoff_delay(attempt, self._settings.backoff_base_s, 30))
+                    return Decision(Action.NAK, delay_s=0, reason="dead_letter_failed")
+                log.warning(
+                    "dead-lettered %s after %d attempt(s): %s (%s)",
+                    url,
+                    attempt,
+                    decision.reason,
+                    error,
+                )
+                await msg.term()
+        except Exception as exc:
+            # The connection is down: the server redelivers after AckWait, nothing is lost.
+            log.warning("could not %s %s: %s", decision.action.value, url, exc)
+        return decision
+
+    async def _dead_letter(self, letter: DeadLetter, seq: int) -> bool:
+        try:
+            await self._js.publish(
+                f"{self._settings.dlq_subject}.{self._stage}",
+                dead_letter_encoder.encode(letter),
+                stream=self._settings.dlq_stream,
+                # One dead letter per message delivery chain, even if term() is lost.
+                headers={"Nats-Msg-Id": f"dlq-{self._stage}-{letter.id}-{seq}"},
+            )
+        except Exception as exc:
+            log.error("could not write dead letter for %s: %s", letter.url, exc)
+            return False
+        return True

@@ -1,0 +1,183 @@
+"""Indexer role: pull pages in batches, upsert them into the sink, ack after commit.
+
+A batch is bounded by size (``indexer_batch_size``) and time (``indexer_batch_wait_s``).
+If the sink is unreachable the indexer keeps the batch, tells JetStream it is still working
+on it, and retries with backoff: it acks nothing until the sink has committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+
+from nats.aio.msg import Msg
+from nats.errors import ConnectionClosedError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.errors import FetchTimeoutError
+
+from fleet.disposition import Settler, backoff_delay
+from fleet.errors import BadMessage, PermanentError, SinkUnavailable
+from fleet.messages import Page, page_decoder
+from fleet.settings import Settings
+from fleet.sinks import Sink
+from fleet.streams import INDEXER_CONSUMER
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class _Item:
+    msg: Msg
+    page: Page | None
+    error: BaseException | None = None
+
+
+class Indexer:
+    def __init__(self, js: JetStreamContext, sink: Sink, settings: Settings) -> None:
+        self._js = js
+        self._sink = sink
+        self._settings = settings
+        # A result is dead-lettered only for a bad message or a document the sink refuses.
+        self._settler = Settler(js, settings, stage="indexer", max_deliver=-1)
+        self.indexed = 0
+        self.batches = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        sub = await self._js.pull_subscribe_bind(
+            durable=INDEXER_CONSUMER, stream=self._settings.results_stream
+        )
+        try:
+            while not stop.is_set():
+                msgs = await self._next_batch(sub, stop)
+                if msgs:
+                    await self._index(msgs, stop)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _next_batch(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> list[Msg]:
+        size = self._settings.indexer_batch_size
+        try:
+            msgs: list[Msg] = await sub.fetch(size, timeout=1.0)
+        except (FetchTimeoutError, NatsTimeoutError, TimeoutError):
+            return []
+        except ConnectionClosedError:
+            stop.set()
+            return []
+        except Exception as exc:
+            log.warning("fetch from %s failed: %s", self._settings.results_stream, exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+            return []
+        # Fill the batch up to its time bound, so a trickle still makes few commits.
+        deadline = time.monotonic() + self._settings.indexer_batch_wait_s
+        while len(msgs) < size and not stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0.01:
+                break
+            try:
+                msgs.extend(await sub.fetch(size - len(msgs), timeout=left))
+            except (FetchTimeoutError, NatsTimeoutError, TimeoutError):
+                break
+            except Exception:
+                break
+        return msgs
+
+    async def _index(self, msgs: list[Msg], stop: asyncio.Event) -> None:
+        items: list[_Item] = []
+        for msg in msgs:
+            try:
+                items.append(_Item(msg, page_decoder.decode(msg.data)))
+            except Exception as exc:
+                items.append(_Item(msg, None, BadMessage(f"undecodable page message: {exc}")))
+        # Two URLs with one canonical URL are one document: the last one wins.
+        latest: dict[str, Page] = {}
+        for item in items:
+            if item.page is not None:
+                latest[item.page.id] = item.page
+        rejected = await self._upsert(list(latest.values()), [i.msg for i in items], stop)
+        if rejected is None:
+            return  # stopping while the sink was down: messages were nak'ed
+        for item in items:
+            if item.page is not None and item.page.id in rejected:
+                item.error = PermanentError(rejected[item.page.id], reason="sink_rejected")
+        self.batches += 1
+        for item in items:
+            meta = item.msg.metadata
+            url = item.page.url if item.page else "?"
+            item_id = item.page.id if item.page else "?"
+            await self._settler.settle(
+                item.msg,
+                item.error,
+                attempt=meta.num_delivered or 1,
+                url=url,
+                item_id=item_id,
+                seq=meta.sequence.stream if meta.sequence else 0,
+            )
+            if item.error is None:
+                self.indexed += 1
+
+    async def _upsert(
+        self, pages: Sequence[Page], msgs: list[Msg], stop: asyncio.Event
+    ) -> dict[str, str] | None:
+        attempt = 0
+        while True:
+            try:
+                rejected = await self._sink.upsert(pages) if pages else []
+                return {r.id: r.reason for r in rejected}
+            except SinkUnavailable as exc:
+                attempt += 1
+                delay = backoff_delay(attempt, 0.5, self._settings.sink_retry_max_s)
+                log.warning("sink unavailable (%s); retrying in %.1fs, nothing acked", exc, delay)
+            if not await self._hold(msgs, delay, stop):
+                for msg in msgs:
+                    with contextlib.suppress(Exception):
+                        await msg.nak()
+                return None
+
+    async def _hold(self, msgs: list[Msg], delay: float, stop: asyncio.Event) -> bool:
+        """Wait ``delay`` while keeping the batch ours; False if asked to stop meanwhile."""
+        deadline = time.monotonic() + delay
+        tick = max(0.5, self._settings.ack_wait_s / 3)
+        while (left := deadline - time.monotonic()) > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=min(left, tick))
+            if stop.is_set():
+                return False
+            # Without this JetStream would redeliver the batch to another indexer.
+            for msg in msgs:
+                with contextlib.suppress(Exception):
+                    await msg.in_progress()
+        return True
+
+
+async def serve(settings: Settings, stop: asyncio.Event, sink: Sink) -> int:
+    """Run one indexer until ``stop``; returns the number of documents it indexed."""
+    from fleet.streams import connect, ensure_topology
+
+    nc = await connect(settings, name="fleet-indexer")
+    try:
+        js = nc.jetstream()
+        await ensure_topology(js, settings)
+        attempt = 0
+        while not stop.is_set():
+            try:
+                await sink.open()
+                break
+            except SinkUnavailable as exc:
+                attempt += 1
+                delay = backoff_delay(attempt, 0.5, settings.sink_retry_max_s)
+                log.warning("sink unavailable at start (%s); retrying in %.1fs", exc, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+        indexer = Indexer(js, sink, settings)
+        await indexer.run(stop)
+        return indexer.indexed
+    finally:
+        with contextlib.suppress(Exception):
+            await nc.drain()

@@ -1,0 +1,65 @@
+"""Wire messages: every payload that crosses NATS is one of these Structs.
+
+JSON on the wire (readable with `nats sub`), one reusable encoder/decoder per type.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+
+class UrlTask(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One URL to fetch, as published to the URLs stream."""
+
+    url: str
+    id: str
+    published_at: float
+    source: str | None = None
+
+
+class Page(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What a worker extracted from one URL; published to the results stream."""
+
+    id: str
+    url: str
+    final_url: str
+    canonical_url: str
+    status: int
+    content_type: str
+    title: str = ""
+    description: str = ""
+    headings: list[str] = msgspec.field(default_factory=list)
+    text: str = ""
+    text_truncated: bool = False
+    lang: str = ""
+    links: list[str] = msgspec.field(default_factory=list)
+    content_hash: str = ""
+    fetched_at: float = 0.0
+    fetch_ms: float = 0.0
+    via: Literal["http", "browser"] = "http"
+    via_reason: str = ""
+    attempt: int = 1
+
+
+class DeadLetter(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A URL (or result) that will not be retried, with why and how often it was tried."""
+
+    url: str
+    id: str
+    stage: Literal["worker", "indexer"]
+    reason: str
+    error: str
+    attempts: int
+    failed_at: float
+    # Original payload, so a replay needs nothing but the dead letter itself.
+    payload: bytes = b""
+
+
+url_task_encoder = msgspec.json.Encoder()
+url_task_decoder = msgspec.json.Decoder(UrlTask)
+page_encoder = msgspec.json.Encoder()
+page_decoder = msgspec.json.Decoder(Page)
+dead_letter_encoder = msgspec.json.Encoder()
+dead_letter_decoder = msgspec.json.Decoder(DeadLetter)

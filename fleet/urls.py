@@ -1,0 +1,62 @@
+"""URL normalisation and stable ids, shared by the publisher, the worker and the indexer."""
+
+from __future__ import annotations
+
+import hashlib
+from urllib.parse import urlsplit, urlunsplit
+
+from fleet.errors import InvalidUrl
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+MAX_URL_LENGTH = 8192
+
+
+def normalize_url(raw: str) -> str:
+    """Return the canonical form used for dedup and ids, or raise InvalidUrl with why.
+
+    Lowercases scheme and host, IDNA-encodes the host, drops the default port and the
+    fragment, and gives an empty path "/". Query strings are kept as they are: their order
+    can matter to the server.
+    """
+    url = raw.strip()
+    if not url:
+        raise InvalidUrl("empty URL")
+    if len(url) > MAX_URL_LENGTH:
+        raise InvalidUrl(f"URL longer than {MAX_URL_LENGTH} characters")
+    if any(ch.isspace() for ch in url) or any(ord(ch) < 0x20 for ch in url):
+        raise InvalidUrl("URL contains whitespace or control characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidUrl(f"cannot parse URL: {exc}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS:
+        shown = scheme or "none"
+        raise InvalidUrl(f"scheme {shown!r} not supported: use http:// or https://")
+    if parts.username is not None or parts.password is not None:
+        # Credentials in URLs end up in logs and dead letters.
+        raise InvalidUrl("URL has credentials (user:pass@); remove them")
+    host = parts.hostname
+    if not host:
+        raise InvalidUrl("URL has no host")
+    try:
+        host = host.encode("idna").decode("ascii") if not host.isascii() else host.lower()
+    except UnicodeError:
+        raise InvalidUrl(f"host {host!r} is not a valid domain name") from None
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host if port is None or port == _DEFAULT_PORTS[scheme] else f"{host}:{port}"
+    path = parts.path or "/"
+    return urlunsplit((scheme, netloc, path, parts.query, ""))
+
+
+def url_id(normalized_url: str) -> str:
+    """Stable id of a normalised URL: hex, so it is a valid Meilisearch id and Nats-Msg-Id."""
+    return hashlib.blake2b(normalized_url.encode(), digest_size=16).hexdigest()
+
+
+def host_port(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    port = parts.port or _DEFAULT_PORTS.get(parts.scheme, 80)
+    return (parts.hostname or "", port)

@@ -1,0 +1,122 @@
+"""Shared fixtures: a real nats-server per test, a loopback site, settings that point at both.
+
+In CI (CI set) a missing server binary fails the test; locally it skips.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from fleet.natsserver import EmbeddedNats, find_nats_server
+from fleet.settings import Settings
+from fleet.errors import ConfigError
+from tests.site import LoopbackSite
+
+IN_CI = bool(os.environ.get("CI"))
+
+
+def need(what: str, ok: bool) -> None:
+    """A missing dependency fails in CI and skips locally."""
+    if ok:
+        return
+    if IN_CI:
+        pytest.fail(f"{what} is required in CI but missing", pytrace=False)
+    pytest.skip(f"{what} not available (set CI=1 to make this a failure)")
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
+    try:
+        find_nats_server()
+    except ConfigError:
+        need("nats-server", False)
+    server = EmbeddedNats(store_dir=str(tmp_path / "jetstream")).start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def site() -> Iterator[LoopbackSite]:
+    with LoopbackSite() as s:
+        yield s
+
+
+@pytest.fixture
+def settings(nats_server: EmbeddedNats, site: LoopbackSite, tmp_path: Path) -> Settings:
+    return Settings(
+        nats_url=nats_server.url,
+        allow_hosts=(site.hostport,),
+        sink=f"sqlite:///{tmp_path / 'fleet.db'}",
+        ack_wait_s=3.0,
+        max_deliver=3,
+        backoff_base_s=0.05,
+        backoff_max_s=0.2,
+        fetch_timeout_s=5.0,
+        indexer_batch_wait_s=0.1,
+        drain_timeout_s=5.0,
+        dedup_window_s=600.0,
+    )
+
+
+async def wait_for(
+    check: Callable[[], Awaitable[bool]], timeout: float = 30.0, interval: float = 0.1
+) -> None:
+    """Poll ``check`` until it is true; fail with a clear message at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if await check():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
+
+
+class Roles:
+    """`fleet worker` / `fleet indexer` as real child processes (for kill -9 tests)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, *args: str) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fleet", *args], env=self.env, stdin=subprocess.DEVNULL
+        )
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+async def roles(settings: Settings) -> AsyncIterator[Roles]:
+    r = Roles(settings)
+    try:
+        yield r
+    finally:
+        r.stop_all()
+
+
+def fleet_cli() -> list[str]:
+    exe = shutil.which("fleet", path=str(Path(sys.executable).parent))
+    return [exe] if exe else [sys.executable, "-m", "fleet"]

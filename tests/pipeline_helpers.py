@@ -1,0 +1,74 @@
+"""Helpers shared by the integration and fault tests (real NATS, real sinks)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import nats
+
+from fleet.admin import status
+from fleet.settings import Settings
+from tests.conftest import fleet_cli
+
+
+async def get_status(settings: Settings) -> dict[str, Any]:
+    nc = await nats.connect(settings.nats_server)
+    try:
+        return await status(nc.jetstream(), settings)
+    finally:
+        await nc.close()
+
+
+async def drained(settings: Settings) -> bool:
+    st = await get_status(settings)
+    views = st["consumers"].values()
+    return all(v and v["pending"] == 0 and v["ack_pending"] == 0 for v in views)
+
+
+def sqlite_path(settings: Settings) -> Path:
+    return Path(settings.sink.removeprefix("sqlite:///"))
+
+
+def indexed_urls(settings: Settings) -> dict[str, int]:
+    """url → number of rows holding it (must be 1: indexed exactly once)."""
+    path = sqlite_path(settings)
+    if not path.exists():
+        return {}
+    with sqlite3.connect(path) as db:
+        try:
+            rows = db.execute("SELECT url, COUNT(*) FROM pages GROUP BY url").fetchall()
+        except sqlite3.OperationalError:
+            return {}
+    return {url: n for url, n in rows}
+
+
+def cli(
+    settings: Settings, *args: str, env: dict[str, str] | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    import os
+
+    full_env = {**os.environ, **settings.to_env(), **(env or {})}
+    return subprocess.run(
+        [*fleet_cli(), *args],
+        env=full_env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def cli_json(settings: Settings, *args: str) -> Any:
+    out = cli(settings, *args, "--json")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def write_urls(path: Path, urls: list[str]) -> Path:
+    path.write_text("\n".join(urls) + "\n")
+    return path

@@ -1,0 +1,181 @@
+"""Fault injection: every URL must end indexed exactly once or dead-lettered.
+
+kill -9 of a worker mid-run, kill -9 of the indexer mid-batch, nats-server restarted
+mid-run (file storage), and SSRF inputs with a canary that must see zero connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import nats
+import pytest
+
+from fleet.natsserver import EmbeddedNats
+from fleet.settings import Settings
+from tests.conftest import Roles, wait_for
+from tests.pipeline_helpers import cli_json, drained, get_status, indexed_urls, write_urls
+from tests.site import LoopbackSite
+
+pytestmark = pytest.mark.fault
+
+
+async def results_in_stream(settings: Settings) -> int:
+    nc = await nats.connect(settings.nats_server)
+    try:
+        info = await nc.jetstream().stream_info(settings.results_stream)
+        return info.state.messages
+    finally:
+        await nc.close()
+
+
+async def assert_each_once(settings: Settings, urls: list[str], dead: int = 0) -> None:
+    async def done() -> bool:
+        return len(indexed_urls(settings)) == len(urls) - dead and await drained(settings)
+
+    await wait_for(done, timeout=120, interval=0.25)
+    counts = indexed_urls(settings)
+    assert set(counts.values()) == {1}
+    assert set(counts) <= set(urls)
+    st = await get_status(settings)
+    assert st["dead_letters"] == dead
+    # Dedup by Nats-Msg-Id: a URL redelivered after a crash does not publish a second result.
+    assert await results_in_stream(settings) == len(urls) - dead
+
+
+async def test_kill_9_worker_mid_run(
+    settings: Settings, site: LoopbackSite, roles: Roles, tmp_path: Path
+) -> None:
+    urls = [site.url(f"/slow/{n}?s=0.1") for n in range(150)]
+    cli_json(settings, "publish", str(write_urls(tmp_path / "u.txt", urls)))
+    victim = roles.start("worker", "--concurrency", "16")
+    roles.start("indexer")
+
+    async def some_indexed() -> bool:
+        return len(indexed_urls(settings)) >= 20
+
+    await wait_for(some_indexed, timeout=60)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(10)
+    roles.start("worker", "--concurrency", "16")
+    await assert_each_once(settings, urls)
+    assert (await get_status(settings))["consumers"]["workers"]["redelivered"] >= 0
+
+
+async def test_kill_9_indexer_mid_batch(
+    settings: Settings, site: LoopbackSite, roles: Roles, tmp_path: Path
+) -> None:
+    urls = [site.url(f"/page/{n}?b={n}") for n in range(300)]
+    cli_json(settings, "publish", str(write_urls(tmp_path / "u.txt", urls)))
+    roles.start("worker", "--concurrency", "32")
+    # Large, slow-to-fill batches: the kill lands while a batch is held un-acked.
+    roles.env["FLEET_INDEXER_BATCH_SIZE"] = "50"
+    roles.env["FLEET_INDEXER_BATCH_WAIT_S"] = "0.5"
+    victim = roles.start("indexer")
+
+    async def mid_batch() -> bool:
+        st = await get_status(settings)
+        return bool(st["consumers"]["indexer"].get("ack_pending")) and len(indexed_urls(settings)) > 0
+
+    await wait_for(mid_batch, timeout=60, interval=0.02)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(10)
+    roles.start("indexer")
+    await assert_each_once(settings, urls)
+
+
+async def test_nats_server_restarted_mid_run(
+    settings: Settings,
+    nats_server: EmbeddedNats,
+    site: LoopbackSite,
+    roles: Roles,
+    tmp_path: Path,
+) -> None:
+    urls = [site.url(f"/slow/{n}?s=0.05") for n in range(200)]
+    cli_json(settings, "publish", str(write_urls(tmp_path / "u.txt", urls)))
+    roles.start("worker", "--concurrency", "8")
+    roles.start("indexer")
+
+    async def some_indexed() -> bool:
+        return len(indexed_urls(settings)) >= 20
+
+    await wait_for(some_indexed, timeout=60)
+    await asyncio.to_thread(nats_server.restart, kill=True, down_s=1.0)
+    await assert_each_once(settings, urls)
+
+
+class Canary:
+    """A TCP listener on loopback that counts every connection it is offered."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.connections += 1
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+
+
+@pytest.fixture
+def canary() -> Iterator[Canary]:
+    c = Canary()
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+async def test_ssrf_inputs_are_dead_lettered_and_canary_sees_nothing(
+    settings: Settings, site: LoopbackSite, roles: Roles, canary: Canary, tmp_path: Path
+) -> None:
+    port = canary.port
+    blocked = [
+        f"http://127.0.0.1:{port}/",
+        f"http://localhost:{port}/",
+        f"http://2130706433:{port}/",
+        f"http://0x7f000001:{port}/",
+        f"http://0177.0.0.1:{port}/",
+        f"http://127.1:{port}/",
+        f"http://[::ffff:127.0.0.1]:{port}/",
+        # An allowed site redirecting to the canary: the hop is checked again.
+        site.url(f"/redirect?to=http://127.0.0.1:{port}/secret"),
+    ]
+    ok = [site.url("/page/5")]
+    cli_json(settings, "publish", str(write_urls(tmp_path / "u.txt", blocked + ok)))
+    roles.start("worker")
+    roles.start("indexer")
+
+    async def settled() -> bool:
+        st = await get_status(settings)
+        return st["dead_letters"] == len(blocked) and await drained(settings)
+
+    await wait_for(settled, timeout=60)
+    letters = cli_json(settings, "dlq", "list")
+    assert {d["reason"] for d in letters} == {"blocked_address"}
+    assert all(d["attempts"] == 1 for d in letters)
+    assert list(indexed_urls(settings)) == ok
+    assert canary.connections == 0

@@ -1,0 +1,243 @@
+"""Integration: publish/dedup, competing workers, indexer, search, status, DLQ and replay.
+
+Everything is real: nats-server -js, HTTP servers on loopback, the SQLite sink, and the
+`fleet` CLI as a subprocess where the contract is the CLI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nats
+
+from fleet import worker as worker_role
+from fleet.fetch import Fetcher
+from fleet.settings import Settings
+from fleet.streams import connect, ensure_topology
+from tests.conftest import Roles, fleet_cli, wait_for
+from tests.pipeline_helpers import (
+    cli,
+    cli_json,
+    drained,
+    get_status,
+    indexed_urls,
+    write_urls,
+)
+from tests.site import LoopbackSite
+
+
+def test_publish_reports_invalid_and_dedups(settings: Settings, site: LoopbackSite, tmp_path: Path) -> None:
+    urls = tmp_path / "urls.txt"
+    urls.write_text(
+        "# a comment\n"
+        f"{site.url('/page/1')}\n"
+        "\n"
+        f"{site.url('/page/2')}#section\n"
+        "ftp://example.com/file\n"
+        f"{site.url('/page/2')}\n"  # same as line 4 after normalisation
+        f"HTTP://{site.hostport.upper()}/page/1\n"
+        "not a url\n"
+    )
+    first = cli(settings, "publish", str(urls), "--json")
+    assert first.returncode == 2, first.stderr
+    assert json.loads(first.stdout) == {"published": 2, "duplicates": 2, "invalid": 2}
+    assert f"{urls}:5: scheme 'ftp' not supported" in first.stderr
+    assert f"{urls}:8:" in first.stderr
+
+    # A re-run within the dedup window publishes nothing twice (JetStream Nats-Msg-Id).
+    again = cli(settings, "publish", str(urls), "--json")
+    assert json.loads(again.stdout) == {"published": 0, "duplicates": 4, "invalid": 2}
+
+    st = asyncio.run(get_status(settings))
+    assert st["streams"]["urls"]["messages"] == 2
+    assert st["consumers"]["workers"]["pending"] == 2
+
+
+def test_publish_from_stdin_exit_zero_when_all_valid(settings: Settings, site: LoopbackSite) -> None:
+    out = cli(settings, "publish", "-", "--json", stdin=f"{site.url('/page/3')}\n{site.url('/page/4')}\n")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["published"] == 2
+
+
+def test_publish_is_pipelined_for_many_urls(settings: Settings, site: LoopbackSite, tmp_path: Path) -> None:
+    path = write_urls(tmp_path / "many.txt", [site.url(f"/page/{n}?v={n}") for n in range(3000)])
+    counts = cli_json(settings, "publish", str(path))
+    assert counts == {"published": 3000, "duplicates": 0, "invalid": 0}
+
+
+async def test_competing_workers_share_the_queue(settings: Settings, site: LoopbackSite) -> None:
+    settings = settings.replace(worker_concurrency=4)
+    nc = await connect(settings, name="test")
+    js = nc.jetstream()
+    await ensure_topology(js, settings)
+    for n in range(40):
+        await js.publish(
+            settings.urls_subject,
+            json.dumps({"url": site.url(f"/slow/{n}?s=0.05"), "id": f"id{n}", "published_at": 0}).encode(),
+            headers={"Nats-Msg-Id": f"id{n}"},
+        )
+    stop = asyncio.Event()
+    workers = []
+    fetchers = []
+    for _ in range(2):
+        wnc = await connect(settings, name="w")
+        fetcher = Fetcher(settings)
+        fetchers.append((wnc, fetcher))
+        w = worker_role.Worker(
+            wnc.jetstream(), worker_role.Scraper(fetcher, settings), settings, max_payload=wnc.max_payload
+        )
+        workers.append(w)
+    tasks = [asyncio.create_task(w.run(stop)) for w in workers]
+
+    async def all_done() -> bool:
+        return sum(w.processed for w in workers) == 40
+
+    await wait_for(all_done, timeout=30)
+    stop.set()
+    await asyncio.gather(*tasks)
+    for wnc, fetcher in fetchers:
+        await fetcher.close()
+        await wnc.close()
+    counts = [w.processed for w in workers]
+    assert all(c > 5 for c in counts), counts  # both competed for the work
+    info = await js.stream_info(settings.results_stream)
+    assert info.state.messages == 40
+    await nc.close()
+
+
+async def test_worker_and_indexer_processes_then_search_and_status(
+    settings: Settings, site: LoopbackSite, roles: Roles, tmp_path: Path
+) -> None:
+    urls = [site.url(f"/page/{n}") for n in range(30)] + [site.url("/plain")]
+    cli_json(settings, "publish", str(write_urls(tmp_path / "u.txt", urls)))
+    roles.start("worker", "--concurrency", "8")
+    roles.start("indexer")
+
+    async def all_indexed() -> bool:
+        return len(indexed_urls(settings)) == len(urls)
+
+    await wait_for(all_indexed, timeout=60)
+    await wait_for(lambda: drained(settings), timeout=30)
+    assert set(indexed_urls(settings).values()) == {1}
+
+    hits = cli_json(settings, "search", "unique7")
+    assert hits[0]["url"] == site.url("/page/7")
+    assert hits[0]["title"] == "Page 7"
+    assert "unique7" in hits[0]["snippet"]
+    limited = cli_json(settings, "search", "alpha", "--limit", "3")
+    assert len(limited) == 3
+
+    st = cli_json(settings, "status")
+    assert st["consumers"]["workers"]["pending"] == 0
+    assert st["consumers"]["workers"]["ack_pending"] == 0
+    assert st["consumers"]["indexer"]["pending"] == 0
+    assert st["dead_letters"] == 0
+    assert {"pending", "ack_pending", "redelivered"} <= set(st["consumers"]["indexer"])
+
+    # Graceful SIGTERM: both roles exit 0 promptly.
+    for proc in roles.procs:
+        proc.terminate()
+    for proc in roles.procs:
+        assert proc.wait(20) == 0
+
+
+async def test_always_500_fetched_max_deliver_times_then_dead_lettered_and_replayed(
+    settings: Settings, site: LoopbackSite, roles: Roles, tmp_path: Path
+) -> None:
+    bad, gone = site.url("/status/500"), site.url("/status/404")
+    cli_json(settings, "publish", str(write_urls(tmp_path / "u.txt", [bad, gone, site.url("/page/1")])))
+    roles.start("worker")
+    roles.start("indexer")
+
+    async def two_dead() -> bool:
+        return (await get_status(settings))["dead_letters"] == 2
+
+    await wait_for(two_dead, timeout=60)
+    await wait_for(lambda: drained(settings), timeout=30)
+    assert site.hits["/status/500"] == settings.max_deliver
+    assert site.hits["/status/404"] == 1  # permanent: no retry
+
+    letters = {d["url"]: d for d in cli_json(settings, "dlq", "list")}
+    assert letters[bad]["reason"] == "http_500"
+    assert letters[bad]["attempts"] == settings.max_deliver
+    assert letters[gone]["reason"] == "http_404" and letters[gone]["attempts"] == 1
+    assert list(indexed_urls(settings)) == [site.url("/page/1")]
+
+    replay = cli_json(settings, "dlq", "replay", "--reason", "http_404")
+    assert replay == {"replayed": 1}
+
+    async def replayed_back() -> bool:
+        return site.hits["/status/404"] == 2 and (await get_status(settings))["dead_letters"] == 2
+
+    await wait_for(replayed_back, timeout=30)
+    letters_after = cli_json(settings, "dlq", "list")
+    assert sorted(d["url"] for d in letters_after) == sorted([bad, gone])
+
+
+def test_fleet_run_all_in_one_with_private_server(site: LoopbackSite, tmp_path: Path) -> None:
+    urls = [site.url(f"/page/{n}") for n in range(50)] + [site.url("/status/404"), "nope://x"]
+    path = write_urls(tmp_path / "urls.txt", urls)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
+    env.update(
+        FLEET_ALLOW_HOSTS=site.hostport,
+        FLEET_SINK=f"sqlite:///{tmp_path / 'run.db'}",
+        FLEET_BACKOFF_BASE_S="0.05",
+    )
+    out = subprocess.run(
+        [*fleet_cli(), "run", str(path), "--workers", "2", "--json"],
+        env=env, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["published"] == 51
+    assert summary["indexed"] == 50
+    assert summary["dead_lettered"] == 1
+    assert summary["invalid"] == 1
+    assert summary["seconds"] > 0 and summary["pages_per_s"] > 0
+    assert "urls.txt:52:" in out.stderr
+
+    search = subprocess.run(
+        [*fleet_cli(), "search", "unique42", "--json"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert json.loads(search.stdout)[0]["url"] == site.url("/page/42")
+
+
+def test_nats_unreachable_is_one_clear_line(tmp_path: Path) -> None:
+    env = {**os.environ, "FLEET_NATS_URL": "nats://127.0.0.1:1"}
+    out = subprocess.run(
+        [sys.executable, "-m", "fleet", "status"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert "nats://127.0.0.1:1" in lines[0] and "nats-server -js" in lines[0]
+
+
+async def test_ensure_topology_is_idempotent_and_reports_drift(settings: Settings) -> None:
+    from nats.js.api import RetentionPolicy, StreamConfig
+
+    from fleet.errors import ConfigError
+
+    nc = await nats.connect(settings.nats_server)
+    js = nc.jetstream()
+    await ensure_topology(js, settings)
+    await ensure_topology(js, settings)  # second time: no error, no change
+    # Mutable drift is corrected in place.
+    await ensure_topology(js, settings.replace(ack_wait_s=9.0))
+    info = await js.consumer_info(settings.urls_stream, "workers")
+    assert info.config.ack_wait == 9.0
+    # Immutable drift is reported with the fix.
+    other = settings.replace(stream_prefix="OTHER")
+    await js.add_stream(StreamConfig(name=other.urls_stream, subjects=["x.y"], retention=RetentionPolicy.LIMITS))
+    try:
+        await ensure_topology(js, other)
+        raise AssertionError("drift not reported")
+    except ConfigError as exc:
+        assert "OTHER_URLS" in str(exc) and "nats stream rm" in str(exc)
+    await nc.close()
