@@ -222,7 +222,7 @@ def search(ctx: click.Context, query: str, sink: str | None, limit: int, as_json
     async def go() -> list[Hit]:
         store = open_sink(settings)
         try:
-            await store.open()
+            await store.open(readonly=True)
             return await store.search(query, limit)
         finally:
             await store.close()

@@ -12,7 +12,8 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
+from typing import TypeVar
 
 from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError
@@ -28,6 +29,8 @@ from fleet.sinks import Sink
 from fleet.streams import INDEXER_CONSUMER
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclasses.dataclass
@@ -128,7 +131,7 @@ class Indexer:
         attempt = 0
         while True:
             try:
-                rejected = await self._sink.upsert(pages) if pages else []
+                rejected = await self._heartbeat_while(self._sink.upsert(pages), msgs) if pages else []
                 return {r.id: r.reason for r in rejected}
             except SinkUnavailable as exc:
                 attempt += 1
@@ -139,6 +142,23 @@ class Indexer:
                     with contextlib.suppress(Exception):
                         await msg.nak()
                 return None
+
+    async def _heartbeat_while(self, work: Awaitable[T], msgs: list[Msg]) -> T:
+        """Await ``work`` (a slow sink commit) while telling JetStream the batch is in progress."""
+        tick = max(0.5, self._settings.ack_wait_s / 3)
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(tick)
+                for msg in msgs:
+                    with contextlib.suppress(Exception):
+                        await msg.in_progress()
+
+        beater = asyncio.create_task(beat())
+        try:
+            return await work
+        finally:
+            beater.cancel()
 
     async def _hold(self, msgs: list[Msg], delay: float, stop: asyncio.Event) -> bool:
         """Wait ``delay`` while keeping the batch ours; False if asked to stop meanwhile."""

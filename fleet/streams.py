@@ -49,17 +49,6 @@ class Topology:
     indexer: ConsumerConfig
 
 
-def redelivery_backoff(settings: Settings) -> list[float]:
-    """Redelivery delays after an ack timeout (a crashed or stuck worker).
-
-    The first entry replaces AckWait, so it is AckWait itself; later ones grow so a URL that
-    kills workers is not retried in a tight loop.
-    """
-    cap = max(settings.ack_wait_s, settings.backoff_max_s)
-    steps = max(1, settings.max_deliver - 1)
-    return [min(settings.ack_wait_s * (2**i), cap) for i in range(steps)]
-
-
 def topology(settings: Settings) -> Topology:
     urls = StreamConfig(
         name=settings.urls_stream,
@@ -98,7 +87,8 @@ def topology(settings: Settings) -> Topology:
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=settings.ack_wait_s,
         max_deliver=settings.max_deliver,
-        backoff=redelivery_backoff(settings),
+        # No consumer-level `backoff`: nats-server then ignores the delay of a NAK and
+        # waits the backoff step instead. Retry delays come from the worker's naks.
         max_ack_pending=20_000,
         max_waiting=2_048,
     )
@@ -107,7 +97,8 @@ def topology(settings: Settings) -> Topology:
         description="fleet indexer (pull consumer)",
         deliver_policy=DeliverPolicy.ALL,
         ack_policy=AckPolicy.EXPLICIT,
-        ack_wait=max(settings.ack_wait_s, settings.meili_task_timeout_s + 10),
+        # Slow sink commits are covered by in-progress heartbeats, not a long AckWait.
+        ack_wait=settings.ack_wait_s,
         # A sink outage must not dead-letter documents: the indexer holds and retries.
         max_deliver=-1,
         max_ack_pending=20_000,

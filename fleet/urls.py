@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from urllib.parse import urlsplit, urlunsplit
 
 from fleet.errors import InvalidUrl
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 MAX_URL_LENGTH = 8192
+_BAD_CHARS = re.compile(r"[\s\x00-\x1f\x7f]")
 
 
 def normalize_url(raw: str) -> str:
@@ -23,7 +25,7 @@ def normalize_url(raw: str) -> str:
         raise InvalidUrl("empty URL")
     if len(url) > MAX_URL_LENGTH:
         raise InvalidUrl(f"URL longer than {MAX_URL_LENGTH} characters")
-    if any(ch.isspace() for ch in url) or any(ord(ch) < 0x20 for ch in url):
+    if _BAD_CHARS.search(url):
         raise InvalidUrl("URL contains whitespace or control characters")
     try:
         parts = urlsplit(url)

@@ -180,7 +180,11 @@ async def test_always_500_fetched_max_deliver_times_then_dead_lettered_and_repla
 
 
 def test_fleet_run_all_in_one_with_private_server(site: LoopbackSite, tmp_path: Path) -> None:
-    urls = [site.url(f"/page/{n}") for n in range(50)] + [site.url("/status/404"), "nope://x"]
+    urls = [site.url(f"/page/{n}") for n in range(50)] + [
+        site.url("/status/404"),
+        site.url("/status/503"),  # transient: retried with delays, then dead-lettered
+        "nope://x",
+    ]
     path = write_urls(tmp_path / "urls.txt", urls)
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
     env.update(
@@ -194,12 +198,13 @@ def test_fleet_run_all_in_one_with_private_server(site: LoopbackSite, tmp_path: 
     )
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout)
-    assert summary["published"] == 51
+    assert summary["published"] == 52
     assert summary["indexed"] == 50
-    assert summary["dead_lettered"] == 1
+    assert summary["dead_lettered"] == 2
     assert summary["invalid"] == 1
+    assert site.hits["/status/503"] == 5  # FLEET_MAX_DELIVER default
     assert summary["seconds"] > 0 and summary["pages_per_s"] > 0
-    assert "urls.txt:52:" in out.stderr
+    assert "urls.txt:53:" in out.stderr
 
     search = subprocess.run(
         [*fleet_cli(), "search", "unique42", "--json"],
