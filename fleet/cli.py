@@ -8,9 +8,9 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any, NoReturn, TypeVar
 
 import click
 
@@ -25,13 +25,12 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 
-def _run(coro: Awaitable[T]) -> T:
+def _run(coro: Coroutine[Any, Any, T]) -> T:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
-        return asyncio.run(coro)  # type: ignore[arg-type]
-    result: T = uvloop.run(coro)
-    return result
+        return asyncio.run(coro)
+    return uvloop.run(coro)
 
 
 async def _until_signalled(role: Callable[[asyncio.Event], Awaitable[T]]) -> T:
@@ -43,7 +42,7 @@ async def _until_signalled(role: Callable[[asyncio.Event], Awaitable[T]]) -> T:
     return await role(stop)
 
 
-def _fail(message: str, code: int = EXIT_USAGE) -> None:
+def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     click.echo(f"fleet: {message}", err=True)
     sys.exit(code)
 
@@ -54,7 +53,6 @@ def _settings(ctx: click.Context, **flags: Any) -> Settings:
         return base.replace(**flags)
     except SettingsError as exc:
         _fail(str(exc))
-        raise  # unreachable; keeps type checkers happy
 
 
 def _guard(fn: Callable[[], T]) -> T:
@@ -67,7 +65,6 @@ def _guard(fn: Callable[[], T]) -> T:
         _fail(str(exc), EXIT_FAILED)
     except KeyboardInterrupt:
         sys.exit(130)
-    raise AssertionError("unreachable")
 
 
 @contextlib.contextmanager
@@ -340,6 +337,7 @@ def dlq_replay(ctx: click.Context, nats_url: str | None, reason: str | None, as_
 @click.pass_context
 def run(
     ctx: click.Context,
+    *,  # click passes every parameter by name
     file: str,
     workers: int | None,
     nats_url: str | None,

@@ -42,7 +42,9 @@ class Decision:
 
 def backoff_delay(attempt: int, base_s: float, max_s: float, jitter: float = 0.2) -> float:
     """Exponential backoff with jitter, so retries of a burst do not land together."""
-    delay = min(max_s, base_s * (2 ** max(0, attempt - 1)))
+    # int ** int is typed Any (a negative exponent would give a float); this one is >= 0.
+    growth: int = 2 ** max(0, attempt - 1)
+    delay = min(max_s, base_s * growth)
     return delay * (1 + random.uniform(-jitter, jitter))
 
 
@@ -93,7 +95,7 @@ class DeadLetterPublisher(Protocol):
         self,
         subject: str,
         payload: bytes = b"",
-        timeout: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - mirrors JetStreamContext.publish
         stream: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> PubAck: ...

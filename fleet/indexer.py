@@ -26,7 +26,7 @@ from fleet.errors import BadMessage, PermanentError, SinkUnavailable
 from fleet.messages import Page, page_decoder
 from fleet.settings import Settings
 from fleet.sinks import Sink
-from fleet.streams import INDEXER_CONSUMER
+from fleet.streams import INDEXER_CONSUMER, connect, ensure_topology
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,9 @@ class Indexer:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
-    async def _next_batch(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> list[Msg]:
+    async def _next_batch(
+        self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event
+    ) -> list[Msg]:
         size = self._settings.indexer_batch_size
         try:
             msgs: list[Msg] = await sub.fetch(size, timeout=1.0)
@@ -131,7 +133,9 @@ class Indexer:
         attempt = 0
         while True:
             try:
-                rejected = await self._heartbeat_while(self._sink.upsert(pages), msgs) if pages else []
+                rejected = (
+                    await self._heartbeat_while(self._sink.upsert(pages), msgs) if pages else []
+                )
                 return {r.id: r.reason for r in rejected}
             except SinkUnavailable as exc:
                 attempt += 1
@@ -178,8 +182,6 @@ class Indexer:
 
 async def serve(settings: Settings, stop: asyncio.Event, sink: Sink) -> int:
     """Run one indexer until ``stop``; returns the number of documents it indexed."""
-    from fleet.streams import connect, ensure_topology
-
     nc = await connect(settings, name="fleet-indexer")
     try:
         js = nc.jetstream()

@@ -8,6 +8,7 @@ race for a "free" port; we read the port back from its log.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import re
 import shutil
 import signal
@@ -39,9 +40,9 @@ def find_nats_server() -> str:
 
 def _die_with_parent() -> None:
     # Linux: the server gets SIGTERM if `fleet run` dies without cleaning up.
+    # ctypes is imported at module level: an import here, in the forked child, could
+    # deadlock on an import lock held by another thread of the parent.
     if sys.platform.startswith("linux"):
-        import ctypes
-
         with contextlib.suppress(OSError):
             libc = ctypes.CDLL("libc.so.6", use_errno=True)
             pr_set_pdeathsig = 1
@@ -139,4 +140,3 @@ class EmbeddedNats:
 
     def __exit__(self, *_: object) -> None:
         self.close()
-

@@ -43,7 +43,7 @@ class JetStreamPublisher(Protocol):
         self,
         subject: str,
         payload: bytes = b"",
-        timeout: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - mirrors JetStreamContext.publish
         stream: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> PubAck: ...

@@ -118,7 +118,9 @@ def _differs(want: Any, have: Any) -> bool:
     if isinstance(want, float) or isinstance(have, float):
         return abs(float(want or 0) - float(have or 0)) > 1e-3
     if isinstance(want, list) and isinstance(have, list):
-        return len(want) != len(have) or any(_differs(a, b) for a, b in zip(want, have, strict=True))
+        return len(want) != len(have) or any(
+            _differs(a, b) for a, b in zip(want, have, strict=True)
+        )
     return bool(want != have)
 
 
@@ -157,7 +159,8 @@ async def ensure_stream(js: JetStreamContext, want: StreamConfig) -> None:
 async def ensure_consumer(js: JetStreamContext, stream: str, want: ConsumerConfig) -> ConsumerInfo:
     assert want.durable_name is not None
     try:
-        info = await js.consumer_info(stream, want.durable_name)
+        # nats-py leaves JetStreamManager.consumer_info unannotated.
+        info: ConsumerInfo = await js.consumer_info(stream, want.durable_name)
     except NotFoundError:
         info = await js.add_consumer(stream, want)
         log.info("created consumer %s on %s", want.durable_name, stream)

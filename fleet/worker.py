@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+import msgspec
+from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
@@ -23,10 +25,10 @@ from nats.js.errors import FetchTimeoutError
 from fleet import extract as extraction
 from fleet.disposition import Settler
 from fleet.errors import BadMessage
-from fleet.fetch import FetchResult
+from fleet.fetch import Fetcher, FetchResult
 from fleet.messages import Page, UrlTask, page_encoder, url_task_decoder
 from fleet.settings import Settings
-from fleet.streams import WORKERS_CONSUMER
+from fleet.streams import WORKERS_CONSUMER, connect, ensure_topology
 from fleet.urls import url_id
 
 log = logging.getLogger(__name__)
@@ -45,7 +47,7 @@ class ResultPublisher(Protocol):
         self,
         subject: str,
         payload: bytes = b"",
-        timeout: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - mirrors JetStreamContext.publish
         stream: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> PubAck: ...
@@ -111,8 +113,6 @@ def fit_page(page: Page, max_bytes: int) -> bytes:
 
 
 def _replace(page: Page, **changes: object) -> Page:
-    import msgspec
-
     return msgspec.structs.replace(page, **changes)
 
 
@@ -131,7 +131,7 @@ class Worker:
         self._settings = settings
         self._max_payload = max_payload - PAYLOAD_HEADROOM
         self._settler = Settler(js, settings, stage="worker", max_deliver=settings.max_deliver)
-        self._inflight: dict[asyncio.Task[None], tuple[object, float]] = {}
+        self._inflight: dict[asyncio.Task[None], tuple[Msg, float]] = {}
         self._on_page = on_page
         self.processed = 0
 
@@ -142,6 +142,11 @@ class Worker:
         heartbeat = asyncio.create_task(self._heartbeat(stop))
         concurrency = self._settings.worker_concurrency
         slots = asyncio.Semaphore(concurrency)
+
+        def finished(task: asyncio.Task[None]) -> None:
+            self._inflight.pop(task, None)
+            slots.release()
+
         try:
             while not stop.is_set():
                 await slots.acquire()
@@ -156,17 +161,18 @@ class Worker:
                 for msg in msgs:
                     task = asyncio.create_task(self._handle(msg))
                     self._inflight[task] = (msg, time.monotonic())
-                    task.add_done_callback(lambda t: (self._inflight.pop(t, None), slots.release()))
+                    task.add_done_callback(finished)
         finally:
             await self._drain()
             heartbeat.cancel()
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
-    async def _fetch(self, sub: JetStreamContext.PullSubscription, n: int, stop: asyncio.Event) -> list[object]:
+    async def _fetch(
+        self, sub: JetStreamContext.PullSubscription, n: int, stop: asyncio.Event
+    ) -> list[Msg]:
         try:
-            msgs: list[object] = await sub.fetch(n, timeout=1.0)
-            return msgs
+            return await sub.fetch(n, timeout=1.0)
         except (FetchTimeoutError, NatsTimeoutError, TimeoutError):
             return []
         except ConnectionClosedError:
@@ -191,7 +197,7 @@ class Worker:
             await asyncio.wait(left, timeout=5)
 
     async def _heartbeat(self, stop: asyncio.Event) -> None:
-        """Tell JetStream that slow pages are still being worked on (one ticker, not one per msg)."""
+        """Tell JetStream slow pages are still being worked on (one ticker, not one per msg)."""
         interval = max(0.5, self._settings.ack_wait_s / 3)
         while not stop.is_set():
             await asyncio.sleep(interval)
@@ -199,12 +205,9 @@ class Worker:
             for msg, started in list(self._inflight.values()):
                 if now - started >= interval:
                     with contextlib.suppress(Exception):
-                        await msg.in_progress()  # type: ignore[attr-defined]
+                        await msg.in_progress()
 
-    async def _handle(self, msg: object) -> None:
-        from nats.aio.msg import Msg
-
-        assert isinstance(msg, Msg)
+    async def _handle(self, msg: Msg) -> None:
         meta = msg.metadata
         attempt = meta.num_delivered or 1
         seq = meta.sequence.stream if meta.sequence else 0
@@ -240,9 +243,6 @@ class Worker:
 
 async def serve(settings: Settings, stop: asyncio.Event) -> int:
     """Run one worker process until ``stop``; returns the number of pages it published."""
-    from fleet.fetch import Fetcher
-    from fleet.streams import connect, ensure_topology
-
     nc = await connect(settings, name="fleet-worker")
     try:
         js = nc.jetstream()

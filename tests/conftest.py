@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from fleet.errors import ConfigError
 from fleet.natsserver import EmbeddedNats, find_nats_server
 from fleet.settings import Settings
-from fleet.errors import ConfigError
 from tests.site import LoopbackSite
 
 IN_CI = bool(os.environ.get("CI"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -49,8 +50,6 @@ def indexed_urls(settings: Settings) -> dict[str, int]:
 def cli(
     settings: Settings, *args: str, env: dict[str, str] | None = None, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    import os
-
     full_env = {**os.environ, **settings.to_env(), **(env or {})}
     return subprocess.run(
         [*fleet_cli(), *args],

@@ -12,7 +12,20 @@ from typing import Any
 
 from aiohttp import web
 
-WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima".split()
+WORDS = [
+    "alpha",
+    "bravo",
+    "charlie",
+    "delta",
+    "echo",
+    "foxtrot",
+    "golf",
+    "hotel",
+    "india",
+    "juliet",
+    "kilo",
+    "lima",
+]
 
 
 def page_html(n: int, links: int = 5) -> str:
@@ -88,7 +101,9 @@ class LoopbackSite:
     async def _status(self, request: web.Request) -> web.Response:
         self._count(request)
         code = int(request.match_info["code"])
-        headers = {"Retry-After": request.query["retry_after"]} if "retry_after" in request.query else {}
+        headers = (
+            {"Retry-After": request.query["retry_after"]} if "retry_after" in request.query else {}
+        )
         return web.Response(status=code, text=f"status {code}", headers=headers)
 
     async def _redirect(self, request: web.Request) -> web.Response:

@@ -17,7 +17,9 @@ from fleet.errors import (
 )
 
 
-def _decide(error: BaseException | None, attempt: int = 1, max_deliver: int = 5) -> tuple[Action, str, bool]:
+def _decide(
+    error: BaseException | None, attempt: int = 1, max_deliver: int = 5
+) -> tuple[Action, str, bool]:
     d = decide(error, attempt=attempt, max_deliver=max_deliver, backoff_base_s=1, backoff_max_s=60)
     return d.action, d.reason, d.dead_letter
 
@@ -44,21 +46,28 @@ def _decide(error: BaseException | None, attempt: int = 1, max_deliver: int = 5)
         (ValueError("bug"), 5, (Action.TERM, "internal_error", True)),
     ],
 )
-def test_decision_table(error: BaseException | None, attempt: int, want: tuple[Action, str, bool]) -> None:
+def test_decision_table(
+    error: BaseException | None, attempt: int, want: tuple[Action, str, bool]
+) -> None:
     assert _decide(error, attempt) == want
 
 
 def test_retry_after_wins_over_backoff() -> None:
     d = decide(
         HttpStatusError.for_status(429, "u", retry_after_s=7),
-        attempt=1, max_deliver=5, backoff_base_s=1, backoff_max_s=60,
+        attempt=1,
+        max_deliver=5,
+        backoff_base_s=1,
+        backoff_max_s=60,
     )
     assert d.action is Action.NAK and d.delay_s == 7
 
 
 def test_backoff_grows_and_is_capped() -> None:
     delays = [
-        decide(TransientError("t"), attempt=a, max_deliver=99, backoff_base_s=1, backoff_max_s=8).delay_s
+        decide(
+            TransientError("t"), attempt=a, max_deliver=99, backoff_base_s=1, backoff_max_s=8
+        ).delay_s
         for a in range(1, 8)
     ]
     assert delays[0] < 1.3 and delays[2] > 3

@@ -80,7 +80,9 @@ async def test_kill_9_indexer_mid_batch(
 
     async def mid_batch() -> bool:
         st = await get_status(settings)
-        return bool(st["consumers"]["indexer"].get("ack_pending")) and len(indexed_urls(settings)) > 0
+        return (
+            bool(st["consumers"]["indexer"].get("ack_pending")) and len(indexed_urls(settings)) > 0
+        )
 
     await wait_for(mid_batch, timeout=60, interval=0.02)
     victim.send_signal(signal.SIGKILL)

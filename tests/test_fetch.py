@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -231,8 +232,8 @@ async def http_site() -> AsyncIterator[Site]:
     await runner.cleanup()
 
 
-def _settings(site: Site, **overrides: object) -> Settings:
-    values: dict[str, object] = {
+def _settings(site: Site, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
         "allow_hosts": (f"127.0.0.1:{site.port}",),
         "fetch_timeout_s": 5.0,
         "connect_timeout_s": 2.0,
@@ -242,7 +243,7 @@ def _settings(site: Site, **overrides: object) -> Settings:
         "worker_concurrency": 8,
     }
     values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]
+    return Settings(**values)
 
 
 @pytest.fixture

@@ -58,9 +58,8 @@ async def test_indexer_writes_meilisearch_and_holds_batches_while_it_is_down(
 
     async def held() -> bool:
         st = await get_status(settings)
-        return st["consumers"]["workers"]["pending"] == 0 and (
-            st["consumers"]["indexer"]["ack_pending"] + st["consumers"]["indexer"]["pending"] == 10
-        )
+        workers, indexer = st["consumers"]["workers"], st["consumers"]["indexer"]
+        return bool(workers["pending"] == 0 and indexer["ack_pending"] + indexer["pending"] == 10)
 
     await wait_for(held, timeout=60)
     assert len(meili.documents("pages")) == 20

@@ -14,8 +14,10 @@ import sys
 from pathlib import Path
 
 import nats
+from nats.js.api import RetentionPolicy, StreamConfig
 
 from fleet import worker as worker_role
+from fleet.errors import ConfigError
 from fleet.fetch import Fetcher
 from fleet.settings import Settings
 from fleet.streams import connect, ensure_topology
@@ -31,7 +33,9 @@ from tests.pipeline_helpers import (
 from tests.site import LoopbackSite
 
 
-def test_publish_reports_invalid_and_dedups(settings: Settings, site: LoopbackSite, tmp_path: Path) -> None:
+def test_publish_reports_invalid_and_dedups(
+    settings: Settings, site: LoopbackSite, tmp_path: Path
+) -> None:
     urls = tmp_path / "urls.txt"
     urls.write_text(
         "# a comment\n"
@@ -58,13 +62,19 @@ def test_publish_reports_invalid_and_dedups(settings: Settings, site: LoopbackSi
     assert st["consumers"]["workers"]["pending"] == 2
 
 
-def test_publish_from_stdin_exit_zero_when_all_valid(settings: Settings, site: LoopbackSite) -> None:
-    out = cli(settings, "publish", "-", "--json", stdin=f"{site.url('/page/3')}\n{site.url('/page/4')}\n")
+def test_publish_from_stdin_exit_zero_when_all_valid(
+    settings: Settings, site: LoopbackSite
+) -> None:
+    out = cli(
+        settings, "publish", "-", "--json", stdin=f"{site.url('/page/3')}\n{site.url('/page/4')}\n"
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["published"] == 2
 
 
-def test_publish_is_pipelined_for_many_urls(settings: Settings, site: LoopbackSite, tmp_path: Path) -> None:
+def test_publish_is_pipelined_for_many_urls(
+    settings: Settings, site: LoopbackSite, tmp_path: Path
+) -> None:
     path = write_urls(tmp_path / "many.txt", [site.url(f"/page/{n}?v={n}") for n in range(3000)])
     counts = cli_json(settings, "publish", str(path))
     assert counts == {"published": 3000, "duplicates": 0, "invalid": 0}
@@ -78,7 +88,9 @@ async def test_competing_workers_share_the_queue(settings: Settings, site: Loopb
     for n in range(40):
         await js.publish(
             settings.urls_subject,
-            json.dumps({"url": site.url(f"/slow/{n}?s=0.05"), "id": f"id{n}", "published_at": 0}).encode(),
+            json.dumps(
+                {"url": site.url(f"/slow/{n}?s=0.05"), "id": f"id{n}", "published_at": 0}
+            ).encode(),
             headers={"Nats-Msg-Id": f"id{n}"},
         )
     stop = asyncio.Event()
@@ -89,7 +101,10 @@ async def test_competing_workers_share_the_queue(settings: Settings, site: Loopb
         fetcher = Fetcher(settings)
         fetchers.append((wnc, fetcher))
         w = worker_role.Worker(
-            wnc.jetstream(), worker_role.Scraper(fetcher, settings), settings, max_payload=wnc.max_payload
+            wnc.jetstream(),
+            worker_role.Scraper(fetcher, settings),
+            settings,
+            max_payload=wnc.max_payload,
         )
         workers.append(w)
     tasks = [asyncio.create_task(w.run(stop)) for w in workers]
@@ -150,12 +165,14 @@ async def test_always_500_fetched_max_deliver_times_then_dead_lettered_and_repla
     settings: Settings, site: LoopbackSite, roles: Roles, tmp_path: Path
 ) -> None:
     bad, gone = site.url("/status/500"), site.url("/status/404")
-    cli_json(settings, "publish", str(write_urls(tmp_path / "u.txt", [bad, gone, site.url("/page/1")])))
+    cli_json(
+        settings, "publish", str(write_urls(tmp_path / "u.txt", [bad, gone, site.url("/page/1")]))
+    )
     roles.start("worker")
     roles.start("indexer")
 
     async def two_dead() -> bool:
-        return (await get_status(settings))["dead_letters"] == 2
+        return bool((await get_status(settings))["dead_letters"] == 2)
 
     await wait_for(two_dead, timeout=60)
     await wait_for(lambda: drained(settings), timeout=30)
@@ -194,7 +211,11 @@ def test_fleet_run_all_in_one_with_private_server(site: LoopbackSite, tmp_path: 
     )
     out = subprocess.run(
         [*fleet_cli(), "run", str(path), "--workers", "2", "--json"],
-        env=env, capture_output=True, text=True, timeout=300, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout)
@@ -208,7 +229,11 @@ def test_fleet_run_all_in_one_with_private_server(site: LoopbackSite, tmp_path: 
 
     search = subprocess.run(
         [*fleet_cli(), "search", "unique42", "--json"],
-        env=env, capture_output=True, text=True, timeout=60, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert json.loads(search.stdout)[0]["url"] == site.url("/page/42")
 
@@ -216,7 +241,12 @@ def test_fleet_run_all_in_one_with_private_server(site: LoopbackSite, tmp_path: 
 def test_nats_unreachable_is_one_clear_line(tmp_path: Path) -> None:
     env = {**os.environ, "FLEET_NATS_URL": "nats://127.0.0.1:1"}
     out = subprocess.run(
-        [sys.executable, "-m", "fleet", "status"], env=env, capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-m", "fleet", "status"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
@@ -225,10 +255,6 @@ def test_nats_unreachable_is_one_clear_line(tmp_path: Path) -> None:
 
 
 async def test_ensure_topology_is_idempotent_and_reports_drift(settings: Settings) -> None:
-    from nats.js.api import RetentionPolicy, StreamConfig
-
-    from fleet.errors import ConfigError
-
     nc = await nats.connect(settings.nats_server)
     js = nc.jetstream()
     await ensure_topology(js, settings)
@@ -239,7 +265,9 @@ async def test_ensure_topology_is_idempotent_and_reports_drift(settings: Setting
     assert info.config.ack_wait == 9.0
     # Immutable drift is reported with the fix.
     other = settings.replace(stream_prefix="OTHER")
-    await js.add_stream(StreamConfig(name=other.urls_stream, subjects=["x.y"], retention=RetentionPolicy.LIMITS))
+    await js.add_stream(
+        StreamConfig(name=other.urls_stream, subjects=["x.y"], retention=RetentionPolicy.LIMITS)
+    )
     try:
         await ensure_topology(js, other)
         raise AssertionError("drift not reported")
