@@ -180,8 +180,7 @@ ORDER BY bm25(pages_fts, 10.0, 2.0, 5.0, 1.0)
 LIMIT ?
 """
 
-_WORD = re.compile(r"\w", re.UNICODE)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_TOKEN = re.compile(r"[^\W_]+", re.UNICODE)
 
 
 def fts5_query(query: str) -> str | None:
@@ -191,11 +190,9 @@ def fts5_query(query: str) -> str | None:
     stray quotes plain text, so no user input can raise an FTS5 syntax error. Terms with no
     word character are dropped (they would be empty phrases). None means "nothing to search".
     """
-    # FTS5 reads the expression as a C string: a NUL would cut it mid-quote.
-    cleaned = _CONTROL.sub(" ", query)
-    terms = [
-        '"' + chunk.replace('"', '""') + '"' for chunk in cleaned.split() if _WORD.search(chunk)
-    ]
+    # One quoted term per word, split like the unicode61 tokenizer does: a chunk such as
+    # "title:fox" quoted whole would be a multi-token phrase, which detail=column refuses.
+    terms = [f'"{word}"' for word in _TOKEN.findall(query)]
     return " ".join(terms) if terms else None
 
 

@@ -261,7 +261,9 @@ async def test_sqlite_query_terms_are_literal(sqlite_sink: SqliteSink) -> None:
 
 
 def test_fts5_query_quotes_every_term() -> None:
-    assert fts5_query('c++ "x" AND') == '"c++" """x""" "AND"'
+    # Words only, each its own quoted term: operators and punctuation become plain text.
+    assert fts5_query('c++ "x" AND') == '"c" "x" "AND"'
+    assert fts5_query("title:fox NEAR(a b)") == '"title" "fox" "NEAR" "a" "b"'
     assert fts5_query("  ") is None
     assert fts5_query("+++ ---") is None
 
