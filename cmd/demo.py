@@ -21,7 +21,7 @@ QUERIES = ("bowline knot", "mayday", "anchor scope", "fog")
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib name
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 
@@ -30,7 +30,7 @@ def main() -> int:
     handler = functools.partial(QuietHandler, directory=str(site_dir))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    host, port = server.server_address[:2]
+    host, port = str(server.server_address[0]), int(server.server_address[1])
     base = f"http://{host}:{port}"
     db = Path("demo.db").resolve()
     for leftover in (db, db.with_suffix(".db-wal"), db.with_suffix(".db-shm")):

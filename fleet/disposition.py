@@ -42,8 +42,9 @@ class Decision:
 
 def backoff_delay(attempt: int, base_s: float, max_s: float, jitter: float = 0.2) -> float:
     """Exponential backoff with jitter, so retries of a burst do not land together."""
-    # int ** int is typed Any (a negative exponent would give a float); this one is >= 0.
-    growth: int = 2 ** max(0, attempt - 1)
+    # Exponent capped: past 2**30 the max applies anyway, and a sink outage of thousands of
+    # attempts must not overflow a float. (int ** int is typed Any; this one is >= 0.)
+    growth: int = 2 ** min(30, max(0, attempt - 1))
     delay = min(max_s, base_s * growth)
     return delay * (1 + random.uniform(-jitter, jitter))
 

@@ -1,6 +1,6 @@
 """One error tree for the whole pipeline.
 
-Handlers raise these; exactly one place (``fleet.worker.Disposition``) turns them into
+Handlers raise these; exactly one place (``fleet.disposition.Settler``) turns them into
 JetStream actions: ``TransientError`` → nak with a delay, ``PermanentError`` → dead letter
 then term. Each error carries a short machine ``reason`` (shown in `fleet dlq list`).
 """

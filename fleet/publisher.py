@@ -196,5 +196,6 @@ class Publisher:
                 )
             except Exception as exc:
                 log.warning("publish retry %d failed: %s", attempt, exc)
-                await asyncio.sleep(0.2 * 2**attempt)
+                if attempt < PUBLISH_RETRIES:
+                    await asyncio.sleep(0.2 * 2**attempt)
         return None

@@ -19,7 +19,6 @@ from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.api import PubAck
 from nats.js.errors import FetchTimeoutError
 
 from fleet import extract as extraction
@@ -40,17 +39,6 @@ MAX_FETCH_BATCH = 64
 
 class Fetching(Protocol):
     async def fetch(self, url: str) -> FetchResult: ...
-
-
-class ResultPublisher(Protocol):
-    async def publish(
-        self,
-        subject: str,
-        payload: bytes = b"",
-        timeout: float | None = None,  # noqa: ASYNC109 - mirrors JetStreamContext.publish
-        stream: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> PubAck: ...
 
 
 class Scraper:
@@ -150,6 +138,10 @@ class Worker:
         try:
             while not stop.is_set():
                 await slots.acquire()
+                if stop.is_set():
+                    # Stopped while waiting for a slot: pull nothing more.
+                    slots.release()
+                    break
                 free = 1
                 # Take every slot that is free right now, so one fetch asks for a batch.
                 while free < min(concurrency, MAX_FETCH_BATCH) and not slots.locked():
