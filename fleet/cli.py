@@ -16,7 +16,7 @@ import click
 
 from fleet.errors import ConfigError, FleetError
 from fleet.settings import Settings, SettingsError
-from fleet.telemetry import setup_logging
+from fleet.telemetry import Telemetry, setup_logging, setup_telemetry, tracing_configured
 
 T = TypeVar("T")
 
@@ -91,6 +91,19 @@ def _progress(file: str, enabled: bool) -> Any:
     return tqdm(total=total, unit="url", desc="publish", file=sys.stderr)
 
 
+def _telemetry(role: str, settings: Settings, *, metrics: bool = True) -> Telemetry:
+    """Traces when an OTLP endpoint is configured (OTEL_* variables, read by the OTel SDK),
+    Prometheus metrics when FLEET_METRICS_PORT / --metrics-port is set."""
+    try:
+        return setup_telemetry(
+            role,
+            tracing=tracing_configured(os.environ),
+            metrics_port=settings.metrics_port if metrics else 0,
+        )
+    except OSError as exc:
+        _fail(f"cannot serve metrics on port {settings.metrics_port}: {exc}")
+
+
 def _invalid_reporter(file: str) -> Callable[[int, str], None]:
     name = "<stdin>" if file == "-" else file
 
@@ -109,6 +122,12 @@ sink_option = click.option(
     help="sqlite:///path/to/fleet.db or http(s)://meili:7700 [env FLEET_SINK]",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+metrics_option = click.option(
+    "--metrics-port",
+    type=int,
+    default=None,
+    help="Serve Prometheus /metrics on this port; 0 = off [env FLEET_METRICS_PORT]",
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -137,6 +156,7 @@ def main(ctx: click.Context, log_level: str | None, log_format: str | None) -> N
 def publish(ctx: click.Context, file: str, nats_url: str | None, as_json: bool) -> None:
     """Publish URLs from FILE (one per line; - for stdin)."""
     settings = _settings(ctx, nats_url=nats_url)
+    telemetry = _telemetry("publish", settings, metrics=False)
 
     async def go() -> dict[str, int]:
         from fleet.publisher import Publisher, read_url_lines
@@ -149,7 +169,10 @@ def publish(ctx: click.Context, file: str, nats_url: str | None, as_json: bool) 
             with _open_lines(file) as fh:
                 bar = _progress(file, not as_json)
                 try:
-                    report = await Publisher(js, settings).publish_urls(
+                    publisher = Publisher(
+                        js, settings, headers_for=telemetry.publish_headers(settings.urls_subject)
+                    )
+                    report = await publisher.publish_urls(
                         read_url_lines(fh),
                         on_invalid=_invalid_reporter(file),
                         progress=bar,
@@ -162,7 +185,10 @@ def publish(ctx: click.Context, file: str, nats_url: str | None, as_json: bool) 
         finally:
             await nc.drain()
 
-    counts = _guard(lambda: _run(go()))
+    try:
+        counts = _guard(lambda: _run(go()))
+    finally:
+        telemetry.shutdown()
     if as_json:
         click.echo(json.dumps(counts))
     else:
@@ -176,33 +202,54 @@ def publish(ctx: click.Context, file: str, nats_url: str | None, as_json: bool) 
 @main.command()
 @nats_option
 @click.option("--concurrency", type=int, default=None, help="[env FLEET_WORKER_CONCURRENCY]")
+@metrics_option
 @click.pass_context
-def worker(ctx: click.Context, nats_url: str | None, concurrency: int | None) -> None:
+def worker(
+    ctx: click.Context, nats_url: str | None, concurrency: int | None, metrics_port: int | None
+) -> None:
     """Pull URLs and scrape them (competing with every other worker) until SIGTERM."""
-    settings = _settings(ctx, nats_url=nats_url, worker_concurrency=concurrency)
+    settings = _settings(
+        ctx, nats_url=nats_url, worker_concurrency=concurrency, metrics_port=metrics_port
+    )
     from fleet import worker as worker_role
 
-    _guard(lambda: _run(_until_signalled(lambda stop: worker_role.serve(settings, stop))))
+    telemetry = _telemetry("worker", settings)
+    try:
+        _guard(
+            lambda: _run(
+                _until_signalled(lambda stop: worker_role.serve(settings, stop, telemetry))
+            )
+        )
+    finally:
+        telemetry.shutdown()  # flushes the last spans (SIGTERM included)
 
 
 @main.command()
 @nats_option
 @sink_option
+@metrics_option
 @click.pass_context
-def indexer(ctx: click.Context, nats_url: str | None, sink: str | None) -> None:
+def indexer(
+    ctx: click.Context, nats_url: str | None, sink: str | None, metrics_port: int | None
+) -> None:
     """Consume results and write them to the sink until SIGTERM."""
-    settings = _settings(ctx, nats_url=nats_url, sink=sink)
+    settings = _settings(ctx, nats_url=nats_url, sink=sink, metrics_port=metrics_port)
     from fleet import indexer as indexer_role
     from fleet.sinks import open_sink
+
+    telemetry = _telemetry("indexer", settings)
 
     async def go(stop: asyncio.Event) -> int:
         store = open_sink(settings)
         try:
-            return await indexer_role.serve(settings, stop, store)
+            return await indexer_role.serve(settings, stop, store, telemetry)
         finally:
             await store.close()
 
-    _guard(lambda: _run(_until_signalled(go)))
+    try:
+        _guard(lambda: _run(_until_signalled(go)))
+    finally:
+        telemetry.shutdown()  # flushes the last spans (SIGTERM included)
 
 
 @main.command()
@@ -333,6 +380,13 @@ def dlq_replay(ctx: click.Context, nats_url: str | None, reason: str | None, as_
 @click.option("--workers", type=int, default=None, help="Worker processes [default: CPU count]")
 @nats_option
 @sink_option
+@click.option(
+    "--metrics-port",
+    type=int,
+    default=None,
+    help="Indexer's /metrics on this port, worker i's on port+1+i; 0 = off "
+    "[env FLEET_METRICS_PORT]",
+)
 @json_option
 @click.pass_context
 def run(
@@ -342,10 +396,11 @@ def run(
     workers: int | None,
     nats_url: str | None,
     sink: str | None,
+    metrics_port: int | None,
     as_json: bool,
 ) -> None:
     """All in one: publish FILE, run workers and the indexer until every URL is done."""
-    settings = _settings(ctx, nats_url=nats_url, sink=sink)
+    settings = _settings(ctx, nats_url=nats_url, sink=sink, metrics_port=metrics_port)
     from fleet.publisher import read_url_lines
     from fleet.runner import RunSummary, run_pipeline
 
@@ -365,12 +420,18 @@ def run(
                     on_invalid=_invalid_reporter(file),
                     progress=bar,
                     source=None if file == "-" else Path(file).name,
+                    telemetry=telemetry,
                 )
             finally:
                 if bar is not None:
                     bar.close()
 
-    summary = _guard(lambda: _run(go()))
+    # The children serve their own metrics; this process only traces its publishing.
+    telemetry = _telemetry("run", settings, metrics=False)
+    try:
+        summary = _guard(lambda: _run(go()))
+    finally:
+        telemetry.shutdown()
     if as_json:
         click.echo(json.dumps(summary.as_dict()))
     else:
@@ -381,3 +442,36 @@ def run(
             f"({d['pages_per_s']} pages/s)"
         )
     sys.exit(EXIT_OK if summary.completed else EXIT_FAILED)
+
+
+@main.command()
+@click.argument(
+    "role",
+    envvar="FLEET_ROLE",
+    default="nats",
+    type=click.Choice(["nats", "publisher", "worker", "indexer"]),
+)
+@nats_option
+@sink_option
+@click.option("--timeout", "timeout_s", type=float, default=5.0, show_default=True)
+@json_option
+@click.pass_context
+def check(
+    ctx: click.Context,
+    *,  # click passes every parameter by name
+    role: str,
+    nats_url: str | None,
+    sink: str | None,
+    timeout_s: float,
+    as_json: bool,
+) -> None:
+    """Health of ROLE (nats, publisher, worker, indexer) [env FLEET_ROLE]: exit 0 or 1."""
+    settings = _settings(ctx, nats_url=nats_url, sink=sink)
+    from fleet.check import check as run_check
+
+    result = _guard(lambda: _run(run_check(role, settings, timeout_s=timeout_s)))
+    if as_json:
+        click.echo(json.dumps({"role": role, "ok": result.ok, "detail": result.detail}))
+    else:
+        click.echo(result.line(), err=not result.ok)
+    sys.exit(EXIT_OK if result.ok else EXIT_FAILED)

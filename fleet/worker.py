@@ -22,12 +22,13 @@ from nats.js import JetStreamContext
 from nats.js.errors import FetchTimeoutError
 
 from fleet import extract as extraction
-from fleet.disposition import Settler
+from fleet.disposition import MaxDeliveriesReaper, Settler
 from fleet.errors import BadMessage
 from fleet.fetch import Fetcher, FetchResult
 from fleet.messages import Page, UrlTask, page_encoder, url_task_decoder
 from fleet.settings import Settings
 from fleet.streams import WORKERS_CONSUMER, connect, ensure_topology
+from fleet.telemetry import Telemetry
 from fleet.urls import url_id
 
 log = logging.getLogger(__name__)
@@ -44,21 +45,27 @@ class Fetching(Protocol):
 class Scraper:
     """Fetch then extract one URL into a Page; knows nothing of NATS."""
 
-    def __init__(self, fetcher: Fetching, settings: Settings) -> None:
+    def __init__(
+        self, fetcher: Fetching, settings: Settings, *, telemetry: Telemetry | None = None
+    ) -> None:
         self._fetcher = fetcher
         self._settings = settings
+        self._telemetry = telemetry or Telemetry.disabled()
 
     async def scrape(self, task: UrlTask, attempt: int) -> Page:
         started = time.perf_counter()
-        fetched = await self._fetcher.fetch(task.url)
+        with self._telemetry.fetching(task.url) as fetching:
+            fetched = await self._fetcher.fetch(task.url)
+            fetching.response(fetched.status)
         fetch_ms = (time.perf_counter() - started) * 1000
-        ex = extraction.extract(
-            fetched.body,
-            final_url=fetched.final_url,
-            content_type=fetched.content_type,
-            charset=fetched.charset,
-            max_links=self._settings.max_links,
-        )
+        with self._telemetry.stage("extract"):
+            ex = extraction.extract(
+                fetched.body,
+                final_url=fetched.final_url,
+                content_type=fetched.content_type,
+                charset=fetched.charset,
+                max_links=self._settings.max_links,
+            )
         return Page(
             id=url_id(ex.canonical_url),
             url=task.url,
@@ -85,19 +92,20 @@ def fit_page(page: Page, max_bytes: int) -> bytes:
     data = page_encoder.encode(page)
     if len(data) <= max_bytes:
         return data
-    overflow = len(data) - max_bytes
+    bare = _replace(page, text="", text_truncated=True)
+    # Pathological link lists: halve them until the page without text fits.
+    while bare.links and len(page_encoder.encode(bare)) > max_bytes:
+        bare = _replace(bare, links=bare.links[: len(bare.links) // 2])
+    if len(page_encoder.encode(bare)) > max_bytes:
+        bare = _replace(bare, headings=[], description=bare.description[:500])
     text = page.text.encode()
-    # JSON escaping can make the encoded text longer than its UTF-8; cut a margin more.
-    keep = max(0, len(text) - overflow * 2 - 1024)
-    page = _replace(page, text=text[:keep].decode(errors="ignore"), text_truncated=True)
-    data = page_encoder.encode(page)
-    while len(data) > max_bytes and page.links:
-        page = _replace(page, links=page.links[: len(page.links) // 2])
-        data = page_encoder.encode(page)
-    if len(data) > max_bytes:
-        page = _replace(page, headings=[], description=page.description[:500], text="")
-        data = page_encoder.encode(page)
-    return data
+    keep = max(0, max_bytes - len(page_encoder.encode(bare)))
+    while True:
+        data = page_encoder.encode(_replace(bare, text=text[:keep].decode(errors="ignore")))
+        if len(data) <= max_bytes or keep == 0:
+            return data
+        # JSON escaping (quotes, control characters) made it longer: cut the excess.
+        keep = max(0, keep - (len(data) - max_bytes) - 16)
 
 
 def _replace(page: Page, **changes: object) -> Page:
@@ -113,8 +121,10 @@ class Worker:
         *,
         max_payload: int,
         on_page: Callable[[Page], None] | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._js = js
+        self._telemetry = telemetry or Telemetry.disabled()
         self._scraper = scraper
         self._settings = settings
         self._max_payload = max_payload - PAYLOAD_HEADROOM
@@ -127,36 +137,28 @@ class Worker:
         sub = await self._js.pull_subscribe_bind(
             durable=WORKERS_CONSUMER, stream=self._settings.urls_stream
         )
-        heartbeat = asyncio.create_task(self._heartbeat(stop))
+        heartbeat = asyncio.create_task(self._heartbeat())
+        stopping = asyncio.create_task(stop.wait())
         concurrency = self._settings.worker_concurrency
-        slots = asyncio.Semaphore(concurrency)
-
-        def finished(task: asyncio.Task[None]) -> None:
-            self._inflight.pop(task, None)
-            slots.release()
-
         try:
             while not stop.is_set():
-                await slots.acquire()
-                if stop.is_set():
-                    # Stopped while waiting for a slot: pull nothing more.
-                    slots.release()
-                    break
-                free = 1
-                # Take every slot that is free right now, so one fetch asks for a batch.
-                while free < min(concurrency, MAX_FETCH_BATCH) and not slots.locked():
-                    await slots.acquire()
-                    free += 1
-                msgs = await self._fetch(sub, free, stop)
-                for _ in range(free - len(msgs)):
-                    slots.release()
+                free = concurrency - len(self._inflight)
+                if free <= 0:
+                    # Full: wait for a slot, or for SIGTERM (then drain at once).
+                    await asyncio.wait(
+                        {*self._inflight, stopping}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    continue
+                # Ask for every free slot at once, so one pull request brings a batch.
+                msgs = await self._fetch(sub, min(free, MAX_FETCH_BATCH), stop)
                 for msg in msgs:
                     task = asyncio.create_task(self._handle(msg))
                     self._inflight[task] = (msg, time.monotonic())
-                    task.add_done_callback(finished)
+                    task.add_done_callback(lambda t: self._inflight.pop(t, None))
         finally:
             await self._drain()
             heartbeat.cancel()
+            stopping.cancel()
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
@@ -188,10 +190,13 @@ class Worker:
         if left:
             await asyncio.wait(left, timeout=5)
 
-    async def _heartbeat(self, stop: asyncio.Event) -> None:
-        """Tell JetStream slow pages are still being worked on (one ticker, not one per msg)."""
+    async def _heartbeat(self) -> None:
+        """Tell JetStream slow pages are still being worked on (one ticker, not one per msg).
+
+        Runs until cancelled, i.e. also through the drain after SIGTERM.
+        """
         interval = max(0.5, self._settings.ack_wait_s / 3)
-        while not stop.is_set():
+        while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
             for msg, started in list(self._inflight.values()):
@@ -203,45 +208,72 @@ class Worker:
         meta = msg.metadata
         attempt = meta.num_delivered or 1
         seq = meta.sequence.stream if meta.sequence else 0
-        url, item_id = "?", "?"
-        error: BaseException | None = None
-        try:
+        with self._telemetry.processing(msg, stage="worker", attempt=attempt, seq=seq) as hook:
+            url, item_id = "?", "?"
+            error: BaseException | None = None
             try:
-                task = url_task_decoder.decode(msg.data)
-            except Exception as exc:
-                raise BadMessage(f"undecodable URL message: {exc}") from None
-            url, item_id = task.url, task.id
-            page = await self._scraper.scrape(task, attempt)
-            payload = fit_page(page, self._max_payload)
-            await self._js.publish(
-                self._settings.results_subject,
-                payload,
-                stream=self._settings.results_stream,
+                try:
+                    task = url_task_decoder.decode(msg.data)
+                except Exception as exc:
+                    raise BadMessage(f"undecodable URL message: {exc}") from None
+                url, item_id = task.url, task.id
+                hook.set_url(url)
+                page = await self._scraper.scrape(task, attempt)
+                payload = fit_page(page, self._max_payload)
                 # Same id on a redelivery of the same message: a result is never doubled.
-                headers={"Nats-Msg-Id": f"{page.id}-{seq}"},
+                msg_id = f"{page.id}-{seq}"
+                headers = {"Nats-Msg-Id": msg_id}
+                subject = self._settings.results_subject
+                with self._telemetry.publishing(subject, headers, message_id=msg_id):
+                    await self._js.publish(
+                        subject, payload, stream=self._settings.results_stream, headers=headers
+                    )
+                self.processed += 1
+                if self._on_page is not None:
+                    self._on_page(page)
+            except asyncio.CancelledError:
+                # Drain ran out of time: hand the URL back at once for another worker.
+                with contextlib.suppress(Exception):
+                    await msg.nak()
+                raise
+            except Exception as exc:
+                error = exc
+            decision = await self._settler.settle(
+                msg, error, attempt=attempt, url=url, item_id=item_id, seq=seq
             )
-            self.processed += 1
-            if self._on_page is not None:
-                self._on_page(page)
-        except asyncio.CancelledError:
-            # Drain ran out of time: hand the URL back at once for another worker.
-            with contextlib.suppress(Exception):
-                await msg.nak()
-            raise
-        except Exception as exc:
-            error = exc
-        await self._settler.settle(msg, error, attempt=attempt, url=url, item_id=item_id, seq=seq)
+            hook.settled(
+                error,
+                action=decision.action.value,
+                reason=decision.reason,
+                dead_letter=decision.dead_letter,
+            )
 
 
-async def serve(settings: Settings, stop: asyncio.Event) -> int:
+async def serve(settings: Settings, stop: asyncio.Event, telemetry: Telemetry | None = None) -> int:
     """Run one worker process until ``stop``; returns the number of pages it published."""
     nc = await connect(settings, name="fleet-worker")
     try:
         js = nc.jetstream()
         await ensure_topology(js, settings)
         async with Fetcher(settings) as fetcher:
-            worker = Worker(js, Scraper(fetcher, settings), settings, max_payload=nc.max_payload)
-            await worker.run(stop)
+            worker = Worker(
+                js,
+                Scraper(fetcher, settings, telemetry=telemetry),
+                settings,
+                max_payload=nc.max_payload,
+                telemetry=telemetry,
+            )
+            reaper = MaxDeliveriesReaper(
+                nc,
+                js,
+                Settler(js, settings, stage="worker", max_deliver=settings.max_deliver),
+                settings,
+            )
+            await reaper.start()
+            try:
+                await worker.run(stop)
+            finally:
+                await reaper.stop()
             return worker.processed
     finally:
         with contextlib.suppress(Exception):

@@ -73,7 +73,9 @@ class LoopbackSite:
         app.router.add_get("/status/{code}", self._status)
         app.router.add_get("/redirect", self._redirect)
         app.router.add_get("/plain", self._plain)
-        self._runner = web.AppRunner(app, access_log=None)
+        app.router.add_get("/big", self._big)
+        # Short shutdown: slow handlers (sleeping pages) must not hold up test teardown.
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, 0)
         await site.start()
@@ -83,6 +85,11 @@ class LoopbackSite:
     async def _stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+        # Handlers still sleeping (slow pages) are cancelled rather than left dangling.
+        current = asyncio.current_task()
+        for task in asyncio.all_tasks():
+            if task is not current:
+                task.cancel()
 
     def _count(self, request: web.Request) -> None:
         self.hits[request.path] += 1
@@ -113,3 +120,10 @@ class LoopbackSite:
     async def _plain(self, request: web.Request) -> web.Response:
         self._count(request)
         return web.Response(text="plain words here", content_type="text/plain")
+
+    async def _big(self, request: web.Request) -> web.Response:
+        self._count(request)
+        kb = int(request.query.get("kb", "2000"))
+        return web.Response(
+            text="bigword filler text " * (kb * 1024 // 20), content_type="text/plain"
+        )

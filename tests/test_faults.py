@@ -181,3 +181,34 @@ async def test_ssrf_inputs_are_dead_lettered_and_canary_sees_nothing(
     assert all(d["attempts"] == 1 for d in letters)
     assert list(indexed_urls(settings)) == ok
     assert canary.connections == 0
+
+
+async def test_crash_on_the_last_attempt_is_dead_lettered_not_stranded(
+    settings: Settings, site: LoopbackSite, roles: Roles, tmp_path: Path
+) -> None:
+    # max_deliver=1: the first delivery is the last. A worker killed during it leaves a
+    # message the server will never deliver again; the reaper must dead-letter it.
+    settings = settings.replace(max_deliver=1, ack_wait_s=2.0)
+    roles.env.update(settings.to_env())
+    slow = site.url("/slow/1?s=30")
+    cli_json(settings, "publish", str(write_urls(tmp_path / "u.txt", [slow])))
+    victim = roles.start("worker")
+
+    async def in_flight() -> bool:
+        return bool((await get_status(settings))["consumers"]["workers"]["ack_pending"] == 1)
+
+    await wait_for(in_flight, timeout=30)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(10)
+    roles.start("worker")
+
+    async def dead_lettered() -> bool:
+        return bool((await get_status(settings))["dead_letters"] == 1)
+
+    await wait_for(dead_lettered, timeout=30)
+    letters = cli_json(settings, "dlq", "list")
+    assert [(d["url"], d["reason"], d["attempts"]) for d in letters] == [
+        (slow, "max_deliveries", 1)
+    ]
+    st = await get_status(settings)
+    assert st["streams"]["urls"]["messages"] == 0  # taken out, not stranded

@@ -7,20 +7,28 @@ Everything is real: nats-server -js, HTTP servers on loopback, the SQLite sink, 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
+import pty
+import struct
 import subprocess
 import sys
+import termios
 from pathlib import Path
 
+import msgspec
 import nats
+from nats.aio.msg import Msg
 from nats.js.api import RetentionPolicy, StreamConfig
 
 from fleet import worker as worker_role
 from fleet.errors import ConfigError
 from fleet.fetch import Fetcher
+from fleet.messages import Page, page_decoder
 from fleet.settings import Settings
 from fleet.streams import connect, ensure_topology
+from fleet.worker import fit_page
 from tests.conftest import Roles, fleet_cli, wait_for
 from tests.pipeline_helpers import (
     cli,
@@ -274,3 +282,106 @@ async def test_ensure_topology_is_idempotent_and_reports_drift(settings: Setting
     except ConfigError as exc:
         assert "OTHER_URLS" in str(exc) and "nats stream rm" in str(exc)
     await nc.close()
+
+
+def test_fit_page_truncates_text_and_marks_it() -> None:
+    page = Page(
+        id="x",
+        url="http://example.com/",
+        final_url="http://example.com/",
+        canonical_url="http://example.com/",
+        status=200,
+        content_type="text/html",
+        text="é" * 600_000,  # 1.2 MB of UTF-8
+        links=[f"http://example.com/{n}" for n in range(5000)],
+    )
+    data = fit_page(page, 500_000)
+    assert len(data) <= 500_000
+    fitted = page_decoder.decode(data)
+    assert fitted.text_truncated and fitted.text and fitted.text.startswith("é")
+    small = fit_page(msgspec.structs.replace(page, text="short", links=[]), 500_000)
+    assert not page_decoder.decode(small).text_truncated
+
+
+async def test_page_larger_than_max_payload_is_published_truncated(
+    settings: Settings, site: LoopbackSite, roles: Roles, tmp_path: Path
+) -> None:
+    # 3 MB of text: under the body cap (5 MB) but over NATS max_payload (1 MB).
+    big = site.url("/big?kb=3000")
+    cli_json(settings, "publish", str(write_urls(tmp_path / "u.txt", [big])))
+    roles.start("worker")
+    roles.start("indexer")
+
+    async def indexed() -> bool:
+        return list(indexed_urls(settings)) == [big]
+
+    await wait_for(indexed, timeout=60)
+    nc = await nats.connect(settings.nats_server)
+    raw = await nc.jetstream().get_msg(settings.results_stream, 1)
+    await nc.close()
+    page = page_decoder.decode(raw.data or b"")
+    assert page.text_truncated and 0 < len(page.text) < 1024 * 1024
+    assert (await get_status(settings))["dead_letters"] == 0
+
+
+async def test_sigterm_naks_in_flight_urls_for_other_workers(
+    settings: Settings, site: LoopbackSite, tmp_path: Path
+) -> None:
+    # Long AckWait: if in-flight URLs were not nak'ed on SIGTERM they would sit in
+    # ack_pending for 60 s; with the drain they are handed back at once.
+    settings = settings.replace(ack_wait_s=60.0, drain_timeout_s=0.5)
+    roles = Roles(settings)
+    try:
+        urls = [site.url(f"/slow/{n}?s=5") for n in range(6)]
+        cli_json(settings, "publish", str(write_urls(tmp_path / "u.txt", urls)))
+        worker = roles.start("worker", "--concurrency", "6")
+
+        async def all_in_flight() -> bool:
+            return bool((await get_status(settings))["consumers"]["workers"]["ack_pending"] == 6)
+
+        await wait_for(all_in_flight, timeout=30)
+        worker.terminate()
+        assert await asyncio.to_thread(worker.wait, 20) == 0
+        # Handed back: another consumer gets all six at once, not after AckWait (60 s).
+        nc = await nats.connect(settings.nats_server)
+        sub = await nc.jetstream().pull_subscribe_bind("workers", settings.urls_stream)
+        got: list[Msg] = []
+        while len(got) < 6:
+            got += await sub.fetch(6 - len(got), timeout=5)
+        assert all(m.metadata.num_delivered == 2 for m in got)
+        await nc.close()
+    finally:
+        roles.stop_all()
+
+
+def test_publish_shows_a_progress_bar_on_a_tty(
+    settings: Settings, site: LoopbackSite, tmp_path: Path
+) -> None:
+    path = write_urls(tmp_path / "u.txt", [site.url(f"/page/{n}") for n in range(50)])
+    leader, follower = pty.openpty()
+    # A terminal has a size; tqdm draws nothing on a 0-column one.
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    env = {**os.environ, **settings.to_env()}
+    proc = subprocess.run(
+        [*fleet_cli(), "publish", str(path)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    os.close(follower)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(leader)
+    assert proc.returncode == 0
+    assert b"50/50" in shown and b"url" in shown  # tqdm's bar, on the terminal only
+    assert "published 50" in proc.stdout

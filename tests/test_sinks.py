@@ -772,3 +772,10 @@ def test_fake_runs_as_a_module() -> None:
         process.wait(10)
         if process.stdout:
             process.stdout.close()
+
+
+async def test_sqlite_search_on_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    sink = SqliteSink(tmp_path / "typo.db")
+    with pytest.raises(ConfigError, match="no SQLite index"):
+        await sink.open(readonly=True)
+    assert not (tmp_path / "typo.db").exists()
