@@ -21,13 +21,12 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.api import PubAck
 from nats.js.errors import NotFoundError
 
 from fleet.errors import FleetError, PermanentError, TransientError
 from fleet.messages import DeadLetter, dead_letter_encoder, url_task_decoder
 from fleet.settings import Settings
-from fleet.streams import WORKERS_CONSUMER
+from fleet.streams import WORKERS_CONSUMER, JsPublish
 
 log = logging.getLogger(__name__)
 
@@ -99,21 +98,10 @@ class JetStreamMsg(Protocol):
     async def in_progress(self) -> None: ...
 
 
-class DeadLetterPublisher(Protocol):
-    async def publish(
-        self,
-        subject: str,
-        payload: bytes = b"",
-        timeout: float | None = None,  # noqa: ASYNC109 - mirrors JetStreamContext.publish
-        stream: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> PubAck: ...
-
-
 class Settler:
     def __init__(
         self,
-        js: DeadLetterPublisher,
+        js: JsPublish,
         settings: Settings,
         *,
         stage: Literal["worker", "indexer"],

@@ -16,17 +16,14 @@ from collections.abc import Awaitable, Sequence
 from typing import TypeVar
 
 from nats.aio.msg import Msg
-from nats.errors import ConnectionClosedError
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.errors import FetchTimeoutError
 
 from fleet.disposition import Settler, backoff_delay
 from fleet.errors import BadMessage, PermanentError, SinkUnavailable
 from fleet.messages import Page, page_decoder
 from fleet.settings import Settings
 from fleet.sinks import Sink
-from fleet.streams import INDEXER_CONSUMER, connect, ensure_topology
+from fleet.streams import INDEXER_CONSUMER, connect, ensure_topology, pull
 from fleet.telemetry import Hook, Telemetry
 
 log = logging.getLogger(__name__)
@@ -76,30 +73,20 @@ class Indexer:
         self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event
     ) -> list[Msg]:
         size = self._settings.indexer_batch_size
-        try:
-            msgs: list[Msg] = await sub.fetch(size, timeout=1.0)
-        except (FetchTimeoutError, NatsTimeoutError, TimeoutError):
-            return []
-        except ConnectionClosedError:
-            stop.set()
-            return []
-        except Exception as exc:
-            log.warning("fetch from %s failed: %s", self._settings.results_stream, exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=1.0)
-            return []
+        stream = self._settings.results_stream
+        msgs = await pull(sub, size, stop, stream=stream)
+        if not msgs:
+            return msgs
         # Fill the batch up to its time bound, so a trickle still makes few commits.
         deadline = time.monotonic() + self._settings.indexer_batch_wait_s
         while len(msgs) < size and not stop.is_set():
             left = deadline - time.monotonic()
             if left <= 0.01:
                 break
-            try:
-                msgs.extend(await sub.fetch(size - len(msgs), timeout=left))
-            except (FetchTimeoutError, NatsTimeoutError, TimeoutError):
+            more = await pull(sub, size - len(msgs), stop, stream=stream, wait_s=left)
+            if not more:
                 break
-            except Exception:
-                break
+            msgs.extend(more)
         return msgs
 
     async def _index(self, msgs: list[Msg], stop: asyncio.Event) -> None:

@@ -20,6 +20,7 @@ from nats.js.api import PubAck
 from fleet.errors import FleetError, InvalidUrl
 from fleet.messages import UrlTask, url_task_encoder
 from fleet.settings import Settings
+from fleet.streams import JsPublish
 from fleet.urls import normalize_url, url_id
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,9 @@ DEFAULT_WINDOW = 1024
 PUBLISH_RETRIES = 3
 
 
-class JetStreamPublisher(Protocol):
+class JetStreamPublisher(JsPublish, Protocol):
+    """Publish with acks collected later (windowed), plus the plain publish."""
+
     async def publish_async(
         self,
         subject: str,
@@ -38,15 +41,6 @@ class JetStreamPublisher(Protocol):
         stream: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> asyncio.Future[PubAck]: ...
-
-    async def publish(
-        self,
-        subject: str,
-        payload: bytes = b"",
-        timeout: float | None = None,  # noqa: ASYNC109 - mirrors JetStreamContext.publish
-        stream: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> PubAck: ...
 
 
 class Progress(Protocol):

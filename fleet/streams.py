@@ -7,14 +7,18 @@ the server can change in place are updated (with a warning); settings it cannot 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import logging
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import nats
 from nats.aio.client import Client as NATS
-from nats.errors import NoRespondersError
+from nats.aio.msg import Msg
+from nats.errors import ConnectionClosedError, NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -22,11 +26,12 @@ from nats.js.api import (
     ConsumerInfo,
     DeliverPolicy,
     DiscardPolicy,
+    PubAck,
     RetentionPolicy,
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import NotFoundError, ServiceUnavailableError
+from nats.js.errors import FetchTimeoutError, NotFoundError, ServiceUnavailableError
 
 from fleet.errors import ConfigError
 from fleet.settings import Settings
@@ -193,6 +198,47 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> Topology:
     await ensure_consumer(js, settings.urls_stream, topo.workers)
     await ensure_consumer(js, settings.results_stream, topo.indexer)
     return topo
+
+
+class JsPublish(Protocol):
+    """JetStream's publish-and-wait-for-PubAck, as the roles use it."""
+
+    async def publish(
+        self,
+        subject: str,
+        payload: bytes = b"",
+        timeout: float | None = None,  # noqa: ASYNC109 - mirrors JetStreamContext.publish
+        stream: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> PubAck: ...
+
+
+async def pull(
+    sub: JetStreamContext.PullSubscription,
+    n: int,
+    stop: asyncio.Event,
+    *,
+    stream: str,
+    wait_s: float = 1.0,
+) -> list[Msg]:
+    """Pull up to ``n`` messages, waiting at most ``wait_s``; [] when there are none.
+
+    A closed connection sets ``stop`` (the role then drains and exits); other failures
+    (disconnected, server restarting) wait a little so callers can simply loop.
+    """
+    try:
+        msgs: list[Msg] = await sub.fetch(n, timeout=wait_s)
+        return msgs
+    except (FetchTimeoutError, NatsTimeoutError, TimeoutError):
+        return []
+    except ConnectionClosedError:
+        stop.set()
+        return []
+    except Exception as exc:
+        log.warning("pull from %s failed: %s", stream, exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=1.0)
+        return []
 
 
 def redact_url(url: str) -> str:

@@ -16,18 +16,15 @@ from typing import Protocol
 
 import msgspec
 from nats.aio.msg import Msg
-from nats.errors import ConnectionClosedError
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.errors import FetchTimeoutError
 
 from fleet import extract as extraction
 from fleet.disposition import MaxDeliveriesReaper, Settler
-from fleet.errors import BadMessage
+from fleet.errors import BadMessage, TransientError
 from fleet.fetch import Fetcher, FetchResult
 from fleet.messages import Page, UrlTask, page_encoder, url_task_decoder
 from fleet.settings import Settings
-from fleet.streams import WORKERS_CONSUMER, connect, ensure_topology
+from fleet.streams import WORKERS_CONSUMER, connect, ensure_topology, pull
 from fleet.telemetry import Telemetry
 from fleet.urls import url_id
 
@@ -150,7 +147,9 @@ class Worker:
                     )
                     continue
                 # Ask for every free slot at once, so one pull request brings a batch.
-                msgs = await self._fetch(sub, min(free, MAX_FETCH_BATCH), stop)
+                msgs = await pull(
+                    sub, min(free, MAX_FETCH_BATCH), stop, stream=self._settings.urls_stream
+                )
                 for msg in msgs:
                     task = asyncio.create_task(self._handle(msg))
                     self._inflight[task] = (msg, time.monotonic())
@@ -161,23 +160,6 @@ class Worker:
             stopping.cancel()
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
-
-    async def _fetch(
-        self, sub: JetStreamContext.PullSubscription, n: int, stop: asyncio.Event
-    ) -> list[Msg]:
-        try:
-            return await sub.fetch(n, timeout=1.0)
-        except (FetchTimeoutError, NatsTimeoutError, TimeoutError):
-            return []
-        except ConnectionClosedError:
-            stop.set()
-            return []
-        except Exception as exc:
-            # Disconnected or server restarting: wait a little and ask again.
-            log.warning("fetch from %s failed: %s", self._settings.urls_stream, exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=1.0)
-            return []
 
     async def _drain(self) -> None:
         """Stop pulling; give in-flight URLs the grace period, then nak what is left."""
@@ -225,9 +207,16 @@ class Worker:
                 headers = {"Nats-Msg-Id": msg_id}
                 subject = self._settings.results_subject
                 with self._telemetry.publishing(subject, headers, message_id=msg_id):
-                    await self._js.publish(
-                        subject, payload, stream=self._settings.results_stream, headers=headers
-                    )
+                    try:
+                        await self._js.publish(
+                            subject, payload, stream=self._settings.results_stream, headers=headers
+                        )
+                    except Exception as exc:
+                        # NATS trouble, not the page's fault: retry like any transient error.
+                        raise TransientError(
+                            f"could not publish the result of {url}: {exc!r}",
+                            reason="result_publish_failed",
+                        ) from exc
                 self.processed += 1
                 if self._on_page is not None:
                     self._on_page(page)
