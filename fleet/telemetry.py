@@ -552,7 +552,39 @@ def _count_outcome(
         metrics.docs_indexed.inc()
 
 
-class _Processing(Hook):
+class _MessageHook(Hook):
+    """A message's span (worker processing, or one indexer document): url and outcome."""
+
+    __slots__ = ()
+    _span: trace.Span | None
+    _attempt: int
+    _stage: str
+    _telemetry: Telemetry
+
+    def set_url(self, url: str) -> None:
+        if self._span is not None:
+            self._span.set_attribute("url.full", url)
+
+    def settled(
+        self, error: BaseException | None, *, action: str, reason: str, dead_letter: bool
+    ) -> None:
+        if self._span is not None:
+            _annotate_outcome(
+                self._span,
+                error,
+                action=action,
+                reason=reason,
+                dead_letter=dead_letter,
+                attempt=self._attempt,
+            )
+        metrics = self._telemetry.metrics
+        if metrics is not None:
+            _count_outcome(
+                metrics, self._stage, error, action=action, reason=reason, dead_letter=dead_letter
+            )
+
+
+class _Processing(_MessageHook):
     __slots__ = ("_attempt", "_msg", "_seq", "_span", "_stage", "_telemetry", "_token")
 
     def __init__(
@@ -585,28 +617,6 @@ class _Processing(Hook):
             self._token = otel_context.attach(trace.set_span_in_context(self._span))
         return self
 
-    def set_url(self, url: str) -> None:
-        if self._span is not None:
-            self._span.set_attribute("url.full", url)
-
-    def settled(
-        self, error: BaseException | None, *, action: str, reason: str, dead_letter: bool
-    ) -> None:
-        if self._span is not None:
-            _annotate_outcome(
-                self._span,
-                error,
-                action=action,
-                reason=reason,
-                dead_letter=dead_letter,
-                attempt=self._attempt,
-            )
-        metrics = self._telemetry.metrics
-        if metrics is not None:
-            _count_outcome(
-                metrics, self._stage, error, action=action, reason=reason, dead_letter=dead_letter
-            )
-
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
@@ -625,49 +635,24 @@ class _Processing(Hook):
             self._span.end()
 
 
-class _Document(Hook):
+class _Document(_MessageHook):
     """One document of an indexer batch: a span in the document's own trace."""
 
-    __slots__ = ("_attempt", "_batch", "_ended", "_token", "span")
+    __slots__ = ("_attempt", "_batch", "_ended", "_span", "_stage", "_telemetry", "_token")
 
     def __init__(self, batch: _Batch, span: trace.Span | None, attempt: int) -> None:
         self._batch = batch
-        self.span = span
+        self._telemetry = batch.telemetry
+        self._stage = batch.stage
+        self._span = span
         self._attempt = attempt
         self._token: Token[Context] | None = None
         self._ended = False
 
     def __enter__(self) -> Self:
-        if self.span is not None:
-            self._token = otel_context.attach(trace.set_span_in_context(self.span))
+        if self._span is not None:
+            self._token = otel_context.attach(trace.set_span_in_context(self._span))
         return self
-
-    def set_url(self, url: str) -> None:
-        if self.span is not None:
-            self.span.set_attribute("url.full", url)
-
-    def settled(
-        self, error: BaseException | None, *, action: str, reason: str, dead_letter: bool
-    ) -> None:
-        if self.span is not None:
-            _annotate_outcome(
-                self.span,
-                error,
-                action=action,
-                reason=reason,
-                dead_letter=dead_letter,
-                attempt=self._attempt,
-            )
-        metrics = self._batch.telemetry.metrics
-        if metrics is not None:
-            _count_outcome(
-                metrics,
-                self._batch.stage,
-                error,
-                action=action,
-                reason=reason,
-                dead_letter=dead_letter,
-            )
 
     def __exit__(
         self,
@@ -678,13 +663,13 @@ class _Document(Hook):
         if self._token is not None:
             _detach(self._token)
             self._token = None
-        if exc is not None and self.span is not None:
-            _record_error(self.span, exc)
+        if exc is not None and self._span is not None:
+            _record_error(self._span, exc)
         self.end()
 
     def end(self) -> None:
-        if not self._ended and self.span is not None:
-            self.span.end()
+        if not self._ended and self._span is not None:
+            self._span.end()
         self._ended = True
 
 
