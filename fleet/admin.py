@@ -13,7 +13,7 @@ from nats.js.errors import NotFoundError
 
 from fleet.messages import DeadLetter, dead_letter_decoder
 from fleet.settings import Settings
-from fleet.streams import INDEXER_CONSUMER, WORKERS_CONSUMER
+from fleet.streams import INDEXER_CONSUMER, WORKERS_CONSUMER, require_jetstream
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ async def dead_letter_counts(js: JetStreamContext, settings: Settings) -> dict[s
 
 
 async def status(js: JetStreamContext, settings: Settings) -> dict[str, Any]:
+    await require_jetstream(js, settings)
     streams = {}
     for key, name in (
         ("urls", settings.urls_stream),

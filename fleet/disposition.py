@@ -256,4 +256,9 @@ class MaxDeliveriesReaper:
         if await self._settler.dead_letter(letter, seq):
             with contextlib.suppress(NotFoundError):
                 await self._js.delete_msg(self._settings.urls_stream, seq)
-            log.warning("dead-lettered %s after %d deliveries without an ack", url, deliveries)
+            log.warning(
+                "dead-lettered %s after %d deliveries without an ack",
+                url,
+                deliveries,
+                extra={"url": url},
+            )

@@ -184,8 +184,7 @@ async def ensure_consumer(js: JetStreamContext, stream: str, want: ConsumerConfi
     return info
 
 
-async def ensure_topology(js: JetStreamContext, settings: Settings) -> Topology:
-    topo = topology(settings)
+async def require_jetstream(js: JetStreamContext, settings: Settings) -> None:
     try:
         await js.account_info()
     except (ServiceUnavailableError, NoRespondersError):
@@ -193,6 +192,11 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> Topology:
             f"JetStream is not enabled on the NATS server at {redact_url(settings.nats_server)}; "
             "start it with `nats-server -js` (or `jetstream {}` in its config)"
         ) from None
+
+
+async def ensure_topology(js: JetStreamContext, settings: Settings) -> Topology:
+    topo = topology(settings)
+    await require_jetstream(js, settings)
     for stream in (topo.urls, topo.results, topo.dlq):
         await ensure_stream(js, stream)
     await ensure_consumer(js, settings.urls_stream, topo.workers)

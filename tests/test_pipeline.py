@@ -26,6 +26,7 @@ from fleet import worker as worker_role
 from fleet.errors import ConfigError
 from fleet.fetch import Fetcher
 from fleet.messages import Page, page_decoder
+from fleet.natsserver import find_nats_server
 from fleet.settings import Settings
 from fleet.streams import connect, ensure_topology
 from fleet.worker import fit_page
@@ -385,3 +386,37 @@ def test_publish_shows_a_progress_bar_on_a_tty(
     assert proc.returncode == 0
     assert b"50/50" in shown and b"url" in shown  # tqdm's bar, on the terminal only
     assert "published 50" in proc.stdout
+
+
+def test_server_without_jetstream_is_one_clear_line(tmp_path: Path) -> None:
+    server = subprocess.Popen(
+        [find_nats_server(), "-a", "127.0.0.1", "-p", "-1"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stderr is not None
+        port = None
+        for line in server.stderr:
+            if "Listening for client connections on" in line:
+                port = line.rsplit(":", 1)[1].strip()
+            if "Server is ready" in line:
+                break
+        env = {**os.environ, "FLEET_NATS_URL": f"nats://user:secret@127.0.0.1:{port}"}
+        for args in (["status"], ["publish", "-"]):
+            out = subprocess.run(
+                [*fleet_cli(), *args],
+                env=env,
+                input="",
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert out.returncode == 2, out.stderr
+            assert out.stderr.count("\n") == 1, out.stderr
+            assert "JetStream is not enabled" in out.stderr and "nats-server -js" in out.stderr
+            assert "secret" not in out.stderr
+    finally:
+        server.terminate()
+        server.wait(10)
