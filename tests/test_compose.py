@@ -1,0 +1,325 @@
+"""The compose stack on a real Docker engine: compose/docker-compose.yml + the CI override.
+
+Images come from `make ci-images` (run by .ci/run before the tests; built here if missing).
+In CI (CI set) a missing engine fails these tests; locally they skip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fleet.settings import ENV_PREFIX, Settings
+from tests.conftest import need
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_DIR = ROOT / "compose"
+BASE = COMPOSE_DIR / "docker-compose.yml"
+CI = COMPOSE_DIR / "docker-compose.ci.yml"
+DEV = COMPOSE_DIR / "docker-compose.dev.yml"
+PROJECT = "fleet-test"
+MEILI_KEY = "ci-master-key-0123456789abcdef"
+IMAGES = (
+    "fleet:local",
+    "fleet-browser:local",
+    "fleet-dev:local",
+    "fleet-ci-nats:local",
+    "fleet-ci-fakes:local",
+)
+DOCKER = os.environ.get("FLEET_TEST_DOCKER", "docker")
+
+
+def _run(*args: str, timeout: float = 120, **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False, **kw)
+
+
+def _docker_ready() -> bool:
+    if shutil.which(DOCKER) is None:
+        return False
+    try:
+        return (
+            _run(DOCKER, "info", timeout=30).returncode == 0
+            and _run(DOCKER, "compose", "version", timeout=30).returncode == 0
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLEET_", "OTEL_"))}
+    sock = Path("/var/run/docker.sock")
+    env.update(
+        MEILI_MASTER_KEY=MEILI_KEY,
+        DOCKER_GID=str(sock.stat().st_gid) if sock.exists() else "0",
+        **extra,
+    )
+    return env
+
+
+def compose(*args: str, files: tuple[Path, ...] = (BASE, CI), project: str = PROJECT) -> list[str]:
+    cmd = [DOCKER, "compose", "-p", project]
+    for f in files:
+        cmd += ["-f", str(f)]
+    return [*cmd, *args]
+
+
+def _check(args: list[str], timeout: float = 300, **kw: Any) -> str:
+    proc = _run(*args, timeout=timeout, env=_env(), **kw)
+    assert proc.returncode == 0, (
+        f"{' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    )
+    return proc.stdout
+
+
+def _poll(what: str, check: Callable[[], bool], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout}s")
+        time.sleep(0.5)
+
+
+def _get_json(url: str, headers: dict[str, str] | None = None) -> Any:
+    req = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+# -- without an engine: the files themselves
+
+
+def test_env_example_documents_every_setting() -> None:
+    text = (COMPOSE_DIR / ".env.example").read_text()
+    documented = set(re.findall(r"^#?\s*(FLEET_[A-Z0-9_]+)=", text, flags=re.MULTILINE))
+    fields = {ENV_PREFIX + name.upper() for name in Settings.__dataclass_fields__}
+    assert fields <= documented, f"missing from compose/.env.example: {sorted(fields - documented)}"
+    assert "MEILI_MASTER_KEY=" in text
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" in text
+
+
+# -- with an engine
+
+
+@pytest.fixture(scope="module")
+def docker_ready() -> None:
+    need("a Docker engine with the compose plugin", _docker_ready())
+
+
+@pytest.mark.docker
+def test_compose_config_validates(docker_ready: None) -> None:
+    for files in ((BASE,), (BASE, CI), (BASE, DEV)):
+        proc = _run(*compose("config", "--quiet", files=files), env=_env())
+        assert proc.returncode == 0, f"{[f.name for f in files]}: {proc.stderr}"
+    # The master key is required, with a message saying where to set it.
+    env = _env()
+    del env["MEILI_MASTER_KEY"]
+    proc = _run(*compose("config", "--quiet", files=(BASE,)), env=env, cwd="/")
+    assert proc.returncode != 0
+    assert "MEILI_MASTER_KEY" in proc.stderr
+    # Every fleet service has a healthcheck, limits and a restart policy.
+    config = json.loads(
+        _check(compose("--profile", "browser", "config", "--format", "json", files=(BASE,)))
+    )
+    for name in ("worker", "browser-worker", "indexer", "nats", "meili", "jaeger"):
+        service = config["services"][name]
+        assert service.get("healthcheck", {}).get("test"), name
+        assert service["deploy"]["resources"]["limits"]["memory"], name
+        assert service["restart"] == "unless-stopped", name
+    assert config["services"]["browser-worker"]["shm_size"]
+    assert config["services"]["worker"]["healthcheck"]["test"][-2:] == ["check", "worker"]
+
+
+def _ensure_images() -> None:
+    missing = [i for i in IMAGES if _run(DOCKER, "image", "inspect", i).returncode != 0]
+    if not missing:
+        return
+    base = os.environ.get("BASE_IMAGE") or (
+        "fleet-base:local" if shutil.which("mmdebstrap") else "python:3.12-slim-bookworm"
+    )
+    build_docker = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else DOCKER
+    proc = _run(
+        "make", "ci-images", f"DOCKER={build_docker}", f"BASE_IMAGE={base}", cwd=ROOT, timeout=1800
+    )
+    assert proc.returncode == 0, f"make ci-images failed:\n{proc.stdout[-3000:]}\n{proc.stderr}"
+
+
+def _down() -> subprocess.CompletedProcess[str]:
+    return _run(
+        *compose("--profile", "tools", "down", "-v", "--remove-orphans", "--timeout", "30"),
+        env=_env(),
+        timeout=180,
+    )
+
+
+@pytest.fixture(scope="module")
+def stack(docker_ready: None) -> Iterator[None]:
+    _ensure_images()
+    _down()  # a crashed earlier run must not leak into this one
+    try:
+        _check(compose("up", "-d", "--no-build", "--wait", "--wait-timeout", "180"), timeout=300)
+        yield
+    except BaseException:
+        print(_run(*compose("logs", "--no-color", "--tail", "60"), env=_env()).stdout)
+        raise
+    finally:
+        _down()
+
+
+def _host_port(service: str, port: int) -> str:
+    out = _check(compose("port", service, str(port))).strip()
+    return out.splitlines()[0].replace("0.0.0.0", "127.0.0.1")
+
+
+def _publish(urls: list[str]) -> dict[str, int]:
+    out = _check(
+        compose("run", "--rm", "-T", "fleet", "publish", "--json", "-"),
+        input="".join(u + "\n" for u in urls),
+    )
+    counts: dict[str, int] = json.loads(out.strip().splitlines()[-1])
+    return counts
+
+
+def _ps() -> list[dict[str, Any]]:
+    out = _check(compose("ps", "--format", "json"))
+    out = out.strip()
+    if out.startswith("["):
+        rows: list[dict[str, Any]] = json.loads(out)
+        return rows
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def _all_healthy(expected: int) -> bool:
+    rows = _ps()
+    return len(rows) == expected and all(r.get("Health") == "healthy" for r in rows)
+
+
+def _worker_ips() -> dict[str, str]:
+    ids = _check(compose("ps", "-q", "worker")).split()
+    out = _check(
+        [
+            DOCKER,
+            "inspect",
+            "--format",
+            "{{.Name}} {{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            *ids,
+        ]
+    )
+    return {ip: name.lstrip("/") for name, ip in (line.split() for line in out.splitlines())}
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(900)
+def test_stack_publish_search_scale_down(stack: None) -> None:
+    # Every service (nats, meili, jaeger, docker-proxy, site, worker, indexer) is healthy.
+    _poll("all 7 services healthy", lambda: _all_healthy(7))
+    meili = f"http://{_host_port('meili', 7700)}"
+    site = f"http://{_host_port('site', 8000)}"
+    jaeger = f"http://{_host_port('jaeger', 16686)}"
+    auth = {"Authorization": f"Bearer {MEILI_KEY}"}
+
+    def indexed() -> int:
+        try:
+            return int(_get_json(f"{meili}/indexes/pages/stats", auth)["numberOfDocuments"])
+        except OSError:
+            return 0
+
+    # Publish through the tools service, exactly as a user would; wait until searchable.
+    counts = _publish([f"http://site:8000/page/{n}" for n in range(1, 21)])
+    assert counts == {"published": 20, "duplicates": 0, "invalid": 0}
+    _poll("20 pages indexed in Meilisearch", lambda: indexed() == 20)
+    hits = json.loads(_check(compose("run", "--rm", "-T", "fleet", "search", "unique7", "--json")))
+    assert [h["url"] for h in hits] == ["http://site:8000/page/7"]
+    assert hits[0]["title"] == "Page 7"
+
+    # Traces reached the collector standing in for Jaeger (OTLP/HTTP), named per role.
+    def traced() -> bool:
+        services = set(_get_json(f"{jaeger}/api/services")["data"])
+        return {"fleet-worker", "fleet-indexer"} <= services
+
+    _poll("worker and indexer traces in Jaeger", traced, timeout=60)
+
+    # Three workers share the work: every one of them fetches a fair part of new URLs.
+    _check(
+        compose("up", "-d", "--no-build", "--wait", "--wait-timeout", "120", "--scale", "worker=3")
+    )
+    _poll("9 services healthy after scaling", lambda: _all_healthy(9))
+    workers = _worker_ips()
+    assert len(workers) == 3
+    req = urllib.request.Request(f"{site}/_hits", method="DELETE")
+    urllib.request.urlopen(req, timeout=10).close()
+    counts = _publish([f"http://site:8000/page/{n}" for n in range(100, 190)])
+    assert counts["published"] == 90
+    _poll("110 pages indexed", lambda: indexed() == 110)
+    by_client: dict[str, int] = _get_json(f"{site}/_hits")["by_client"]
+    per_worker = {workers.get(ip, ip): n for ip, n in by_client.items()}
+    assert set(per_worker) == set(workers.values()), per_worker
+    assert sum(per_worker.values()) == 90, per_worker
+    assert min(per_worker.values()) >= 10, f"work not shared: {per_worker}"
+    assert "dead letters 0" in _check(compose("run", "--rm", "-T", "fleet", "status"))
+
+    # `down -v` leaves no container, network or volume of the project.
+    proc = _down()
+    assert proc.returncode == 0, proc.stderr
+    label = f"label=com.docker.compose.project={PROJECT}"
+    for kind in ("container ls -a", "network ls", "volume ls"):
+        left = _check([DOCKER, *kind.split(), "-q", "--filter", label]).split()
+        assert left == [], f"{kind}: {left}"
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(600)
+def test_dev_override_runs_bind_mounted_source_and_reloads(docker_ready: None) -> None:
+    _ensure_images()
+    files = (BASE, CI, DEV)
+    project = f"{PROJECT}-dev"
+    down = compose(
+        "down", "-v", "--remove-orphans", "--timeout", "20", files=files, project=project
+    )
+    _run(*down, env=_env(), timeout=180)
+    try:
+        _check(
+            compose(
+                "up",
+                "-d",
+                "--no-build",
+                "--wait",
+                "--wait-timeout",
+                "180",
+                "worker",
+                files=files,
+                project=project,
+            ),
+            timeout=300,
+        )
+        where = _check(
+            compose(
+                "exec",
+                "-T",
+                "worker",
+                "python",
+                "-c",
+                "import fleet; print(fleet.__file__)",
+                files=files,
+                project=project,
+            )
+        )
+        assert where.strip() == "/src/fleet/__init__.py"
+        logs = compose("logs", "--no-color", "worker", files=files, project=project)
+        (ROOT / "fleet" / "__init__.py").touch()  # a change under the bind-mounted source
+        _poll(
+            "watchfiles restarts the worker",
+            lambda: "change detected" in _run(*logs, env=_env()).stdout,
+            timeout=60,
+        )
+    finally:
+        _run(*down, env=_env(), timeout=180)
