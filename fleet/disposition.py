@@ -15,6 +15,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from typing import Literal, Protocol
 
 from nats.aio.client import Client as NATS
@@ -204,7 +205,16 @@ class MaxDeliveriesReaper:
 
     QUEUE = "fleet-reaper"
 
-    def __init__(self, nc: NATS, js: JetStreamContext, settler: Settler, settings: Settings):
+    def __init__(
+        self,
+        nc: NATS,
+        js: JetStreamContext,
+        settler: Settler,
+        settings: Settings,
+        *,
+        on_dead_letter: Callable[[str, str], None] | None = None,
+    ):
+        self._on_dead_letter = on_dead_letter
         self._nc = nc
         self._js = js
         self._settler = settler
@@ -254,6 +264,8 @@ class MaxDeliveriesReaper:
             payload=data,
         )
         if await self._settler.dead_letter(letter, seq):
+            if self._on_dead_letter is not None:
+                self._on_dead_letter("worker", letter.reason)
             with contextlib.suppress(NotFoundError):
                 await self._js.delete_msg(self._settings.urls_stream, seq)
             log.warning(

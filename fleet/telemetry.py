@@ -255,6 +255,11 @@ class Telemetry:
         self._server_thread: threading.Thread | None = None
         self._enabled = self.tracer is not None or metrics is not None
 
+    def dead_lettered(self, stage: str, reason: str) -> None:
+        """Count a dead letter written outside a message hook (the max-deliveries reaper)."""
+        if self.metrics is not None:
+            self.metrics.dead_letters.labels(stage, reason).inc()
+
     @classmethod
     def disabled(cls, role: str = "fleet") -> Telemetry:
         return cls(role)

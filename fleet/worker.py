@@ -257,6 +257,7 @@ async def serve(settings: Settings, stop: asyncio.Event, telemetry: Telemetry | 
                 js,
                 Settler(js, settings, stage="worker", max_deliver=settings.max_deliver),
                 settings,
+                on_dead_letter=telemetry.dead_lettered if telemetry is not None else None,
             )
             await reaper.start()
             try:

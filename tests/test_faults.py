@@ -10,6 +10,7 @@ import asyncio
 import signal
 import socket
 import threading
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -200,12 +201,18 @@ async def test_crash_on_the_last_attempt_is_dead_lettered_not_stranded(
     await wait_for(in_flight, timeout=30)
     victim.send_signal(signal.SIGKILL)
     victim.wait(10)
-    roles.start("worker")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        metrics_port = probe.getsockname()[1]
+    roles.start("worker", "--metrics-port", str(metrics_port))
 
     async def dead_lettered() -> bool:
         return bool((await get_status(settings))["dead_letters"] == 1)
 
     await wait_for(dead_lettered, timeout=30)
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as resp:
+        exposition = resp.read().decode()
+    assert 'fleet_dead_letters_total{reason="max_deliveries",stage="worker"} 1.0' in exposition
     letters = cli_json(settings, "dlq", "list")
     assert [(d["url"], d["reason"], d["attempts"]) for d in letters] == [
         (slow, "max_deliveries", 1)
