@@ -376,7 +376,7 @@ class Telemetry:
 
 def tracing_configured(env: Mapping[str, str]) -> bool:
     """True when the standard OTel variables ask for trace export (an OTLP endpoint set,
-    the SDK not disabled). The CLI passes ``os.environ``; library code never reads it."""
+    the SDK not disabled). The CLI passes the process environment; library code never reads it."""
     if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return False
     if env.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() == "none":
