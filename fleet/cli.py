@@ -151,12 +151,15 @@ def main(ctx: click.Context, log_level: str | None, log_format: str | None) -> N
 @main.command()
 @click.argument("file")
 @nats_option
+@metrics_option
 @json_option
 @click.pass_context
-def publish(ctx: click.Context, file: str, nats_url: str | None, as_json: bool) -> None:
+def publish(
+    ctx: click.Context, file: str, nats_url: str | None, metrics_port: int | None, as_json: bool
+) -> None:
     """Publish URLs from FILE (one per line; - for stdin)."""
-    settings = _settings(ctx, nats_url=nats_url)
-    telemetry = _telemetry("publish", settings, metrics=False)
+    settings = _settings(ctx, nats_url=nats_url, metrics_port=metrics_port)
+    telemetry = _telemetry("publish", settings)
 
     async def go() -> dict[str, int]:
         from fleet.publisher import Publisher, read_url_lines
@@ -170,7 +173,10 @@ def publish(ctx: click.Context, file: str, nats_url: str | None, as_json: bool) 
                 bar = _progress(file, not as_json)
                 try:
                     publisher = Publisher(
-                        js, settings, headers_for=telemetry.publish_headers(settings.urls_subject)
+                        js,
+                        settings,
+                        headers_for=telemetry.publish_headers(settings.urls_subject),
+                        counted=telemetry.published,
                     )
                     report = await publisher.publish_urls(
                         read_url_lines(fh),

@@ -85,12 +85,15 @@ class Publisher:
         *,
         window: int = DEFAULT_WINDOW,
         headers_for: Callable[[UrlTask], dict[str, str]] | None = None,
+        counted: Callable[[str, int], None] | None = None,
     ) -> None:
         self._js = js
         self._settings = settings
         self._window = window
         # Extra headers per message (trace context); the dedup id is always set here.
         self._headers_for = headers_for
+        # Progress for metrics: (result, count) with result published/duplicate/invalid.
+        self._counted = counted or (lambda _result, _count: None)
 
     async def publish_urls(
         self,
@@ -108,10 +111,12 @@ class Publisher:
                 url = normalize_url(raw)
             except InvalidUrl as exc:
                 report.invalid += 1
+                self._counted("invalid", 1)
                 on_invalid(lineno, str(exc))
                 continue
             if url in seen:
                 report.duplicates += 1
+                self._counted("duplicate", 1)
                 if progress is not None:
                     progress.update(1)
                 continue
@@ -173,8 +178,10 @@ class Publisher:
                 report.failed += 1
             elif ack.duplicate:
                 report.duplicates += 1
+                self._counted("duplicate", 1)
             else:
                 report.published += 1
+                self._counted("published", 1)
         if progress is not None:
             progress.update(len(pending))
 

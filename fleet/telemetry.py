@@ -153,6 +153,12 @@ class Metrics:
             ["stage"],
             registry=r,
         )
+        self.urls_published = Counter(
+            "fleet_urls_published",
+            "URL lines handled by the publisher, by result (published, duplicate, invalid).",
+            ["result"],
+            registry=r,
+        )
         self.dead_letters = Counter(
             "fleet_dead_letters",
             "Messages written to the dead-letter stream, by stage and reason.",
@@ -254,6 +260,11 @@ class Telemetry:
         self._server: WSGIServer | None = None
         self._server_thread: threading.Thread | None = None
         self._enabled = self.tracer is not None or metrics is not None
+
+    def published(self, result: str, count: int = 1) -> None:
+        """Count URL lines handled by the publisher (published, duplicate, invalid)."""
+        if self.metrics is not None and count:
+            self.metrics.urls_published.labels(result).inc(count)
 
     def dead_lettered(self, stage: str, reason: str) -> None:
         """Count a dead letter written outside a message hook (the max-deliveries reaper)."""

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.request import urlopen
 
+import nats
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
@@ -36,11 +37,13 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
+from prometheus_client import generate_latest
 
 from fleet.errors import TransientError
 from fleet.messages import UrlTask
 from fleet.publisher import Publisher
 from fleet.settings import Settings, SettingsError
+from fleet.streams import ensure_topology
 from fleet.telemetry import (
     NOOP,
     JsonFormatter,
@@ -624,3 +627,22 @@ def test_metrics_port_setting() -> None:
     assert Settings.from_env({"FLEET_METRICS_PORT": "9100"}).metrics_port == 9100
     with pytest.raises(SettingsError, match="FLEET_METRICS_PORT"):
         Settings.from_env({"FLEET_METRICS_PORT": "70000"})
+
+
+async def test_publisher_counts_published_duplicate_and_invalid(settings: Settings) -> None:
+    telemetry = Telemetry("publish", metrics=Metrics())
+    nc = await nats.connect(settings.nats_server)
+    js = nc.jetstream()
+    await ensure_topology(js, settings)
+    lines = list(
+        enumerate(["http://a.example/1", "http://a.example/1#x", "bad", "http://b.example/"], 1)
+    )
+    publisher = Publisher(js, settings, counted=telemetry.published)
+    await publisher.publish_urls(lines, on_invalid=lambda _n, _r: None)
+    await publisher.publish_urls(lines[:1], on_invalid=lambda _n, _r: None)  # dedup by JetStream
+    await nc.close()
+    assert telemetry.metrics is not None
+    text = generate_latest(telemetry.metrics.registry).decode()
+    assert 'fleet_urls_published_total{result="published"} 2.0' in text
+    assert 'fleet_urls_published_total{result="duplicate"} 2.0' in text
+    assert 'fleet_urls_published_total{result="invalid"} 1.0' in text
