@@ -140,7 +140,7 @@ async def replay_dead_letters(
             subject,
             letter.payload,
             stream=stream,
-            headers={"Nats-Msg-Id": f"{letter.id}-replay-{stored.seq}"},
+            headers={**letter.trace_headers, "Nats-Msg-Id": f"{letter.id}-replay-{stored.seq}"},
         )
         await js.delete_msg(settings.dlq_stream, stored.seq)
         replayed += 1

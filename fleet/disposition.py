@@ -25,7 +25,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from fleet.errors import FleetError, PermanentError, TransientError
-from fleet.messages import DeadLetter, dead_letter_encoder, url_task_decoder
+from fleet.messages import DeadLetter, dead_letter_encoder, trace_headers, url_task_decoder
 from fleet.settings import Settings
 from fleet.streams import WORKERS_CONSUMER, JsPublish
 
@@ -92,6 +92,7 @@ class JetStreamMsg(Protocol):
     """The part of nats-py's Msg the settler uses (kept small so tests can see the contract)."""
 
     data: bytes
+    headers: dict[str, str] | None
 
     async def ack(self) -> None: ...
     async def nak(self, delay: float | None = None) -> None: ...
@@ -157,6 +158,7 @@ class Settler:
                     attempts=attempt,
                     failed_at=time.time(),
                     payload=msg.data,
+                    trace_headers=trace_headers(msg.headers),
                 )
                 if not await self.dead_letter(letter, seq):
                     # Keep the message rather than lose it; it comes back after the delay.
@@ -262,6 +264,7 @@ class MaxDeliveriesReaper:
             attempts=deliveries,
             failed_at=time.time(),
             payload=data,
+            trace_headers=trace_headers(raw.headers),
         )
         if await self._settler.dead_letter(letter, seq):
             if self._on_dead_letter is not None:

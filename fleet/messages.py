@@ -55,6 +55,9 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     failed_at: float
     # Original payload, so a replay needs nothing but the dead letter itself.
     payload: bytes = b""
+    # Trace context of the original message (traceparent/tracestate): a replay joins the
+    # URL's original trace instead of starting a new one.
+    trace_headers: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 url_task_encoder = msgspec.json.Encoder()
@@ -63,3 +66,12 @@ page_encoder = msgspec.json.Encoder()
 page_decoder = msgspec.json.Decoder(Page)
 dead_letter_encoder = msgspec.json.Encoder()
 dead_letter_decoder = msgspec.json.Decoder(DeadLetter)
+
+TRACE_HEADERS = ("traceparent", "tracestate")
+
+
+def trace_headers(headers: dict[str, str] | None) -> dict[str, str]:
+    """The W3C trace-context headers of a message, to carry over to a dead letter."""
+    if not headers:
+        return {}
+    return {k: headers[k] for k in TRACE_HEADERS if k in headers}

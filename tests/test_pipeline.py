@@ -23,9 +23,10 @@ from nats.aio.msg import Msg
 from nats.js.api import RetentionPolicy, StreamConfig
 
 from fleet import worker as worker_role
+from fleet.admin import replay_dead_letters
 from fleet.errors import ConfigError
 from fleet.fetch import Fetcher
-from fleet.messages import Page, page_decoder
+from fleet.messages import Page, UrlTask, page_decoder, url_task_decoder
 from fleet.natsserver import find_nats_server
 from fleet.settings import Settings
 from fleet.streams import connect, ensure_topology
@@ -420,3 +421,34 @@ def test_server_without_jetstream_is_one_clear_line(tmp_path: Path) -> None:
     finally:
         server.terminate()
         server.wait(10)
+
+
+async def test_dead_letter_keeps_trace_context_and_replay_restores_it(
+    settings: Settings, site: LoopbackSite, roles: Roles
+) -> None:
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    nc = await connect(settings, name="test")
+    js = nc.jetstream()
+    await ensure_topology(js, settings)
+    url = site.url("/status/404")
+    task = UrlTask(url=url, id="u404", published_at=0.0)
+    await js.publish(
+        settings.urls_subject,
+        msgspec.json.encode(task),
+        headers={"Nats-Msg-Id": "u404", "traceparent": traceparent},
+    )
+    worker = roles.start("worker")
+
+    async def dead() -> bool:
+        return bool((await get_status(settings))["dead_letters"] == 1)
+
+    await wait_for(dead, timeout=30)
+    worker.terminate()
+    assert await asyncio.to_thread(worker.wait, 20) == 0
+    assert await replay_dead_letters(js, settings) == 1
+    info = await js.stream_info(settings.urls_stream)
+    replayed = await js.get_msg(settings.urls_stream, info.state.last_seq)
+    assert replayed.headers is not None
+    assert replayed.headers["traceparent"] == traceparent
+    assert url_task_decoder.decode(replayed.data or b"").url == url
+    await nc.close()
