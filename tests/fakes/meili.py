@@ -279,6 +279,18 @@ class FakeTask:
 # the fake
 
 
+def _check_index_uid(uid: object) -> None:
+    """Meilisearch's index uid rule, for both the URL path and index creation."""
+    if not isinstance(uid, str) or not _INDEX_UID_RE.match(uid) or len(uid.encode()) > 400:
+        raise ApiError(
+            400,
+            "invalid_index_uid",
+            f"`{uid}` is not a valid index uid. Index uid can be an integer or a string "
+            "containing only alphanumeric characters, hyphens (-) and underscores (_), "
+            "and can not be more than 400 bytes.",
+        )
+
+
 class FakeMeili:
     def __init__(
         self,
@@ -585,14 +597,7 @@ class FakeMeili:
 
     def _uid(self, request: web.Request) -> str:
         uid = request.match_info["uid"]
-        if not _INDEX_UID_RE.match(uid) or len(uid.encode()) > 400:
-            raise ApiError(
-                400,
-                "invalid_index_uid",
-                f"`{uid}` is not a valid index uid. Index uid can be an integer or a string "
-                "containing only alphanumeric characters, hyphens (-) and underscores (_), "
-                "and can not be more than 400 bytes.",
-            )
+        _check_index_uid(uid)
         return uid
 
     def _index(self, request: web.Request) -> FakeIndex:
@@ -669,14 +674,7 @@ class FakeMeili:
         uid = body.get("uid")
         if uid is None:
             raise ApiError(400, "missing_index_uid", "Missing field `uid`")
-        if not isinstance(uid, str) or not _INDEX_UID_RE.match(uid):
-            raise ApiError(
-                400,
-                "invalid_index_uid",
-                f"`{uid}` is not a valid index uid. Index uid can be an integer or a string "
-                "containing only alphanumeric characters, hyphens (-) and underscores (_), "
-                "and can not be more than 400 bytes.",
-            )
+        _check_index_uid(uid)
         primary_key = body.get("primaryKey")
         if primary_key is not None and not isinstance(primary_key, str):
             raise ApiError(400, "invalid_index_primary_key", "Invalid value type at `.primaryKey`.")
