@@ -431,6 +431,24 @@ class ToolResult:
     warnings: list[str] = dataclasses.field(default_factory=list)
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
 
+    @classmethod
+    def measured(
+        cls, run: ProcessRun, *, steady: object, server_cpu_s: float, **fields: Any
+    ) -> ToolResult:
+        """A result with the figures every tool's measured run has in common."""
+        return cls(
+            wall_s=run.wall_s,
+            steady_s=float(steady) if isinstance(steady, int | float) else None,
+            peak_rss_bytes=run.tree.peak_rss_bytes,
+            cpu_s=run.tree.cpu_seconds,
+            server_cpu_s=server_cpu_s,
+            peak_processes=run.tree.peak_processes,
+            peak_breakdown=run.tree.peak_breakdown,
+            cpu_breakdown=run.tree.cpu_breakdown,
+            exit_code=run.exit_code,
+            **fields,
+        )
+
     @property
     def wall_pages_per_s(self) -> float:
         return self.pages_done / self.wall_s if self.wall_s > 0 else 0.0
@@ -481,19 +499,13 @@ def run_scrapy(
     with contextlib.suppress(OSError, ValueError):
         stats = json.loads(stats_file.read_text())
     crawl_s = stats.get("elapsed_time_seconds")
-    result = ToolResult(
+    result = ToolResult.measured(
+        run,
         name="scrapy",
         ok=run.exit_code == 0 and items > 0,
         pages_done=items,
-        wall_s=run.wall_s,
-        steady_s=float(crawl_s) if isinstance(crawl_s, int | float) else None,
-        peak_rss_bytes=run.tree.peak_rss_bytes,
-        cpu_s=run.tree.cpu_seconds,
+        steady=crawl_s,
         server_cpu_s=server_cpu,
-        peak_processes=run.tree.peak_processes,
-        peak_breakdown=run.tree.peak_breakdown,
-        cpu_breakdown=run.tree.cpu_breakdown,
-        exit_code=run.exit_code,
         details={
             "version": _version("scrapy"),
             "concurrent_requests": concurrency,
@@ -590,19 +602,13 @@ def run_fleet(
     indexed = int(reported.get("indexed", 0) or 0)
     seconds = reported.get("seconds")
     rows = _sink_rows(db)
-    result = ToolResult(
+    result = ToolResult.measured(
+        run,
         name="fleet",
         ok=run.exit_code == 0 and not parse_error,
         pages_done=indexed,
-        wall_s=run.wall_s,
-        steady_s=float(seconds) if isinstance(seconds, int | float) else None,
-        peak_rss_bytes=run.tree.peak_rss_bytes,
-        cpu_s=run.tree.cpu_seconds,
+        steady=seconds,
         server_cpu_s=server_cpu,
-        peak_processes=run.tree.peak_processes,
-        peak_breakdown=run.tree.peak_breakdown,
-        cpu_breakdown=run.tree.cpu_breakdown,
-        exit_code=run.exit_code,
         details={
             "version": _version("fleet"),
             "workers": workers,
