@@ -447,7 +447,19 @@ class ToolResult:
             cpu_breakdown=run.tree.cpu_breakdown,
             exit_code=run.exit_code,
             **fields,
-        )
+        ).with_details(samples=run.tree.samples, harness_cpu_s=round(run.harness_cpu_s, 2))
+
+    def with_details(self, **extra: Any) -> ToolResult:
+        self.details.update(extra)
+        return self
+
+    def fail_on(self, run: ProcessRun, timeout_s: float) -> bool:
+        """Record a timeout or a non-zero exit as the error; True if there was one."""
+        if run.timed_out:
+            self.error = f"timed out after {timeout_s:.0f} s"
+        elif run.exit_code != 0:
+            self.error = f"exit status {run.exit_code}: {_tail(run.stderr_path)}"
+        return bool(self.error)
 
     @property
     def wall_pages_per_s(self) -> float:
@@ -514,15 +526,9 @@ def run_scrapy(
             "responses_200": stats.get("downloader/response_status_count/200", 0),
             "errors_logged": stats.get("log_count/ERROR", 0),
             "retries": stats.get("retry/count", 0),
-            "samples": run.tree.samples,
-            "harness_cpu_s": round(run.harness_cpu_s, 2),
         },
     )
-    if run.timed_out:
-        result.error = f"timed out after {timeout_s:.0f} s"
-    elif run.exit_code != 0:
-        result.error = f"exit status {run.exit_code}: {_tail(run.stderr_path)}"
-    elif items == 0:
+    if not result.fail_on(run, timeout_s) and items == 0:
         result.error = f"no items written: {_tail(run.stderr_path)}"
     if items != pages:
         result.warnings.append(f"Scrapy wrote {items} items for {pages} pages")
@@ -613,16 +619,10 @@ def run_fleet(
             "version": _version("fleet"),
             "workers": workers,
             "sink_rows": rows,
-            "samples": run.tree.samples,
-            "harness_cpu_s": round(run.harness_cpu_s, 2),
             **reported,
         },
     )
-    if run.timed_out:
-        result.error = f"timed out after {timeout_s:.0f} s"
-    elif run.exit_code != 0:
-        result.error = f"exit status {run.exit_code}: {_tail(run.stderr_path)}"
-    elif parse_error:
+    if not result.fail_on(run, timeout_s) and parse_error:
         result.error = f"{parse_error}; stdout: {_tail(run.stdout_path, 5)!r}"
     if reported:
         if indexed != pages:
