@@ -47,6 +47,16 @@ class Settings:
     max_links: int = 1000
     user_agent: str = "fleet/0.1 (+https://github.com/fleet-scraper/fleet)"
 
+    # Rendering (Playwright + Chromium) for pages whose content JavaScript builds.
+    render: str = "auto"  # never | auto | always
+    chromium_path: str | None = None  # None: Debian's /usr/bin/chromium, else Playwright's
+    render_concurrency: int = 4  # pages open at once in a worker's browser
+    render_timeout_s: float = 30.0
+    render_settle_max_s: float = 5.0  # cap on waiting for network idle / a stable DOM
+    render_context_pages: int = 100  # pages per browser context before it is recycled
+    browser_max_rss_mb: int = 1024  # browser (all its processes) restarted above this
+    render_block_media: bool = False  # block images, fonts and media while rendering
+
     # Indexer and sinks.
     sink: str = DEFAULT_SINK
     meili_api_key: str | None = dataclasses.field(default=None, repr=False)
@@ -55,6 +65,19 @@ class Settings:
     indexer_batch_size: int = 200
     indexer_batch_wait_s: float = 0.5
     sink_retry_max_s: float = 30.0
+
+    # Supervisor: scales workers on the workers' consumer lag.
+    supervisor_backend: str = "docker"  # docker | local
+    supervisor_min: int = 1
+    supervisor_max: int = 8
+    supervisor_target_lag: int = 200  # URLs (pending + unacked) one worker should carry
+    supervisor_activation_lag: int = 1  # lag that wakes the fleet up from zero workers
+    supervisor_max_step: int = 4  # most workers added or removed in one decision
+    supervisor_cooldown_s: float = 60.0  # lag stays low this long before scaling down
+    supervisor_interval_s: float = 5.0
+    supervisor_stop_grace_s: float = 30.0  # SIGTERM → SIGKILL for a removed worker
+    supervisor_port: int = 8080  # /health and /metrics
+    supervisor_worker_service: str = "worker"  # compose service used as the template
 
     # `fleet run`.
     run_timeout_s: float = 3600.0
