@@ -6,7 +6,7 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: help venv demo test test-fast lint fmt bench clean \
+.PHONY: help venv demo test test-fast lint fmt bench bench-render bench-scale clean \
 	images base-image dev-image ci-images up down logs ps scale compose-env
 
 # Containers (docs/containers.md). BuildKit is required; CI passes DOCKER=/usr/bin/docker
@@ -29,6 +29,8 @@ help:
 	@echo "make test   - run the test suite (real nats-server, loopback HTTP servers)"
 	@echo "make lint   - ruff + mypy --strict"
 	@echo "make bench  - fleet vs Scrapy on a generated 2,000-page loopback site"
+	@echo "make bench-render - worker --render always vs a bare Playwright loop (Chromium)"
+	@echo "make bench-scale  - supervisor: burst to max replicas, drain to min, URLs/s per replica count"
 	@echo "make images - build $(IMAGE) and $(BROWSER_IMAGE) (BASE_IMAGE=fleet-base:local offline)"
 	@echo "make dev-image - fleet-dev:local for compose/docker-compose.dev.yml (reload on change)"
 	@echo "make up | down | logs | ps | scale N=5 - the compose stack (compose/)"
@@ -62,6 +64,12 @@ fmt: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+bench-render: $(STAMP)
+	$(PY) -m bench.render $(BENCH_ARGS)
+
+bench-scale: $(STAMP)
+	$(PY) -m bench.scale $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info demo.db demo.db-*

@@ -122,6 +122,13 @@ sink_option = click.option(
     help="sqlite:///path/to/fleet.db or http(s)://meili:7700 [env FLEET_SINK]",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+render_option = click.option(
+    "--render",
+    type=click.Choice(["never", "auto", "always"]),
+    default=None,
+    help="Render pages with Chromium: never, auto (only pages that need it) or always "
+    "[env FLEET_RENDER; auto]",
+)
 metrics_option = click.option(
     "--metrics-port",
     type=int,
@@ -208,14 +215,23 @@ def publish(
 @main.command()
 @nats_option
 @click.option("--concurrency", type=int, default=None, help="[env FLEET_WORKER_CONCURRENCY]")
+@render_option
 @metrics_option
 @click.pass_context
 def worker(
-    ctx: click.Context, nats_url: str | None, concurrency: int | None, metrics_port: int | None
+    ctx: click.Context,
+    nats_url: str | None,
+    concurrency: int | None,
+    render: str | None,
+    metrics_port: int | None,
 ) -> None:
     """Pull URLs and scrape them (competing with every other worker) until SIGTERM."""
     settings = _settings(
-        ctx, nats_url=nats_url, worker_concurrency=concurrency, metrics_port=metrics_port
+        ctx,
+        nats_url=nats_url,
+        worker_concurrency=concurrency,
+        render=render,
+        metrics_port=metrics_port,
     )
     from fleet import worker as worker_role
 
@@ -386,6 +402,7 @@ def dlq_replay(ctx: click.Context, nats_url: str | None, reason: str | None, as_
 @click.option("--workers", type=int, default=None, help="Worker processes [default: CPU count]")
 @nats_option
 @sink_option
+@render_option
 @click.option(
     "--metrics-port",
     type=int,
@@ -402,11 +419,14 @@ def run(
     workers: int | None,
     nats_url: str | None,
     sink: str | None,
+    render: str | None,
     metrics_port: int | None,
     as_json: bool,
 ) -> None:
     """All in one: publish FILE, run workers and the indexer until every URL is done."""
-    settings = _settings(ctx, nats_url=nats_url, sink=sink, metrics_port=metrics_port)
+    settings = _settings(
+        ctx, nats_url=nats_url, sink=sink, render=render, metrics_port=metrics_port
+    )
     from fleet.publisher import read_url_lines
     from fleet.runner import RunSummary, run_pipeline
 

@@ -104,6 +104,11 @@ class Settings:
         return f"{self.stream_prefix}_DLQ"
 
     @property
+    def render_bucket(self) -> str:
+        """JetStream KV bucket of the learned per-domain render decisions."""
+        return f"{self.stream_prefix}_RENDER"
+
+    @property
     def urls_subject(self) -> str:
         return f"{self.subject_prefix}.urls"
 
@@ -161,6 +166,15 @@ class Settings:
             "indexer_batch_size": self.indexer_batch_size,
             "max_body_bytes": self.max_body_bytes,
             "fetch_timeout_s": self.fetch_timeout_s,
+            "render_concurrency": self.render_concurrency,
+            "render_timeout_s": self.render_timeout_s,
+            "render_context_pages": self.render_context_pages,
+            "browser_max_rss_mb": self.browser_max_rss_mb,
+            "supervisor_max": self.supervisor_max,
+            "supervisor_target_lag": self.supervisor_target_lag,
+            "supervisor_activation_lag": self.supervisor_activation_lag,
+            "supervisor_max_step": self.supervisor_max_step,
+            "supervisor_interval_s": self.supervisor_interval_s,
         }
         for key, value in positive.items():
             if value <= 0:
@@ -171,6 +185,25 @@ class Settings:
             raise SettingsError(
                 f"{ENV_PREFIX}METRICS_PORT must be a TCP port 1-65535, or 0 for no metrics "
                 f"(got {self.metrics_port})"
+            )
+        if self.render not in ("never", "auto", "always"):
+            raise SettingsError(
+                f"{ENV_PREFIX}RENDER must be never, auto or always (got {self.render!r})"
+            )
+        if self.supervisor_backend not in ("docker", "local"):
+            raise SettingsError(
+                f"{ENV_PREFIX}SUPERVISOR_BACKEND must be docker or local "
+                f"(got {self.supervisor_backend!r})"
+            )
+        if not 0 <= self.supervisor_min <= self.supervisor_max:
+            raise SettingsError(
+                f"{ENV_PREFIX}SUPERVISOR_MIN must be between 0 and {ENV_PREFIX}SUPERVISOR_MAX "
+                f"(got min={self.supervisor_min}, max={self.supervisor_max})"
+            )
+        if not 1 <= self.supervisor_port <= 65535:
+            raise SettingsError(
+                f"{ENV_PREFIX}SUPERVISOR_PORT must be a TCP port 1-65535 "
+                f"(got {self.supervisor_port})"
             )
         if self.log_format not in ("text", "json"):
             raise SettingsError(
