@@ -87,15 +87,28 @@ CMD ["--help"]
 HEALTHCHECK --interval=15s --timeout=10s --start-period=20s --retries=3 \
     CMD ["fleet", "check"]
 
+# browser-venv: + Playwright (the `fleet[browser]` extra) for rendering workers. Its own
+# bundled browser is not downloaded: the browser image uses Debian's Chromium.
+FROM build AS browser-venv
+RUN --mount=type=cache,target=/root/.cache/pip \
+    --mount=type=secret,id=cacert \
+    set -eu; \
+    if [ -s /run/secrets/cacert ]; then \
+        export PIP_CERT=/run/secrets/cacert REQUESTS_CA_BUNDLE=/run/secrets/cacert; \
+    fi; \
+    /opt/venv/bin/pip install 'playwright>=1.45' 'psutil>=5.9'; \
+    /opt/venv/bin/pip uninstall --yes --quiet setuptools wheel pip
+
 # ---------------------------------------------------------------------------------------
-# browser: slim + Debian's Chromium (headless) for rendering workers.
+# browser: slim + Debian's Chromium (headless) + Playwright for rendering workers.
 FROM runtime AS browser
+# libatomic1: Playwright's bundled node (the driver) does not start without it.
 RUN --mount=type=cache,target=/var/cache/apt,sharing=locked \
     --mount=type=cache,target=/var/lib/apt/lists,sharing=locked \
     apt-get update -qq \
-    && apt-get install -y -qq --no-install-recommends chromium fonts-liberation \
+    && apt-get install -y -qq --no-install-recommends chromium fonts-liberation libatomic1 \
     && /usr/bin/chromium --version
-COPY --from=venv /opt/venv /opt/venv
+COPY --from=browser-venv /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     FLEET_CHROMIUM_PATH=/usr/bin/chromium
 USER fleet:fleet

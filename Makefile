@@ -33,7 +33,7 @@ help:
 	@echo "make bench-scale  - supervisor: burst to max replicas, drain to min, URLs/s per replica count"
 	@echo "make images - build $(IMAGE) and $(BROWSER_IMAGE) (BASE_IMAGE=fleet-base:local offline)"
 	@echo "make dev-image - fleet-dev:local for compose/docker-compose.dev.yml (reload on change)"
-	@echo "make up | down | logs | ps | scale N=5 - the compose stack (compose/)"
+	@echo "make up | down | logs | ps | scale N=5 - the compose stack (compose/; scale stops the supervisor)"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -121,5 +121,7 @@ logs:
 ps:
 	$(COMPOSE) ps
 
+# A fixed count by hand: the supervisor would otherwise correct it on the lag.
 scale:
+	$(COMPOSE) stop supervisor
 	$(COMPOSE) up -d --no-recreate --scale worker=$(N)

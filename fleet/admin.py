@@ -12,6 +12,7 @@ from nats.js.api import ConsumerInfo, StreamInfo
 from nats.js.errors import NotFoundError
 
 from fleet.messages import DeadLetter, dead_letter_decoder
+from fleet.render import learned_domains
 from fleet.settings import Settings
 from fleet.streams import INDEXER_CONSUMER, WORKERS_CONSUMER, require_jetstream
 
@@ -71,6 +72,17 @@ async def status(js: JetStreamContext, settings: Settings) -> dict[str, Any]:
         "consumers": consumers,
         "dead_letters": sum(by_stage.values()),
         "dead_letters_by_stage": by_stage,
+        "render_domains": [
+            {
+                "domain": d.domain,
+                "needs_render": d.needs_render,
+                "samples": d.samples,
+                "http_chars": d.http_chars,
+                "rendered_chars": d.rendered_chars,
+                "decided_at": d.decided_at,
+            }
+            for d in await learned_domains(js, settings)
+        ],
         "streams": streams,
     }
 

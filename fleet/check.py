@@ -2,7 +2,8 @@
 
 Every role needs NATS with JetStream and the three streams; a worker also needs its durable
 consumer, an indexer its consumer and a reachable sink. The answer is one line naming what
-was checked or what is missing, and an exit code (0 healthy, 1 not).
+was checked or what is missing, and an exit code (0 healthy, 1 not). The supervisor is
+asked over HTTP: its own ``/health`` already covers NATS and the Docker engine.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import dataclasses
 from typing import Final
 
+import aiohttp
 from nats.js.errors import NotFoundError
 
 from fleet.errors import FleetError
@@ -18,7 +20,7 @@ from fleet.settings import Settings
 from fleet.sinks import open_sink
 from fleet.streams import INDEXER_CONSUMER, WORKERS_CONSUMER, connect
 
-ROLES: Final = ("nats", "publisher", "worker", "indexer")
+ROLES: Final = ("nats", "publisher", "worker", "indexer", "supervisor")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,13 +95,32 @@ async def _check_sink(settings: Settings) -> str:
     return f"sink {store!r} ({count} documents)"
 
 
+async def _check_supervisor(settings: Settings) -> list[str]:
+    url = f"http://127.0.0.1:{settings.supervisor_port}/health"
+    try:
+        async with aiohttp.ClientSession() as session, session.get(url) as resp:
+            body = await resp.json(content_type=None)
+    except (aiohttp.ClientError, ValueError) as exc:
+        raise Unhealthy(f"no answer from {url} ({type(exc).__name__}: {exc})") from None
+    deps = body.get("dependencies", {}) if isinstance(body, dict) else {}
+    shown = ", ".join(
+        f"{name} {'ok' if d.get('ok') else d.get('error') or 'down'}" for name, d in deps.items()
+    )
+    if resp.status != 200:
+        raise Unhealthy(f"{url} answered {resp.status}: {shown or body}")
+    return [f"{url}: {shown}"]
+
+
 async def check(role: str, settings: Settings, *, timeout_s: float = 5.0) -> CheckResult:
     """Never raises for an unhealthy system: the result says what is wrong."""
     if role not in ROLES:
         return CheckResult(role, False, f"unknown role (choose from {', '.join(ROLES)})")
     try:
         async with asyncio.timeout(timeout_s):
-            checked = await _check(role, settings)
+            if role == "supervisor":
+                checked = await _check_supervisor(settings)
+            else:
+                checked = await _check(role, settings)
     except Unhealthy as exc:
         return CheckResult(role, False, str(exc))
     except TimeoutError:

@@ -334,6 +334,12 @@ def status(ctx: click.Context, nats_url: str | None, as_json: bool) -> None:
         shown = " ".join(f"{k}={v}" for k, v in view.items()) or "(missing)"
         click.echo(f"consumer {name:7} {shown}")
     click.echo(f"dead letters {info['dead_letters']}")
+    for d in info["render_domains"]:
+        path = "browser" if d["needs_render"] else "http"
+        click.echo(
+            f"render domain {d['domain']} {path} samples={d['samples']} "
+            f"http_chars={d['http_chars']} rendered_chars={d['rendered_chars']}"
+        )
 
 
 @main.group()
@@ -399,7 +405,18 @@ def dlq_replay(ctx: click.Context, nats_url: str | None, reason: str | None, as_
 
 @main.command()
 @click.argument("file")
-@click.option("--workers", type=int, default=None, help="Worker processes [default: CPU count]")
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    help="Worker processes [default: CPU count]; with --autoscale the most workers "
+    "[default: FLEET_SUPERVISOR_MAX]",
+)
+@click.option(
+    "--autoscale",
+    is_flag=True,
+    help="Start and stop workers on the queue's lag (FLEET_SUPERVISOR_* policy)",
+)
 @nats_option
 @sink_option
 @render_option
@@ -417,6 +434,7 @@ def run(
     *,  # click passes every parameter by name
     file: str,
     workers: int | None,
+    autoscale: bool,
     nats_url: str | None,
     sink: str | None,
     render: str | None,
@@ -427,12 +445,24 @@ def run(
     settings = _settings(
         ctx, nats_url=nats_url, sink=sink, render=render, metrics_port=metrics_port
     )
+    import dataclasses
+
     from fleet.publisher import read_url_lines
     from fleet.runner import RunSummary, run_pipeline
+    from fleet.supervisor import Policy
 
     n_workers = workers if workers is not None else (os.cpu_count() or 1)
     if n_workers < 1:
         _fail("--workers must be at least 1")
+    policy = None
+    if autoscale:
+        # --workers is then the ceiling; the floor and the rest come from FLEET_SUPERVISOR_*.
+        most = workers if workers is not None else settings.supervisor_max
+        policy = dataclasses.replace(
+            Policy.from_settings(settings),
+            max_replicas=most,
+            min_replicas=min(settings.supervisor_min, most),
+        )
 
     async def go() -> RunSummary:
         with _open_lines(file) as fh:
@@ -447,6 +477,7 @@ def run(
                     progress=bar,
                     source=None if file == "-" else Path(file).name,
                     telemetry=telemetry,
+                    autoscale=policy,
                 )
             finally:
                 if bar is not None:
@@ -471,11 +502,189 @@ def run(
 
 
 @main.command()
+@nats_option
+@click.option(
+    "--backend",
+    type=click.Choice(["docker", "local"]),
+    default=None,
+    help="Where workers run: Docker containers or local processes "
+    "[env FLEET_SUPERVISOR_BACKEND; docker]",
+)
+@click.option("--min", "min_", type=int, default=None, help="[env FLEET_SUPERVISOR_MIN; 1]")
+@click.option("--max", "max_", type=int, default=None, help="[env FLEET_SUPERVISOR_MAX; 8]")
+@click.option(
+    "--target-lag",
+    type=int,
+    default=None,
+    help="URLs (pending + unacked) per worker [env FLEET_SUPERVISOR_TARGET_LAG; 200]",
+)
+@click.option(
+    "--activation-lag",
+    type=int,
+    default=None,
+    help="Lag below which the fleet is idle (min workers) [env FLEET_SUPERVISOR_ACTIVATION_LAG; 1]",
+)
+@click.option(
+    "--max-step",
+    type=int,
+    default=None,
+    help="Most workers added or removed at once [env FLEET_SUPERVISOR_MAX_STEP; 4]",
+)
+@click.option(
+    "--cooldown-s",
+    type=float,
+    default=None,
+    help="Lag stays low this long before scaling down [env FLEET_SUPERVISOR_COOLDOWN_S; 60]",
+)
+@click.option("--interval-s", type=float, default=None, help="[env FLEET_SUPERVISOR_INTERVAL_S; 5]")
+@click.option(
+    "--stop-grace-s",
+    type=float,
+    default=None,
+    help="SIGTERM → SIGKILL for a removed worker [env FLEET_SUPERVISOR_STOP_GRACE_S; 30]",
+)
+@click.option(
+    "--port",
+    type=int,
+    default=None,
+    help="/health, /metrics, /workers on this port [env FLEET_SUPERVISOR_PORT; 8080]",
+)
+@click.option(
+    "--worker-service",
+    default=None,
+    help="Compose service of the workers [env FLEET_SUPERVISOR_WORKER_SERVICE; worker]",
+)
+@click.option(
+    "--project",
+    default=None,
+    help="Docker: compose project of the workers [default: the supervisor's own container's]",
+)
+@click.option(
+    "--worker-image",
+    default=None,
+    help="Docker: image for workers when no worker container exists to copy",
+)
+@click.option("--worker-network", default=None, help="Docker: network of those workers")
+@click.pass_context
+def supervisor(
+    ctx: click.Context,
+    *,  # click passes every parameter by name
+    nats_url: str | None,
+    backend: str | None,
+    min_: int | None,
+    max_: int | None,
+    target_lag: int | None,
+    activation_lag: int | None,
+    max_step: int | None,
+    cooldown_s: float | None,
+    interval_s: float | None,
+    stop_grace_s: float | None,
+    port: int | None,
+    worker_service: str | None,
+    project: str | None,
+    worker_image: str | None,
+    worker_network: str | None,
+) -> None:
+    """Scale workers on the queue's lag (Docker containers or local processes) until SIGTERM."""
+    settings = _settings(
+        ctx,
+        nats_url=nats_url,
+        supervisor_backend=backend,
+        supervisor_min=min_,
+        supervisor_max=max_,
+        supervisor_target_lag=target_lag,
+        supervisor_activation_lag=activation_lag,
+        supervisor_max_step=max_step,
+        supervisor_cooldown_s=cooldown_s,
+        supervisor_interval_s=interval_s,
+        supervisor_stop_grace_s=stop_grace_s,
+        supervisor_port=port,
+        supervisor_worker_service=worker_service,
+    )
+    import socket
+
+    from fleet import scaling
+    from fleet import supervisor as supervisor_role
+
+    backend_impl: scaling.Backend
+    if settings.supervisor_backend == "local":
+        backend_impl = scaling.LocalBackend(
+            {**os.environ, **settings.to_env()}, stop_grace_s=settings.supervisor_stop_grace_s
+        )
+    else:
+        import time
+
+        import docker
+
+        # The engine must answer once at start-up (API version, own compose project); later
+        # outages are survived. Honours DOCKER_HOST (tcp://docker-proxy:2375 in compose).
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                api = docker.from_env().api
+                break
+            except docker.errors.DockerException as exc:
+                if time.monotonic() > deadline:
+                    _fail(f"cannot reach Docker ({exc}); set DOCKER_HOST (a socket proxy)", 1)
+                time.sleep(1)
+        service = settings.supervisor_worker_service
+        project = project or scaling.discover_compose_project(api, socket.gethostname())
+        fallback = None
+        if worker_image:
+            # Workers get this process's FLEET_* settings, not its secrets.
+            env = settings.to_env() | {"FLEET_ROLE": "worker"}
+            env.pop("FLEET_MEILI_API_KEY", None)
+            labels = (
+                scaling.compose_selector(project, service)
+                if project
+                else {scaling.WORKER_LABEL: service}
+            )
+            fallback = scaling.WorkerTemplate.standalone(
+                image=worker_image,
+                env=env,
+                labels=labels,
+                network=worker_network,
+                name_prefix=f"{project}-{service}" if project else f"fleet-{service}",
+                stop_grace_s=settings.supervisor_stop_grace_s,
+            )
+        selector = (
+            scaling.compose_selector(project, service)
+            if project
+            else {scaling.WORKER_LABEL: service}
+        )
+        backend_impl = scaling.DockerBackend(
+            api,
+            selector=selector,
+            stop_grace_s=settings.supervisor_stop_grace_s,
+            fallback=fallback,
+        )
+
+    async def go(stop: asyncio.Event) -> None:
+        lag = supervisor_role.JetStreamLag(settings)
+        sup = supervisor_role.Supervisor(
+            supervisor_role.Policy.from_settings(settings),
+            lag,
+            backend_impl,
+            interval_s=settings.supervisor_interval_s,
+        )
+        try:
+            await supervisor_role.serve(sup, stop, port=settings.supervisor_port)
+        finally:
+            await backend_impl.close()
+            await lag.close()
+
+    try:
+        _guard(lambda: _run(_until_signalled(go)))
+    except OSError as exc:
+        _fail(f"cannot serve on port {settings.supervisor_port}: {exc}")
+
+
+@main.command()
 @click.argument(
     "role",
     envvar="FLEET_ROLE",
     default="nats",
-    type=click.Choice(["nats", "publisher", "worker", "indexer"]),
+    type=click.Choice(["nats", "publisher", "worker", "indexer", "supervisor"]),
 )
 @nats_option
 @sink_option
@@ -491,7 +700,7 @@ def check(
     timeout_s: float,
     as_json: bool,
 ) -> None:
-    """Health of ROLE (nats, publisher, worker, indexer) [env FLEET_ROLE]: exit 0 or 1."""
+    """Health of ROLE (nats, publisher, worker, indexer, supervisor) [env FLEET_ROLE]."""
     settings = _settings(ctx, nats_url=nats_url, sink=sink)
     from fleet.check import check as run_check
 

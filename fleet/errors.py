@@ -84,3 +84,27 @@ class ConfigError(FleetError):
     """Configuration or environment that prevents start-up; the message names the fix."""
 
     reason = "config"
+
+
+class BrowserCrashed(TransientError):
+    """The browser died or hung with the page open; the URL is retried (another browser)."""
+
+    reason = "browser_crashed"
+
+
+class RenderTimeout(TransientError):
+    """A page did not finish rendering within render_timeout_s."""
+
+    reason = "render_timeout"
+
+
+class RenderFailed(TransientError):
+    """The browser could not render the page (navigation error, no browser right now)."""
+
+    reason = "render_failed"
+
+
+class RenderUnavailable(ConfigError):
+    """Rendering was asked for but Playwright or Chromium is missing; names the fix."""
+
+    reason = "render_unavailable"

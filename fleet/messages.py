@@ -60,12 +60,28 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     trace_headers: dict[str, str] = msgspec.field(default_factory=dict)
 
 
+class RenderDecision(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What the fleet learned about one domain: do its pages need a browser?
+
+    Stored in the render KV bucket (one key per domain), read by every worker.
+    """
+
+    domain: str
+    needs_render: bool
+    samples: int
+    http_chars: int = 0  # mean visible text over HTTP in the samples
+    rendered_chars: int = 0  # mean visible text after rendering
+    decided_at: float = 0.0
+
+
 url_task_encoder = msgspec.json.Encoder()
 url_task_decoder = msgspec.json.Decoder(UrlTask)
 page_encoder = msgspec.json.Encoder()
 page_decoder = msgspec.json.Decoder(Page)
 dead_letter_encoder = msgspec.json.Encoder()
 dead_letter_decoder = msgspec.json.Decoder(DeadLetter)
+render_decision_encoder = msgspec.json.Encoder()
+render_decision_decoder = msgspec.json.Decoder(RenderDecision)
 
 TRACE_HEADERS = ("traceparent", "tracestate")
 

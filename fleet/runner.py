@@ -3,6 +3,9 @@
 Starts a private nats-server when no NATS URL is configured, runs N worker processes and
 one indexer process (separate processes, so extraction uses every core), publishes the
 file, waits until both consumers have nothing pending or in flight, then stops everything.
+
+With ``autoscale`` (`fleet run --autoscale`), the supervisor's policy and its local backend
+(`fleet/scaling.py`) start and stop the worker processes on the queue's lag instead.
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ from fleet.admin import dead_letter_counts
 from fleet.errors import FleetError
 from fleet.natsserver import EmbeddedNats
 from fleet.publisher import Progress, Publisher
+from fleet.scaling import LocalBackend
 from fleet.settings import Settings
 from fleet.streams import INDEXER_CONSUMER, WORKERS_CONSUMER, connect, ensure_topology
+from fleet.supervisor import JetStreamLag, Policy, Supervisor
 from fleet.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -136,7 +141,11 @@ async def run_pipeline(
     progress: Progress | None = None,
     source: str | None = None,
     telemetry: Telemetry | None = None,
+    autoscale: Policy | None = None,
 ) -> RunSummary:
+    """Run the file through the pipeline. ``workers`` processes, or with ``autoscale``
+    between its min and max, chosen by the supervisor's policy every
+    ``supervisor_interval_s`` (the workers then serve no metrics port)."""
     telemetry = telemetry or Telemetry.disabled()
     server: EmbeddedNats | None = None
     if settings.nats_url is None:
@@ -144,6 +153,15 @@ async def run_pipeline(
         settings = settings.replace(nats_url=server.url)
         log.info("started private nats-server at %s (store %s)", server.url, server.store_dir)
     children = RoleProcesses({**base_env, **settings.to_env()})
+    scaler = (
+        LocalBackend(
+            {**base_env, **settings.to_env()}, stop_grace_s=settings.supervisor_stop_grace_s
+        )
+        if autoscale
+        else None
+    )
+    stop_scaling = asyncio.Event()
+    scaling: asyncio.Task[None] | None = None
     summary = RunSummary()
     started = time.monotonic()
     try:
@@ -155,8 +173,17 @@ async def run_pipeline(
             # One metrics port per child: the indexer's, then one per worker.
             port = settings.metrics_port
             children.spawn("indexer", *_metrics_args(port, 0))
-            for n in range(workers):
-                children.spawn("worker", *_metrics_args(port, 1 + n))
+            if scaler is not None and autoscale is not None:
+                supervisor = Supervisor(
+                    autoscale,
+                    JetStreamLag(settings, js=js),
+                    scaler,
+                    interval_s=settings.supervisor_interval_s,
+                )
+                scaling = asyncio.create_task(supervisor.run(stop_scaling))
+            else:
+                for n in range(workers):
+                    children.spawn("worker", *_metrics_args(port, 1 + n))
             publisher = Publisher(
                 js, settings, headers_for=telemetry.publish_headers(settings.urls_subject)
             )
@@ -167,7 +194,7 @@ async def run_pipeline(
             summary.invalid = report.invalid
             deadline = started + settings.run_timeout_s
             while not await _drained(js, settings):
-                if crashed := children.crashed():
+                if crashed := children.crashed() + (scaler.crashed if scaler else []):
                     raise RoleCrashed(f"role process(es) exited: {', '.join(crashed)}")
                 if time.monotonic() > deadline:
                     raise RunTimeout(
@@ -182,6 +209,11 @@ async def run_pipeline(
             summary.indexed = results_after - results_before - new_dl.get("indexer", 0)
             summary.completed = True
         finally:
+            if scaling is not None:
+                stop_scaling.set()
+                await scaling
+            if scaler is not None:
+                await scaler.close()
             with contextlib.suppress(Exception):
                 await nc.drain()
     finally:

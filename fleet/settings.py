@@ -54,8 +54,11 @@ class Settings:
     render_timeout_s: float = 30.0
     render_settle_max_s: float = 5.0  # cap on waiting for network idle / a stable DOM
     render_context_pages: int = 100  # pages per browser context before it is recycled
-    browser_max_rss_mb: int = 1024  # browser (all its processes) restarted above this
-    render_block_media: bool = False  # block images, fonts and media while rendering
+    # Browser restarted when its process tree uses more (PSS: shared pages counted once).
+    browser_max_rss_mb: int = 1024
+    # Abort images, fonts and media while rendering: faster on image-heavy pages (see
+    # docs/benchmarks.md), off by default so pages render as a visitor sees them.
+    render_block_media: bool = False
 
     # Indexer and sinks.
     sink: str = DEFAULT_SINK

@@ -132,9 +132,29 @@ class Metrics:
         self.fetch_seconds = Histogram(
             "fleet_fetch_duration_seconds", "HTTP fetch latency (redirects included).", registry=r
         )
-        # Reserved for the browser renderer; nothing observes it yet.
         self.render_seconds = Histogram(
-            "fleet_render_duration_seconds", "Browser render latency.", registry=r
+            "fleet_render_duration_seconds",
+            "Browser render latency (navigation, scripts and settling).",
+            buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+            registry=r,
+        )
+        self.renders = Counter(
+            "fleet_renders",
+            "Pages by how they were obtained (via http|browser), why (via_reason: spa_root, "
+            "domain_learned, render_unavailable, ...) and outcome (ok, error, skipped).",
+            ["via", "via_reason", "outcome"],
+            registry=r,
+        )
+        self.browser_restarts = Counter(
+            "fleet_browser_restarts",
+            "Browser restarts by cause (crash, hang, rss).",
+            ["cause"],
+            registry=r,
+        )
+        self.context_recycles = Counter(
+            "fleet_browser_context_recycles",
+            "Browser contexts closed after their page budget (render_context_pages).",
+            registry=r,
         )
         self.in_flight = Gauge(
             "fleet_in_flight", "Messages being handled right now.", ["stage"], registry=r
@@ -270,6 +290,21 @@ class Telemetry:
         """Count a dead letter written outside a message hook (the max-deliveries reaper)."""
         if self.metrics is not None:
             self.metrics.dead_letters.labels(stage, reason).inc()
+
+    def rendered(self, via: str, via_reason: str, outcome: str, seconds: float | None) -> None:
+        """Count how one page was obtained; ``seconds`` is the browser time, if it rendered."""
+        if self.metrics is not None:
+            self.metrics.renders.labels(via, via_reason, outcome).inc()
+            if seconds is not None:
+                self.metrics.render_seconds.observe(seconds)
+
+    def browser_restarted(self, cause: str) -> None:
+        if self.metrics is not None:
+            self.metrics.browser_restarts.labels(cause).inc()
+
+    def context_recycled(self) -> None:
+        if self.metrics is not None:
+            self.metrics.context_recycles.inc()
 
     @classmethod
     def disabled(cls, role: str = "fleet") -> Telemetry:

@@ -74,6 +74,14 @@ class LoopbackSite:
         app.router.add_get("/redirect", self._redirect)
         app.router.add_get("/plain", self._plain)
         app.router.add_get("/big", self._big)
+        # Pages built by JavaScript (the render path).
+        app.router.add_get("/js/{n}", self._js_page)
+        app.router.add_get("/spa/{n}", self._spa_page)
+        app.router.add_get("/spa-slow/{n}", self._spa_slow_page)
+        app.router.add_get("/borderline/{n}", self._borderline_page)
+        app.router.add_get("/static/{name}", self._static)
+        app.router.add_get("/api/data/{n}", self._api_data)
+        app.router.add_get("/probe", self._probe_page)
         # Short shutdown: slow handlers (sleeping pages) must not hold up test teardown.
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
@@ -127,3 +135,121 @@ class LoopbackSite:
         return web.Response(
             text="bigword filler text " * (kb * 1024 // 20), content_type="text/plain"
         )
+
+    # -- JavaScript pages: the HTTP body has (almost) no text, the browser builds it.
+
+    async def _js_page(self, request: web.Request) -> web.Response:
+        self._count(request)
+        n = int(request.match_info["n"])
+        return _html(js_page_html(n))
+
+    async def _spa_page(self, request: web.Request) -> web.Response:
+        self._count(request)
+        return _html(SPA_SHELL.format(root="root", script="/static/app.js"))
+
+    async def _spa_slow_page(self, request: web.Request) -> web.Response:
+        self._count(request)
+        return _html(SPA_SHELL.format(root="app", script="/static/slow.js"))
+
+    async def _borderline_page(self, request: web.Request) -> web.Response:
+        self._count(request)
+        n = int(request.match_info["n"])
+        return _html(borderline_html(n))
+
+    async def _static(self, request: web.Request) -> web.Response:
+        self._count(request)
+        name = request.match_info["name"]
+        if name not in STATIC_JS:
+            raise web.HTTPNotFound()
+        return web.Response(text=STATIC_JS[name], content_type="application/javascript")
+
+    async def _api_data(self, request: web.Request) -> web.Response:
+        self._count(request)
+        await asyncio.sleep(float(request.query.get("s", "0")))
+        n = int(request.match_info["n"])
+        return web.json_response({"n": n, "words": [f"apiword{n}", *WORDS]})
+
+    async def _probe_page(self, request: web.Request) -> web.Response:
+        """A page whose script and image try another port (given as ?target=URL)."""
+        self._count(request)
+        target = request.query["target"]
+        return _html(
+            "<!doctype html><html><head><title>probe</title>"
+            f'<script src="{target}/evil.js"></script></head>'
+            f'<body><main><h1>probe</h1><img src="{target}/pixel.png"><p id="out">'
+            "waiting</p></main><script>"
+            f"fetch({target!r} + '/secret').then(r => r.text())"
+            ".then(t => { document.getElementById('out').textContent = 'got ' + t; })"
+            ".catch(() => { document.getElementById('out').textContent = 'probe blocked'; });"
+            f"try {{ new WebSocket({target!r}.replace('http', 'ws') + '/ws'); }} catch (e) {{}}"
+            "</script></body></html>"
+        )
+
+
+def _html(text: str) -> web.Response:
+    return web.Response(text=text, content_type="text/html", charset="utf-8")
+
+
+SPA_SHELL = (
+    '<!doctype html><html lang="en"><head><title>SPA</title></head>'
+    '<body><div id="{root}"></div><script src="{script}"></script></body></html>'
+)
+
+# Builds the page from its own URL: /spa/7 shows "spaword7" and 300 words.
+_APP_JS = """
+const n = location.pathname.split('/').pop();
+const words = %s;
+const main = document.createElement('main');
+const h1 = document.createElement('h1');
+h1.textContent = 'SPA page ' + n;
+const p = document.createElement('p');
+const body = Array.from({length: 300}, (_, i) => words[i %% words.length]);
+p.textContent = 'spaword' + n + ' ' + body.join(' ');
+main.append(h1, p);
+document.getElementById('root').append(main);
+document.title = 'SPA ' + n;
+"""
+
+# Waits for a slow API (0.5 s) before it shows anything: settling must wait for it.
+_SLOW_JS = """
+const n = location.pathname.split('/').pop();
+fetch('/api/data/' + n + '?s=0.5').then(r => r.json()).then(d => {
+  const p = document.createElement('p');
+  p.textContent = 'slowword' + n + ' ' + d.words.join(' ') + ' ' + d.words.join(' ');
+  document.getElementById('app').append(p);
+});
+"""
+
+STATIC_JS = {
+    "app.js": _APP_JS % repr(WORDS),
+    "slow.js": _SLOW_JS,
+}
+
+
+def js_page_html(n: int) -> str:
+    """Little text in the HTML, a large inline script that writes the real content."""
+    words = ", ".join(repr(w) for w in WORDS * 10)
+    return (
+        f'<!doctype html><html lang="en"><head><title>JS page {n}</title></head><body>'
+        f'<main><h1>JS {n}</h1><div id="content">Loading</div></main><script>'
+        f"const words = [{words}];\n"
+        f"document.getElementById('content').textContent = 'jsword{n} ' + "
+        "Array.from({length: 400}, (_, i) => words[(i * 7) % words.length]).join(' ');"
+        "</script></body></html>"
+    )
+
+
+def borderline_html(n: int) -> str:
+    """Some text, somewhat more script than text: only a sample render can tell."""
+    intro = " ".join(WORDS[(n + i) % len(WORDS)] for i in range(40))
+    return (
+        f'<!doctype html><html lang="en"><head><title>Borderline {n}</title></head><body>'
+        f'<main><h1>Borderline {n}</h1><p>{intro}</p><div id="more"></div></main><script>'
+        "const base = document.querySelector('p').textContent.split(' ');\n"
+        "const out = [];\n"
+        "for (let i = 0; i < 400; i++) { out.push(base[(i * 3) % base.length] + i); }\n"
+        f"document.getElementById('more').textContent = 'moreword{n} ' + out.join(' ');\n"
+        "/* padding so the script outweighs the visible text of the HTML: "
+        + "x" * 200
+        + " */</script></body></html>"
+    )

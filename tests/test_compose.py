@@ -128,15 +128,29 @@ def test_compose_config_validates(docker_ready: None) -> None:
     assert "MEILI_MASTER_KEY" in proc.stderr
     # Every fleet service has a healthcheck, limits and a restart policy.
     config = json.loads(
-        _check(compose("--profile", "browser", "config", "--format", "json", files=(BASE,)))
+        _check(
+            compose(
+                *("--profile", "browser", "--profile", "autoscale"),
+                *("config", "--format", "json"),
+                files=(BASE,),
+            )
+        )
     )
-    for name in ("worker", "browser-worker", "indexer", "nats", "meili", "jaeger"):
+    for name in ("worker", "browser-worker", "indexer", "supervisor", "nats", "meili", "jaeger"):
         service = config["services"][name]
         assert service.get("healthcheck", {}).get("test"), name
         assert service["deploy"]["resources"]["limits"]["memory"], name
         assert service["restart"] == "unless-stopped", name
     assert config["services"]["browser-worker"]["shm_size"]
     assert config["services"]["worker"]["healthcheck"]["test"][-2:] == ["check", "worker"]
+    # The supervisor reaches Docker only through the container-only proxy, as a non-root,
+    # read-only service.
+    supervisor = config["services"]["supervisor"]
+    assert supervisor["environment"]["DOCKER_HOST"] == "tcp://docker-proxy:2375"
+    assert supervisor["healthcheck"]["test"][-2:] == ["check", "supervisor"]
+    assert supervisor["read_only"] and supervisor["cap_drop"] == ["ALL"]
+    assert not supervisor.get("volumes"), "no Docker socket for the supervisor"
+    assert set(supervisor["depends_on"]) == {"nats", "docker-proxy"}
 
 
 def _ensure_images() -> None:
@@ -155,7 +169,17 @@ def _ensure_images() -> None:
 
 def _down() -> subprocess.CompletedProcess[str]:
     return _run(
-        *compose("--profile", "tools", "down", "-v", "--remove-orphans", "--timeout", "30"),
+        *compose(
+            "--profile",
+            "tools",
+            "--profile",
+            "autoscale",
+            "down",
+            "-v",
+            "--remove-orphans",
+            "--timeout",
+            "30",
+        ),
         env=_env(),
         timeout=180,
     )
@@ -267,6 +291,8 @@ def test_stack_publish_search_scale_down(stack: None) -> None:
     assert min(per_worker.values()) >= 10, f"work not shared: {per_worker}"
     assert "dead letters 0" in _check(compose("run", "--rm", "-T", "fleet", "status"))
 
+    _supervisor_scales_the_worker_service(site, indexed, before=110)
+
     # `down -v` leaves no container, network or volume of the project.
     proc = _down()
     assert proc.returncode == 0, proc.stderr
@@ -274,6 +300,50 @@ def test_stack_publish_search_scale_down(stack: None) -> None:
     for kind in ("container ls -a", "network ls", "volume ls"):
         left = _check([DOCKER, *kind.split(), "-q", "--filter", label]).split()
         assert left == [], f"{kind}: {left}"
+
+
+def _running_workers() -> list[str]:
+    return _check(compose("ps", "-q", "--status", "running", "worker")).split()
+
+
+def _supervisor_scales_the_worker_service(
+    site: str, indexed: Callable[[], int], *, before: int
+) -> None:
+    """The supervisor (profile autoscale; CI policy: min 1, max 3, target lag 50, cooldown
+    5 s, interval 1 s) scales the compose worker service through docker-proxy."""
+    auto = ("--profile", "autoscale")
+    _check(
+        compose(*auto, "up", "-d", "--no-build", "--wait", "--wait-timeout", "120", "supervisor")
+    )
+    port = _check(compose(*auto, "port", "supervisor", "8080")).strip().splitlines()[0]
+    supervisor = f"http://{port.replace('0.0.0.0', '127.0.0.1')}"
+    health = _get_json(f"{supervisor}/health")
+    assert health["status"] == "ok", health
+    assert health["dependencies"]["nats"]["ok"] and health["dependencies"]["docker"]["ok"]
+
+    # Idle: after the cooldown the three workers go down to min, newest first, gracefully
+    # (possibly already while `up --wait` waited for the supervisor's healthcheck).
+    _poll("idle workers scaled down to 1", lambda: len(_running_workers()) == 1, timeout=60)
+
+    # A burst: back to max at once; the copies are the compose service's containers.
+    started = time.monotonic()
+    counts = _publish([f"http://site:8000/page/{n}" for n in range(200, 500)])
+    assert counts["published"] == 300
+    _poll("burst scaled up to 3 workers", lambda: len(_running_workers()) == 3, timeout=30)
+    up_s = time.monotonic() - started
+    rows = [r for r in _ps() if r.get("Service") == "worker"]
+    assert len(rows) == 3, rows
+    workers = _get_json(f"{supervisor}/workers")  # stats through the proxy
+    assert sorted(w["name"] for w in workers) == sorted(r["Name"] for r in rows)
+    assert all(w["memory_limit_bytes"] == 512 * 1024 * 1024 for w in workers), workers
+    _poll(f"{before + 300} pages indexed", lambda: indexed() == before + 300, timeout=120)
+    _poll("drained workers scaled down to 1", lambda: len(_running_workers()) == 1, timeout=60)
+    with urllib.request.urlopen(f"{supervisor}/metrics", timeout=10) as resp:
+        metrics = resp.read().decode()
+    assert re.search(r'fleet_supervisor_scale_events_total\{direction="up"\} [1-9]', metrics)
+    assert re.search(r'fleet_supervisor_scale_events_total\{direction="down"\} [1-9]', metrics)
+    assert "dead letters 0" in _check(compose("run", "--rm", "-T", "fleet", "status"))
+    print(f"supervisor: 1 -> 3 workers {up_s:.1f}s after the burst was published")
 
 
 @pytest.mark.docker

@@ -1,0 +1,506 @@
+"""Rendering throughput and memory: ``python -m bench.render`` (``make bench-render``).
+
+1. Serve a generated JavaScript site on 127.0.0.1 from its own process: every page is an
+   SPA shell whose script (one shared bundle) builds ~300 words of text and three images.
+2. Baseline: a bare Playwright loop in this process renders --baseline-pages of those pages
+   (same Chromium, same launch flags minus our DNS fence, same concurrency, pages reused,
+   same settle condition: the load event, then 100 ms without DOM mutation).
+3. fleet: a private nats-server and ``fleet worker --render always`` (render_concurrency =
+   the same concurrency) render --pages pages; done when the results stream holds them all.
+   The worker's process tree (Python, the Playwright driver, Chromium and its children) is
+   sampled every 0.5 s: RSS summed over the tree, and PSS (shared pages counted once).
+4. Block-media: the pool in this process renders --media-pages pages with
+   render_block_media off, then on.
+
+Prints a table (or --json). Targets (PASS/MISS, informational): fleet ≥ 90 % of the bare
+loop's pages/s; worker memory flat within ±10 % after warm-up (the first 20 % of pages).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import nats
+import psutil
+from aiohttp import web
+from playwright.async_api import Route, async_playwright
+
+from bench.run import free_port, log, machine_info
+from fleet.fetch import Fetcher
+from fleet.natsserver import EmbeddedNats
+from fleet.render import (
+    BLOCK_ALL_DNS,
+    CHROMIUM_ARGS,
+    DOM_QUIET_MS,
+    SETTLE_JS,
+    BrowserPool,
+    ResourceFetcher,
+    chromium_executable,
+)
+from fleet.settings import Settings
+
+DEFAULT_PAGES = 2000
+DEFAULT_BASELINE_PAGES = 400
+DEFAULT_MEDIA_PAGES = 200
+QUICK_PAGES = 300
+DEFAULT_CONCURRENCY = 4
+TARGET_RATIO = 0.9
+TARGET_FLAT = 0.10
+WARMUP_SHARE = 0.2
+SAMPLE_S = 0.5
+PSS_EVERY = 10  # samples
+MIB = 1024 * 1024
+
+WORDS = [
+    *("river", "stone", "lantern", "copper", "meadow", "signal", "harbor", "quiet"),
+    *("orbit", "velvet", "canyon", "ember", "glacier", "tunnel", "marble", "prism"),
+    *("falcon", "thimble", "saddle", "beacon", "willow", "cobalt", "pepper"),
+]
+
+APP_JS_TEMPLATE = """
+(function () {
+  const n = window.ITEM;
+  const words = %s;
+  let seed = n * 2654435761 %% 4294967296;
+  function next() { seed = (seed * 1664525 + 1013904223) %% 4294967296; return seed; }
+  const root = document.getElementById('root');
+  const h1 = document.createElement('h1');
+  h1.textContent = 'Item ' + n;
+  root.append(h1);
+  for (let p = 0; p < 6; p++) {
+    const para = document.createElement('p');
+    const out = [];
+    for (let i = 0; i < 50; i++) out.push(words[next() %% words.length]);
+    para.textContent = (p === 0 ? 'item' + n + ' ' : '') + out.join(' ');
+    root.append(para);
+  }
+  for (let i = 0; i < 3; i++) {
+    const img = document.createElement('img');
+    img.src = '/img/' + ((n + i) %% 20) + '.png';
+    img.width = 64; img.height = 64;
+    root.append(img);
+  }
+})();
+"""
+APP_JS = APP_JS_TEMPLATE.replace("%%", "%").replace("%s", json.dumps(WORDS))
+
+PAGE = (
+    '<!doctype html><html lang="en"><head><title>Item {n}</title>'
+    '<link rel="stylesheet" href="/static/site.css"></head>'
+    '<body><div id="root"></div><script>window.ITEM = {n};</script>'
+    '<script src="/static/app.js"></script></body></html>'
+)
+# Static assets say they may be cached, as a real site's bundles and images do.
+CACHEABLE = {"Cache-Control": "public, max-age=3600"}
+CSS = "body { font-family: sans-serif; margin: 2em; } img { margin: 4px; }\n" * 20
+
+
+def png(seed: int, size: int = 96) -> bytes:
+    """A valid, poorly compressible RGB PNG (~27 KB): images that cost something to fetch."""
+    rng = random.Random(seed)
+    raw = b"".join(b"\x00" + rng.randbytes(size * 3) for _ in range(size))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw, 1))
+        + chunk(b"IEND", b"")
+    )
+
+
+# --------------------------------------------------------------------------- the site
+
+
+def serve_site(port: int) -> None:
+    """The site process: pages, the bundle, CSS and images from memory."""
+    images = {f"/img/{i}.png": png(i) for i in range(20)}
+
+    async def page(request: web.Request) -> web.Response:
+        n = int(request.match_info["n"])
+        return web.Response(text=PAGE.format(n=n), content_type="text/html", charset="utf-8")
+
+    async def static(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name == "app.js":
+            return web.Response(
+                text=APP_JS, content_type="application/javascript", headers=CACHEABLE
+            )
+        if name == "site.css":
+            return web.Response(text=CSS, content_type="text/css", headers=CACHEABLE)
+        raise web.HTTPNotFound()
+
+    async def image(request: web.Request) -> web.Response:
+        body = images.get(request.path)
+        if body is None:
+            raise web.HTTPNotFound()
+        return web.Response(body=body, content_type="image/png", headers=CACHEABLE)
+
+    app = web.Application()
+    app.router.add_get("/p/{n}", page)
+    app.router.add_get("/static/{name}", static)
+    app.router.add_get("/img/{name}", image)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+class Site:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def url(self, n: int) -> str:
+        return f"http://127.0.0.1:{self.port}/p/{n}"
+
+    def __enter__(self) -> Site:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.render", "--serve-site", str(self.port)],
+            stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), 0.5),
+            ):
+                return self
+            time.sleep(0.05)
+        raise RuntimeError("site server did not start")
+
+    def __exit__(self, *_: object) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+# --------------------------------------------------------------------------- baseline
+
+
+async def bare_playwright(
+    urls: list[str], concurrency: int, chromium: str | None, *, intercept: bool = False
+) -> float:
+    """Pages/s of a plain Playwright loop: no NATS, nothing but rendering.
+
+    ``intercept``: every request goes through ``context.route`` and is let through
+    unchanged (``route.continue_()``): the cost of interception alone, which fleet's SSRF
+    fence needs, and which also turns Chromium's HTTP cache off."""
+    args = [a for a in CHROMIUM_ARGS if a != BLOCK_ALL_DNS]
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    for url in urls:
+        queue.put_nowait(url)
+    chars = 0
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=chromium, headless=True, args=args)
+        context = await browser.new_context()
+        if intercept:
+
+            async def through(route: Route) -> None:
+                await route.continue_()
+
+            await context.route("**/*", through)
+
+        async def loop() -> None:
+            nonlocal chars
+            page = await context.new_page()
+            while not queue.empty():
+                url = queue.get_nowait()
+                await page.goto(url, wait_until="load")
+                await page.evaluate(SETTLE_JS, DOM_QUIET_MS)
+                chars += len(await page.content())
+
+        # Warm-up page outside the clock (browser start, first bundle fetch).
+        warm = await context.new_page()
+        await warm.goto(urls[0], wait_until="load")
+        await warm.close()
+        started = time.perf_counter()
+        await asyncio.gather(*(loop() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+        await browser.close()
+    assert chars > 0
+    return len(urls) / elapsed
+
+
+# --------------------------------------------------------------------------- fleet
+
+
+def tree_memory(pid: int, pss: bool = True) -> tuple[int, int, int]:
+    """(RSS summed, PSS summed or 0, process count) of a process and its descendants.
+
+    PSS walks every mapping of every process: sampled less often, it would otherwise
+    cost the measured run a noticeable share of a core."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0, 0, 0
+    rss = pss_sum = 0
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            if pss:
+                info = proc.memory_full_info()
+                rss += info.rss
+                pss_sum += getattr(info, "pss", info.rss)
+            else:
+                rss += proc.memory_info().rss
+    return rss, pss_sum, len(procs)
+
+
+async def run_fleet_worker(
+    site: Site, pages: int, concurrency: int, workdir: Path, extra_env: dict[str, str]
+) -> dict[str, Any]:
+    server = EmbeddedNats(store_dir=str(workdir / "js")).start()
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        settings = Settings(
+            nats_url=server.url,
+            allow_hosts=(f"127.0.0.1:{site.port}",),
+            render="always",
+            render_concurrency=concurrency,
+            worker_concurrency=concurrency * 2,
+            stream_prefix="BENCH",
+            subject_prefix="bench",
+        )
+        env = {**os.environ, **settings.to_env(), **extra_env}
+        log_file = (workdir / "worker.log").open("wb")
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "fleet", "worker"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stderr=log_file,
+        )
+        nc = await nats.connect(server.url)
+        js = nc.jetstream()
+        # Wait for the worker's browser to be up: start-up is not throughput.
+        deadline = time.monotonic() + 60
+        while tree_memory(worker.pid, pss=False)[2] < 4:
+            if time.monotonic() > deadline or worker.poll() is not None:
+                raise RuntimeError(f"worker did not start; see {workdir / 'worker.log'}")
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(1.0)
+        urls = workdir / "urls.txt"
+        urls.write_text("".join(site.url(n) + "\n" for n in range(pages)))
+        started = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "fleet", "publish", str(urls)],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        samples: list[tuple[int, int, int]] = []  # (pages done, rss, pss)
+        done = 0
+        while done < pages:
+            await asyncio.sleep(SAMPLE_S)
+            if worker.poll() is not None:
+                raise RuntimeError(f"worker exited; see {workdir / 'worker.log'}")
+            try:
+                done = (await js.stream_info(settings.results_stream)).state.messages
+            except Exception:
+                done = 0
+            with_pss = len(samples) % PSS_EVERY == 0
+            rss, pss, _ = tree_memory(worker.pid, pss=with_pss)
+            if done < pages:  # the last sample sees the pool closing contexts
+                samples.append((done, rss, pss))
+            if time.perf_counter() - started > 1800:
+                raise RuntimeError("fleet run timed out")
+        elapsed = time.perf_counter() - started
+        await nc.close()
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.terminate()
+            worker.wait(60)
+        server.close()
+    after = [s for s in samples if s[0] >= WARMUP_SHARE * pages]
+    return {
+        "pages": pages,
+        "seconds": elapsed,
+        "pages_per_s": pages / elapsed,
+        "memory": {
+            "rss": _spread([s[1] for s in after]),
+            "pss": _spread([s[2] for s in after if s[2]]),
+            "samples": len(after),
+            "trace": [(s[0], s[1] // MIB, s[2] // MIB) for s in samples if s[2]],
+        },
+    }
+
+
+def _spread(values: list[int]) -> dict[str, float]:
+    if not values:
+        return {}
+    mean = statistics.fmean(values)
+    third = max(1, len(values) // 3)
+    first, last = statistics.fmean(values[:third]), statistics.fmean(values[-third:])
+    return {
+        "mean_mb": mean / MIB,
+        "min_mb": min(values) / MIB,
+        "max_mb": max(values) / MIB,
+        "max_dev": max(abs(v - mean) for v in values) / mean,
+        # Growth from the first third of the run (after warm-up) to the last third.
+        "drift": (last - first) / first,
+    }
+
+
+# --------------------------------------------------------------------------- block-media
+
+
+async def pool_rate(site: Site, pages: int, concurrency: int, block_media: bool) -> float:
+    settings = Settings(
+        allow_hosts=(f"127.0.0.1:{site.port}",),
+        render_concurrency=concurrency,
+        render_block_media=block_media,
+    )
+    async with (
+        Fetcher(settings) as fetcher,
+        ResourceFetcher(settings) as resources,
+        BrowserPool(settings, resources) as pool,
+    ):
+        sem = asyncio.Semaphore(concurrency * 2)
+
+        async def one(n: int) -> None:
+            async with sem:
+                doc = await fetcher.fetch(site.url(n))
+                await pool.render(doc.final_url, doc)
+
+        await one(0)
+        started = time.perf_counter()
+        await asyncio.gather(*(one(n) for n in range(pages)))
+        return pages / (time.perf_counter() - started)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def report_text(r: dict[str, Any]) -> str:
+    f, mem = r["fleet"], r["fleet"]["memory"]
+    routed = r["baseline"]["intercepted_pages_per_s"]
+    lines = [
+        f"machine: {r['machine'].get('cpus')} CPUs, {r['machine'].get('python')}, "
+        f"{r['chromium']}, concurrency {r['concurrency']}",
+        "",
+        f"{'run':34} {'pages':>6} {'pages/s':>8}",
+        f"{'bare Playwright loop (mean of 2)':34} {r['baseline']['pages']:>6} "
+        f"{r['baseline']['pages_per_s']:>8.2f}",
+        f"{'bare loop + route.continue_()':34} {r['baseline']['pages']:>6} "
+        f"{r['baseline']['intercepted_pages_per_s']:>8.2f}",
+        f"{'fleet worker --render always':34} {f['pages']:>6} {f['pages_per_s']:>8.2f}",
+        f"{'pool, block_media off':34} {r['media']['pages']:>6} {r['media']['off']:>8.2f}",
+        f"{'pool, block_media on':34} {r['media']['pages']:>6} {r['media']['on']:>8.2f}",
+        "",
+        f"ratio fleet / bare loop: {r['ratio']:.0%}  (target ≥ {TARGET_RATIO:.0%}: "
+        f"{_verdict(r['ratio'] >= TARGET_RATIO)})",
+        f"interception alone: {routed / r['baseline']['pages_per_s']:.0%} of the bare loop; "
+        f"fleet / intercepted loop: {f['pages_per_s'] / routed:.0%}",
+        f"block_media on / off: {r['media']['on'] / r['media']['off']:.2f}x",
+        "",
+        f"worker tree memory after warm-up ({mem['samples']} samples, "
+        f"{WARMUP_SHARE:.0%} of pages skipped):",
+    ]
+    for kind in ("rss", "pss"):
+        s = mem[kind]
+        lines.append(
+            f"  {kind.upper()}: mean {s['mean_mb']:.0f} MB, min {s['min_mb']:.0f}, "
+            f"max {s['max_mb']:.0f}, max deviation from mean {s['max_dev']:.1%} "
+            f"(target ±{TARGET_FLAT:.0%}: {_verdict(s['max_dev'] <= TARGET_FLAT)}), "
+            f"drift first→last third {s['drift']:+.1%}"
+        )
+    lines.append(
+        "  trace (pages done, RSS MB, PSS MB): "
+        + ", ".join(f"{d}:{a}/{b}" for d, a, b in mem["trace"])
+    )
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.render", description=__doc__.split("\n")[0])
+    p.add_argument("--pages", type=int, default=DEFAULT_PAGES, help="pages for the worker run")
+    p.add_argument("--baseline-pages", type=int, default=DEFAULT_BASELINE_PAGES)
+    p.add_argument("--media-pages", type=int, default=DEFAULT_MEDIA_PAGES)
+    p.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY)
+    p.add_argument("--quick", action="store_true", help=f"{QUICK_PAGES} pages everywhere")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--serve-site", type=int, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.pages = args.baseline_pages = args.media_pages = QUICK_PAGES
+    return args
+
+
+async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    chromium = chromium_executable(Settings())
+    version = "bundled"
+    if chromium:
+        out = subprocess.run([chromium, "--version"], capture_output=True, text=True, check=False)
+        version = out.stdout.strip()
+    with Site() as site:
+        log(f"site on 127.0.0.1:{site.port}")
+        base_urls = [site.url(n) for n in range(args.baseline_pages)]
+        # The bare loop runs before and after fleet: drift in the machine's speed (other
+        # load, thermal) hits both sides; its mean is the baseline.
+        log(f"bare Playwright loop: {args.baseline_pages} pages, concurrency {args.concurrency}")
+        before = await bare_playwright(base_urls, args.concurrency, chromium)
+        log(f"  {before:.2f} pages/s")
+        log(f"fleet worker --render always: {args.pages} pages")
+        fleet = await run_fleet_worker(site, args.pages, args.concurrency, workdir, {})
+        log(f"  {fleet['pages_per_s']:.2f} pages/s")
+        log("bare Playwright loop again")
+        after = await bare_playwright(base_urls, args.concurrency, chromium)
+        log(f"  {after:.2f} pages/s")
+        base = (before + after) / 2
+        log("bare Playwright loop with pass-through interception")
+        routed = await bare_playwright(base_urls, args.concurrency, chromium, intercept=True)
+        log(f"  {routed:.2f} pages/s")
+        log(f"block_media off/on: {args.media_pages} pages each")
+        off = await pool_rate(site, args.media_pages, args.concurrency, block_media=False)
+        on = await pool_rate(site, args.media_pages, args.concurrency, block_media=True)
+        log(f"  off {off:.2f}, on {on:.2f} pages/s")
+    return {
+        "machine": machine_info(),
+        "chromium": version,
+        "concurrency": args.concurrency,
+        "baseline": {
+            "pages": args.baseline_pages,
+            "pages_per_s": base,
+            "runs": [before, after],
+            "intercepted_pages_per_s": routed,
+        },
+        "fleet": fleet,
+        "ratio": fleet["pages_per_s"] / base,
+        "media": {"pages": args.media_pages, "off": off, "on": on},
+    }
+
+
+def main(argv: Sequence[str] | None = None, stdout: TextIO = sys.stdout) -> int:
+    args = parse_args(argv)
+    if args.serve_site is not None:
+        serve_site(args.serve_site)
+        return 0
+    with tempfile.TemporaryDirectory(prefix="fleet-bench-render-") as tmp:
+        report = asyncio.run(run(args, Path(tmp)))
+    stdout.write(json.dumps(report, indent=2) + "\n" if args.json else report_text(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

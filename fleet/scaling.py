@@ -1,0 +1,548 @@
+"""Where worker replicas run: Docker containers (`DockerBackend`) or local subprocesses
+(`LocalBackend`). The supervisor (`fleet/supervisor.py`) decides how many; a backend only
+lists, starts and gracefully stops them, and reports their CPU and memory.
+
+Scale-down is always graceful: a removed worker gets SIGTERM, stops pulling, finishes or
+naks its in-flight URLs (`FLEET_DRAIN_TIMEOUT_S`) and exits; it is killed only after
+`FLEET_SUPERVISOR_STOP_GRACE_S`. Stopping runs in the background, so a long drain never
+holds up the next decision, and a stopping worker no longer counts as a replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import logging
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any, Final, Protocol
+
+import psutil
+
+from fleet.errors import FleetError
+
+log = logging.getLogger(__name__)
+
+COMPOSE_PROJECT: Final = "com.docker.compose.project"
+COMPOSE_SERVICE: Final = "com.docker.compose.service"
+COMPOSE_NUMBER: Final = "com.docker.compose.container-number"
+COMPOSE_ONEOFF: Final = "com.docker.compose.oneoff"
+# Set on every container the supervisor creates (compose or not), for `docker ps --filter`.
+MANAGED_LABEL: Final = "io.fleet.supervisor"
+# Standalone (no compose): the selector label and the replica number.
+WORKER_LABEL: Final = "io.fleet.worker"
+NUMBER_LABEL: Final = "io.fleet.worker-number"
+# Engine API version from which a container can be created on several networks at once
+# (older engines need POST /networks/{id}/connect, which the socket proxy does not allow).
+_MULTI_NETWORK_API: Final = (1, 44)
+
+
+class BackendError(FleetError):
+    """The backend cannot list, start or stop workers right now (retried next interval)."""
+
+    reason = "backend_unavailable"
+
+
+@dataclasses.dataclass(frozen=True)
+class Replica:
+    id: str
+    name: str
+    created: float  # Unix time, for "newest first"
+    state: str
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerStats:
+    id: str
+    name: str
+    state: str
+    cpu_percent: float | None
+    memory_bytes: int | None
+    memory_limit_bytes: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class Backend(Protocol):
+    """What the supervisor needs from wherever the workers run."""
+
+    @property
+    def name(self) -> str: ...
+
+    async def ping(self) -> None:
+        """Raise `BackendError` when the backend cannot be reached."""
+
+    async def replicas(self) -> list[Replica]:
+        """Workers running or starting, oldest first; stopping ones are not counted."""
+
+    async def scale_to(self, n: int) -> None:
+        """Start workers, or stop the newest ones gracefully, until `n` are running."""
+
+    async def get_worker_stats(self) -> list[WorkerStats]: ...
+
+    async def close(self) -> None:
+        """Wait for the workers being stopped (the local backend also stops the rest)."""
+
+
+class _Stopper:
+    """Background graceful stops, so a draining worker never blocks the control loop."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+
+    def start(self, key: str, stop: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        task = asyncio.create_task(stop(), name=f"stop-{key}")
+        self.tasks[key] = task
+        task.add_done_callback(lambda _: self.tasks.pop(key, None))
+
+    async def wait(self) -> None:
+        if self.tasks:
+            await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+
+
+# --------------------------------------------------------------------------------------
+# Local subprocesses
+
+
+class LocalBackend:
+    """`python -m fleet worker` subprocesses on this machine (`fleet run --autoscale`,
+    `fleet supervisor --backend local`). Their environment is given whole by the caller."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        *,
+        stop_grace_s: float,
+        args: Sequence[str] = (),
+        python: str = sys.executable,
+    ) -> None:
+        self._env = dict(env)
+        self._args = tuple(args)
+        self._python = python
+        self._grace_s = stop_grace_s
+        self._running: list[tuple[subprocess.Popen[bytes], float]] = []
+        self._stopper = _Stopper()
+        self.crashed: list[str] = []  # workers that exited on their own with a non-zero code
+        self._cpu: dict[int, Any] = {}  # psutil.Process per pid: cpu_percent needs history
+
+    async def ping(self) -> None:
+        return None
+
+    def _reap(self) -> None:
+        alive = []
+        for proc, started in self._running:
+            code = proc.poll()
+            if code is None:
+                alive.append((proc, started))
+            elif code != 0:
+                self.crashed.append(f"worker (pid {proc.pid}, exit {code})")
+                log.warning("worker pid %d exited with code %d", proc.pid, code)
+        self._running = alive
+
+    async def replicas(self) -> list[Replica]:
+        self._reap()
+        return [
+            Replica(str(p.pid), f"worker-{p.pid}", started, "running")
+            for p, started in self._running
+        ]
+
+    async def scale_to(self, n: int) -> None:
+        self._reap()
+        while len(self._running) < n:
+            self._spawn()
+        while len(self._running) > n:
+            proc, _ = self._running.pop()  # newest first
+            self._stopper.start(str(proc.pid), functools.partial(self._stop, proc))
+
+    def _spawn(self) -> None:
+        # Popen returns as soon as the child is forked: quick enough for the event loop.
+        proc = subprocess.Popen(
+            [self._python, "-m", "fleet", "worker", *self._args],
+            env=self._env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+        )
+        self._running.append((proc, time.time()))
+        log.info("started worker pid %d", proc.pid)
+
+    async def _stop(self, proc: subprocess.Popen[bytes]) -> None:
+        log.info("stopping worker pid %d (SIGTERM, grace %.0fs)", proc.pid, self._grace_s)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.to_thread(proc.wait, self._grace_s)
+        except subprocess.TimeoutExpired:
+            log.warning("worker pid %d still running after %.0fs; killing", proc.pid, self._grace_s)
+            proc.kill()
+            await asyncio.to_thread(proc.wait)
+        self._cpu.pop(proc.pid, None)
+        if proc.returncode not in (0, -signal.SIGTERM, -signal.SIGKILL):
+            log.warning(
+                "worker pid %d exited with code %s while stopping", proc.pid, proc.returncode
+            )
+
+    async def get_worker_stats(self) -> list[WorkerStats]:
+        out = []
+        for proc, _ in self._running:
+            try:
+                ps = self._cpu.setdefault(proc.pid, psutil.Process(proc.pid))
+                with ps.oneshot():
+                    cpu = float(ps.cpu_percent(interval=None))
+                    rss = int(ps.memory_info().rss)
+                out.append(WorkerStats(str(proc.pid), f"worker-{proc.pid}", "running", cpu, rss))
+            except psutil.Error:
+                out.append(WorkerStats(str(proc.pid), f"worker-{proc.pid}", "exited", None, None))
+        return out
+
+    async def close(self) -> None:
+        """Stop every worker gracefully (the supervisor is going away with them)."""
+        await self.scale_to(0)
+        await self._stopper.wait()
+
+
+# --------------------------------------------------------------------------------------
+# Docker
+
+
+class DockerApi(Protocol):
+    """The calls of docker-py's low-level `APIClient` the backend uses. All of them are
+    container calls (plus ping and version), the only ones the socket proxy allows."""
+
+    @property
+    def api_version(self) -> str: ...
+
+    def ping(self) -> bool: ...
+
+    def containers(
+        self,
+        all: bool = False,
+        filters: dict[str, Any] | None = None,
+    ) -> list[dict[str, Any]]: ...
+
+    def inspect_container(self, container: str) -> dict[str, Any]: ...
+
+    def create_container_from_config(
+        self, config: dict[str, Any], name: str | None = None
+    ) -> dict[str, Any]: ...
+
+    def start(self, container: str) -> None: ...
+
+    def stop(self, container: str, timeout: int | None = None) -> None: ...
+
+    def remove_container(self, container: str, v: bool = False, force: bool = False) -> None: ...
+
+    def stats(
+        self,
+        container: str,
+        decode: bool | None = None,
+        stream: bool = True,
+        one_shot: bool | None = None,
+    ) -> Any: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerTemplate:
+    """How to create one more worker container: the `/containers/create` body (Config with
+    HostConfig and NetworkingConfig), plus how to name and number it."""
+
+    config: dict[str, Any]
+    name_prefix: str  # the container is named f"{name_prefix}-{number}"
+    number_label: str
+    aliases: tuple[str, ...] = ()  # network aliases shared by every replica (the service)
+
+    @classmethod
+    def from_container(cls, attrs: Mapping[str, Any], *, multi_network: bool) -> WorkerTemplate:
+        """Copy a running worker (a compose service's container): image, command, env,
+        user, labels (compose's, so `docker compose ps` lists the copies), healthcheck,
+        limits, read-only root, tmpfs, capabilities, restart and log policy, networks."""
+        cfg = attrs["Config"]
+        labels = dict(cfg.get("Labels") or {})
+        config: dict[str, Any] = {
+            key: cfg[key]
+            for key in (
+                "Image",
+                "Cmd",
+                "Entrypoint",
+                "Env",
+                "User",
+                "WorkingDir",
+                "Healthcheck",
+                "StopSignal",
+                "StopTimeout",
+                "ExposedPorts",
+                "Volumes",
+            )
+            if cfg.get(key) is not None
+        }
+        host = {
+            k: v
+            for k, v in (attrs.get("HostConfig") or {}).items()
+            # Published host ports would collide; the id file names one container.
+            if k not in ("PortBindings", "ContainerIDFile")
+        }
+        config["HostConfig"] = host
+        config["Labels"] = labels
+        project, service = labels.get(COMPOSE_PROJECT), labels.get(COMPOSE_SERVICE)
+        aliases: tuple[str, ...] = ()
+        if project and service:
+            prefix, number_label, aliases = f"{project}-{service}", COMPOSE_NUMBER, (service,)
+            labels[COMPOSE_ONEOFF] = "False"
+        else:
+            old = str(attrs.get("Name", "worker")).lstrip("/")
+            prefix, number_label = old.rsplit("-", 1)[0], NUMBER_LABEL
+        networks = (attrs.get("NetworkSettings") or {}).get("Networks") or {}
+        mode = host.get("NetworkMode")
+        names = [n for n in networks if n == mode] + [n for n in networks if n != mode]
+        if not multi_network:
+            # The rest would need POST /networks/{id}/connect: not allowed by the proxy.
+            names = names[:1]
+        endpoints = {}
+        for net in names:
+            kept = [a for a in (networks[net].get("Aliases") or []) if a in aliases]
+            endpoints[net] = {"Aliases": kept}
+        config["NetworkingConfig"] = {"EndpointsConfig": endpoints}
+        return cls(config=config, name_prefix=prefix, number_label=number_label, aliases=aliases)
+
+    @classmethod
+    def standalone(
+        cls,
+        *,
+        image: str,
+        env: Mapping[str, str],
+        labels: Mapping[str, str],
+        network: str | None,
+        name_prefix: str,
+        stop_grace_s: float,
+    ) -> WorkerTemplate:
+        """A worker without a compose service to copy: the image's own entrypoint with
+        `worker`, hardened like the compose services (read-only, no capabilities)."""
+        host: dict[str, Any] = {
+            "RestartPolicy": {"Name": "unless-stopped"},
+            "ReadonlyRootfs": True,
+            "Tmpfs": {"/tmp": ""},  # noqa: S108 - a container's private tmpfs
+            "CapDrop": ["ALL"],
+            "SecurityOpt": ["no-new-privileges:true"],
+            "LogConfig": {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}},
+        }
+        config: dict[str, Any] = {
+            "Image": image,
+            "Cmd": ["worker"],
+            "Env": [f"{k}={v}" for k, v in sorted(env.items())],
+            "Labels": dict(labels),
+            "StopTimeout": int(stop_grace_s),
+            "HostConfig": host,
+        }
+        if network:
+            host["NetworkMode"] = network
+            config["NetworkingConfig"] = {"EndpointsConfig": {network: {}}}
+        return cls(config=config, name_prefix=name_prefix, number_label=NUMBER_LABEL)
+
+    def render(self, number: int) -> tuple[str, dict[str, Any]]:
+        """The name and create body of replica `number`."""
+        name = f"{self.name_prefix}-{number}"
+        config = {**self.config, "Labels": {**self.config.get("Labels", {})}}
+        config["Labels"][self.number_label] = str(number)
+        config["Labels"][MANAGED_LABEL] = "true"
+        net = config.get("NetworkingConfig")
+        if net and self.aliases:
+            # Compose gives each container its own name as an alias too.
+            config["NetworkingConfig"] = {
+                "EndpointsConfig": {
+                    k: {**v, "Aliases": [name, *v.get("Aliases", [])]}
+                    for k, v in net["EndpointsConfig"].items()
+                }
+            }
+        return name, config
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in version.split("."))
+    except ValueError:
+        return (0,)
+
+
+def compose_selector(project: str, service: str) -> dict[str, str]:
+    return {COMPOSE_PROJECT: project, COMPOSE_SERVICE: service}
+
+
+def discover_compose_project(api: DockerApi, container: str) -> str | None:
+    """The compose project of `container` (the supervisor's own, found by its hostname,
+    which Docker sets to the container id), or None outside compose."""
+    try:
+        labels = api.inspect_container(container)["Config"].get("Labels") or {}
+    except Exception:
+        return None
+    project = labels.get(COMPOSE_PROJECT)
+    return str(project) if project else None
+
+
+def _cpu_percent(stats: Mapping[str, Any]) -> float | None:
+    cpu, pre = stats.get("cpu_stats") or {}, stats.get("precpu_stats") or {}
+    try:
+        delta = cpu["cpu_usage"]["total_usage"] - pre["cpu_usage"]["total_usage"]
+        system = cpu["system_cpu_usage"] - pre["system_cpu_usage"]
+    except (KeyError, TypeError):
+        return None
+    cpus = cpu.get("online_cpus") or len(cpu["cpu_usage"].get("percpu_usage") or [1])
+    return round(delta / system * cpus * 100.0, 2) if system > 0 else 0.0
+
+
+def _memory(stats: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    mem = stats.get("memory_stats") or {}
+    if "usage" not in mem:
+        return None, None
+    detail = mem.get("stats") or {}
+    # What `docker stats` shows: usage minus the reclaimable page cache.
+    cache = detail.get("inactive_file", detail.get("total_inactive_file", 0))
+    return int(mem["usage"]) - int(cache), mem.get("limit")
+
+
+class DockerBackend:
+    """Worker containers through the Docker Engine API (directly or through a socket proxy:
+    `DOCKER_HOST=tcp://docker-proxy:2375`). Uses only container calls.
+
+    Workers are the containers carrying every `selector` label: in compose, the project's
+    worker service (`compose_selector`). New ones copy the newest running worker
+    (`WorkerTemplate.from_container`); `fallback` is used when there is none to copy.
+    """
+
+    name = "docker"
+
+    def __init__(
+        self,
+        api: DockerApi,
+        *,
+        selector: Mapping[str, str],
+        stop_grace_s: float,
+        fallback: WorkerTemplate | None = None,
+    ) -> None:
+        self._api = api
+        self._selector = dict(selector)
+        self._grace_s = stop_grace_s
+        self._template = fallback
+        self._stopper = _Stopper()
+        self._multi_network = _version_tuple(str(api.api_version)) >= _MULTI_NETWORK_API
+
+    async def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        # docker-py is blocking: run it in a thread so /health and /metrics stay responsive.
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except Exception as exc:
+            raise BackendError(f"docker: {what} failed: {type(exc).__name__}: {exc}") from exc
+
+    async def ping(self) -> None:
+        await self._call("ping", self._api.ping)
+
+    async def _list(self) -> list[dict[str, Any]]:
+        filters = {"label": [f"{k}={v}" for k, v in self._selector.items()]}
+        rows: list[dict[str, Any]] = await self._call(
+            "list containers", self._api.containers, all=True, filters=filters
+        )
+        return rows
+
+    def _number(self, row: Mapping[str, Any]) -> int:
+        labels = row.get("Labels") or {}
+        for key in (COMPOSE_NUMBER, NUMBER_LABEL):
+            with contextlib.suppress(KeyError, ValueError):
+                return int(labels[key])
+        return 0
+
+    async def replicas(self) -> list[Replica]:
+        rows = await self._list()
+        live = [
+            r
+            for r in rows
+            if r.get("State") in ("running", "created", "restarting")
+            and r["Id"] not in self._stopper.tasks
+        ]
+        live.sort(key=lambda r: (r.get("Created", 0), self._number(r)))
+        return [
+            Replica(
+                r["Id"],
+                ((r.get("Names") or ["?"])[0]).lstrip("/"),
+                float(r.get("Created", 0)),
+                str(r.get("State")),
+            )
+            for r in live
+        ]
+
+    async def _refresh_template(self, running: Sequence[Replica]) -> WorkerTemplate:
+        # The newest running worker is the template, so a `docker compose up` with a new
+        # image or new settings is followed; the last one seen is kept for scaling from 0.
+        for replica in reversed(running):
+            if replica.state != "running":
+                continue
+            with contextlib.suppress(BackendError):
+                attrs = await self._call(
+                    "inspect container", self._api.inspect_container, replica.id
+                )
+                self._template = WorkerTemplate.from_container(
+                    attrs, multi_network=self._multi_network
+                )
+                break
+        if self._template is None:
+            raise BackendError(
+                "docker: no worker container to copy and no worker image configured "
+                "(start the compose worker service, or give --worker-image)"
+            )
+        return self._template
+
+    async def scale_to(self, n: int) -> None:
+        running = await self.replicas()
+        if len(running) < n:
+            template = await self._refresh_template(running)
+            taken = max((self._number(r) for r in await self._list()), default=0)
+            for number in range(taken + 1, taken + 1 + n - len(running)):
+                name, config = template.render(number)
+                created = await self._call(
+                    f"create {name}", self._api.create_container_from_config, config, name
+                )
+                try:
+                    await self._call(f"start {name}", self._api.start, created["Id"])
+                except BackendError:
+                    # A created-only container would count as a replica for ever.
+                    with contextlib.suppress(BackendError):
+                        await self._call(
+                            f"remove {name}", self._api.remove_container, created["Id"], force=True
+                        )
+                    raise
+                log.info("started worker container %s (%s)", name, created["Id"][:12])
+        for victim in reversed(running[n:]):  # newest first
+            self._stopper.start(victim.id, functools.partial(self._stop, victim))
+
+    async def _stop(self, victim: Replica) -> None:
+        log.info("stopping worker container %s (SIGTERM, grace %.0fs)", victim.name, self._grace_s)
+        try:
+            await self._call(
+                f"stop {victim.name}", self._api.stop, victim.id, timeout=int(self._grace_s)
+            )
+            await self._call(f"remove {victim.name}", self._api.remove_container, victim.id)
+        except BackendError as exc:
+            log.warning("%s", exc)
+
+    async def _stats(self, replica: Replica) -> WorkerStats:
+        if replica.state != "running":
+            return WorkerStats(replica.id, replica.name, replica.state, None, None)
+        try:
+            raw = await self._call("stats", self._api.stats, replica.id, stream=False)
+        except BackendError:
+            return WorkerStats(replica.id, replica.name, replica.state, None, None)
+        used, limit = _memory(raw)
+        return WorkerStats(replica.id, replica.name, replica.state, _cpu_percent(raw), used, limit)
+
+    async def get_worker_stats(self) -> list[WorkerStats]:
+        # One stats call takes about a second (two samples): ask for all at once.
+        return list(await asyncio.gather(*(self._stats(r) for r in await self.replicas())))
+
+    async def close(self) -> None:
+        """Leave running workers alone (compose owns them too); finish stops under way."""
+        await self._stopper.wait()

@@ -1,0 +1,432 @@
+"""`fleet supervisor`: keeps as many workers running as the queue needs.
+
+Every interval it reads the lag of the workers' consumer (``num_pending`` +
+``num_ack_pending``), asks the pure policy (`decide`) how many workers that needs, and has
+a backend (`fleet/scaling.py`: Docker containers or local processes) start or gracefully
+stop workers. It scales up at once (at most ``max_step`` at a time) and down only when
+the lag has stayed low for the whole cooldown: the stabilisation window of Kubernetes'
+HPA and KEDA, which scale down to the highest recommendation seen over the window.
+
+HTTP: ``/health`` (NATS and the backend, as JSON; 503 when either is down), ``/metrics``
+(Prometheus, its own registry) and ``/workers`` (each worker's state, CPU and memory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any, Final, Protocol
+
+from aiohttp import web
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    generate_latest,
+)
+
+from fleet.scaling import Backend
+from fleet.settings import Settings
+from fleet.streams import WORKERS_CONSUMER, connect
+
+log = logging.getLogger(__name__)
+
+UP: Final = "up"
+DOWN: Final = "down"
+
+
+# --------------------------------------------------------------------------------------
+# Policy (pure)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Policy:
+    min_replicas: int
+    max_replicas: int
+    target_lag: int  # URLs one worker should carry
+    activation_lag: int = 1  # below this the fleet is idle: min replicas (0 if min is 0)
+    max_step: int = 4  # most workers added or removed by one decision
+    cooldown_s: float = 60.0  # stabilisation window for scaling down
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Policy:
+        return cls(
+            min_replicas=settings.supervisor_min,
+            max_replicas=settings.supervisor_max,
+            target_lag=settings.supervisor_target_lag,
+            activation_lag=settings.supervisor_activation_lag,
+            max_step=settings.supervisor_max_step,
+            cooldown_s=settings.supervisor_cooldown_s,
+        )
+
+    def wanted(self, lag: int) -> int:
+        """Replicas this lag alone asks for: clamp(ceil(lag / target_lag), min, max)."""
+        if lag < self.activation_lag:
+            return self.min_replicas
+        return max(self.min_replicas, min(self.max_replicas, math.ceil(lag / self.target_lag)))
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyState:
+    """What `decide` remembers between calls: when it started, and the replicas wanted
+    at each observation within the cooldown window."""
+
+    started_at: float | None = None
+    window: tuple[tuple[float, int], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    lag: int
+    current: int
+    wanted: int  # from this lag alone
+    desired: int  # after step bound and stabilisation
+    reason: str
+
+    @property
+    def direction(self) -> str | None:
+        if self.desired > self.current:
+            return UP
+        if self.desired < self.current:
+            return DOWN
+        return None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "direction": self.direction}
+
+
+def decide(
+    policy: Policy, state: PolicyState, *, now: float, lag: int, current: int
+) -> tuple[Decision, PolicyState]:
+    """How many workers to run now. Pure: the same inputs always give the same answer."""
+    started = now if state.started_at is None else state.started_at
+    wanted = policy.wanted(lag)
+    window = (*((t, w) for t, w in state.window if t > now - policy.cooldown_s), (now, wanted))
+    new_state = PolicyState(started, window)
+
+    def out(desired: int, reason: str) -> tuple[Decision, PolicyState]:
+        return Decision(lag, current, wanted, desired, reason), new_state
+
+    if wanted > current:
+        desired = min(wanted, current + policy.max_step)
+        if current < policy.min_replicas:
+            reason = f"below min {policy.min_replicas}"
+        elif current == 0:
+            reason = f"activation: lag {lag} >= {policy.activation_lag}"
+        else:
+            reason = f"lag {lag} > {current} x target {policy.target_lag}"
+        if desired < wanted:
+            reason += f" (step bounded to +{policy.max_step})"
+        return out(desired, reason)
+    if wanted == current:
+        return out(current, "steady")
+    if current > policy.max_replicas:
+        # Max is a ceiling (cost, quotas), not a preference: no stabilisation above it.
+        return out(
+            max(policy.max_replicas, current - policy.max_step), f"above max {policy.max_replicas}"
+        )
+    # Scale down only to the highest count wanted over the whole window, and only once the
+    # window covers a full cooldown: a short dip in the lag must not remove workers.
+    if now - started < policy.cooldown_s:
+        return out(current, f"cooldown: started {now - started:.0f}s ago")
+    stable = max(w for _, w in window)
+    if stable >= current:
+        return out(current, f"cooldown: {stable} wanted within {policy.cooldown_s:g}s")
+    desired = max(stable, current - policy.max_step)
+    reason = f"lag low for {policy.cooldown_s:g}s (max wanted {stable})"
+    if desired > stable:
+        reason += f" (step bounded to -{policy.max_step})"
+    return out(desired, reason)
+
+
+# --------------------------------------------------------------------------------------
+# Lag
+
+
+class LagSource(Protocol):
+    async def lag(self) -> int:
+        """pending + ack_pending of the workers' consumer; raises when NATS is unreachable."""
+
+
+class JetStreamLag:
+    """Lag of the `workers` consumer read from JetStream, connecting lazily so a NATS outage
+    at start-up is reported (and retried) rather than fatal.
+
+    ``num_ack_pending`` includes URLs nak'ed with a retry delay until they are delivered
+    again, so URLs waiting for a retry keep counting (for at most ``backoff_max_s``).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        js: JetStreamContext | None = None,
+        timeout_s: float = 5.0,
+    ) -> None:
+        self._settings = settings
+        self._js = js  # given: a connection owned by the caller (fleet run)
+        self._nc: NATS | None = None
+        self._timeout_s = timeout_s
+
+    async def lag(self) -> int:
+        if self._js is None:
+            self._nc = await connect(self._settings, name="fleet-supervisor")
+            self._js = self._nc.jetstream()
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                info = await self._js.consumer_info(self._settings.urls_stream, WORKERS_CONSUMER)
+        except NotFoundError:
+            return 0  # no consumer yet: nothing was ever published
+        return int((info.num_pending or 0) + (info.num_ack_pending or 0))
+
+    async def close(self) -> None:
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await self._nc.close()
+
+
+# --------------------------------------------------------------------------------------
+# Metrics
+
+
+class SupervisorMetrics:
+    """Prometheus metrics in the supervisor's own registry (never the global one)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.lag = Gauge(
+            "fleet_supervisor_lag", "Pending + unacked URLs of the workers' consumer.", registry=r
+        )
+        self.desired = Gauge(
+            "fleet_supervisor_replicas_desired", "Workers the policy asks for.", registry=r
+        )
+        self.actual = Gauge(
+            "fleet_supervisor_replicas_actual", "Workers running or starting.", registry=r
+        )
+        self.wanted = Gauge(
+            "fleet_supervisor_replicas_wanted",
+            "Workers the current lag alone asks for (before stabilisation).",
+            registry=r,
+        )
+        self.events = Counter(
+            "fleet_supervisor_scale_events",
+            "Scale decisions carried out, by direction.",
+            ["direction"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "fleet_supervisor_errors",
+            "Failed ticks by dependency (nats, backend).",
+            ["dependency"],
+            registry=r,
+        )
+        self.up = Gauge(
+            "fleet_supervisor_dependency_up",
+            "1 when the dependency answered at the last tick.",
+            ["dependency"],
+            registry=r,
+        )
+        for direction in (UP, DOWN):
+            self.events.labels(direction)
+        for dep in ("nats", "backend"):
+            self.errors.labels(dep)
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+# --------------------------------------------------------------------------------------
+# The control loop
+
+
+@dataclasses.dataclass
+class DependencyStatus:
+    ok: bool = False
+    error: str | None = "not checked yet"
+    checked_at: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class Supervisor:
+    """One decision per interval: lag → policy → backend. Never raises for an outage: the
+    failing dependency is logged, shown by /health, and tried again next interval."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        lag_source: LagSource,
+        backend: Backend,
+        *,
+        interval_s: float,
+        metrics: SupervisorMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.policy = policy
+        self._lag = lag_source
+        self.backend = backend
+        self.interval_s = interval_s
+        self.metrics = metrics or SupervisorMetrics()
+        self._clock = clock
+        self._state = PolicyState()
+        self.last: Decision | None = None
+        self.nats = DependencyStatus()
+        self.docker = DependencyStatus()
+        self.ticks = 0
+        self._last_tick: float | None = None
+        # A loop stuck in a call (docker-py's timeout is 60 s) must show in /health.
+        self.stale_after_s = max(90.0, 5 * interval_s)
+
+    def _mark(self, dep: DependencyStatus, name: str, error: Exception | None) -> None:
+        dep.checked_at = time.time()
+        dep.ok, dep.error = error is None, None if error is None else str(error) or repr(error)
+        self.metrics.up.labels(name).set(1 if error is None else 0)
+        if error is not None:
+            self.metrics.errors.labels(name).inc()
+
+    async def step(self) -> Decision | None:
+        """One tick. Returns the decision, or None when a dependency failed."""
+        try:
+            return await self._step()
+        finally:
+            self.ticks += 1
+            self._last_tick = self._clock()
+
+    async def _step(self) -> Decision | None:
+        try:
+            lag = await self._lag.lag()
+        except Exception as exc:
+            self._mark(self.nats, "nats", exc)
+            log.warning("cannot read the workers' lag (%s); retrying in %gs", exc, self.interval_s)
+            return None
+        self._mark(self.nats, "nats", None)
+        try:
+            current = len(await self.backend.replicas())
+        except Exception as exc:
+            self._mark(self.docker, "backend", exc)
+            log.warning("cannot list workers (%s); retrying in %gs", exc, self.interval_s)
+            return None
+        decision, self._state = decide(
+            self.policy, self._state, now=self._clock(), lag=lag, current=current
+        )
+        self.last = decision
+        m = self.metrics
+        m.lag.set(lag)
+        m.actual.set(current)
+        m.wanted.set(decision.wanted)
+        m.desired.set(decision.desired)
+        level = logging.INFO if decision.direction else logging.DEBUG
+        log.log(
+            level,
+            "scale decision lag=%d current=%d wanted=%d desired=%d direction=%s reason=%r",
+            lag,
+            current,
+            decision.wanted,
+            decision.desired,
+            decision.direction or "none",
+            decision.reason,
+        )
+        if decision.direction is None:
+            self._mark(self.docker, "backend", None)
+            return decision
+        try:
+            await self.backend.scale_to(decision.desired)
+        except Exception as exc:
+            self._mark(self.docker, "backend", exc)
+            log.warning("scaling to %d failed (%s); retrying next interval", decision.desired, exc)
+            return decision
+        self._mark(self.docker, "backend", None)
+        m.events.labels(decision.direction).inc()
+        m.actual.set(decision.desired)
+        return decision
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            started = self._clock()
+            await self.step()
+            delay = max(0.0, self.interval_s - (self._clock() - started))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        idle = None if self._last_tick is None else self._clock() - self._last_tick
+        loop_ok = idle is not None and idle <= self.stale_after_s
+        ok = self.nats.ok and self.docker.ok and loop_ok
+        return ok, {
+            "status": "ok" if ok else "unhealthy",
+            "loop": {
+                "ok": loop_ok,
+                "ticks": self.ticks,
+                "seconds_since_tick": None if idle is None else round(idle, 1),
+            },
+            "backend": self.backend.name,
+            "dependencies": {
+                "nats": self.nats.as_dict(),
+                self.backend.name: self.docker.as_dict(),
+            },
+            "last_decision": self.last.as_dict() if self.last else None,
+            "policy": dataclasses.asdict(self.policy),
+        }
+
+
+# --------------------------------------------------------------------------------------
+# HTTP
+
+
+def make_app(supervisor: Supervisor) -> web.Application:
+    async def health(_: web.Request) -> web.Response:
+        ok, body = supervisor.health()
+        return web.json_response(body, status=200 if ok else 503)
+
+    async def metrics(_: web.Request) -> web.Response:
+        data, content_type = supervisor.metrics.render()
+        return web.Response(body=data, headers={"Content-Type": content_type})
+
+    async def workers(_: web.Request) -> web.Response:
+        try:
+            stats = await supervisor.backend.get_worker_stats()
+        except Exception as exc:
+            return web.json_response({"error": str(exc)}, status=503)
+        return web.json_response([s.as_dict() for s in stats])
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/workers", workers)
+    return app
+
+
+async def serve(
+    supervisor: Supervisor,
+    stop: asyncio.Event,
+    *,
+    port: int,
+    host: str = "0.0.0.0",  # noqa: S104
+) -> None:
+    """Run the loop and the HTTP endpoints until `stop`; then finish stops under way."""
+    runner = web.AppRunner(make_app(supervisor), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    log.info(
+        "supervisor (%s backend) on %s:%d: /health /metrics /workers; policy %s",
+        supervisor.backend.name,
+        host,
+        port,
+        supervisor.policy,
+    )
+    try:
+        await supervisor.run(stop)
+    finally:
+        await runner.cleanup()
