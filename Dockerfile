@@ -96,7 +96,7 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     if [ -s /run/secrets/cacert ]; then \
         export PIP_CERT=/run/secrets/cacert REQUESTS_CA_BUNDLE=/run/secrets/cacert; \
     fi; \
-    /opt/venv/bin/pip install 'playwright>=1.45' 'psutil>=5.9'; \
+    /opt/venv/bin/pip install 'playwright>=1.45'; \
     /opt/venv/bin/pip uninstall --yes --quiet setuptools wheel pip
 
 # ---------------------------------------------------------------------------------------

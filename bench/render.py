@@ -3,8 +3,9 @@
 1. Serve a generated JavaScript site on 127.0.0.1 from its own process: every page is an
    SPA shell whose script (one shared bundle) builds ~300 words of text and three images.
 2. Baseline: a bare Playwright loop in this process renders --baseline-pages of those pages
-   (same Chromium, same launch flags minus our DNS fence, same concurrency, pages reused,
-   same settle condition: the load event, then 100 ms without DOM mutation).
+   (same Chromium, same launch flags minus fleet's fence (proxy, DNS rules), same
+   concurrency, pages reused, same settle condition: the load event, then 100 ms without
+   DOM mutation).
 3. fleet: a private nats-server and ``fleet worker --render always`` (render_concurrency =
    the same concurrency) render --pages pages; done when the results stream holds them all.
    The worker's process tree (Python, the Playwright driver, Chromium and its children) is
@@ -44,13 +45,12 @@ from playwright.async_api import Route, async_playwright
 from bench.run import free_port, log, machine_info
 from fleet.fetch import Fetcher
 from fleet.natsserver import EmbeddedNats
+from fleet.proxy import GuardedProxy
 from fleet.render import (
-    BLOCK_ALL_DNS,
     CHROMIUM_ARGS,
     DOM_QUIET_MS,
     SETTLE_JS,
     BrowserPool,
-    ResourceFetcher,
     chromium_executable,
 )
 from fleet.settings import Settings
@@ -201,9 +201,10 @@ async def bare_playwright(
     """Pages/s of a plain Playwright loop: no NATS, nothing but rendering.
 
     ``intercept``: every request goes through ``context.route`` and is let through
-    unchanged (``route.continue_()``): the cost of interception alone, which fleet's SSRF
-    fence needs, and which also turns Chromium's HTTP cache off."""
-    args = [a for a in CHROMIUM_ARGS if a != BLOCK_ALL_DNS]
+    unchanged (``route.continue_()``): the cost of interception alone (which also turns
+    Chromium's HTTP cache off), kept for comparison with the interception-based fence
+    fleet used before its guarded proxy."""
+    args = list(CHROMIUM_ARGS)  # fleet's minus the fence (proxy, DNS rules)
     queue: asyncio.Queue[str] = asyncio.Queue()
     for url in urls:
         queue.put_nowait(url)
@@ -369,8 +370,9 @@ async def pool_rate(site: Site, pages: int, concurrency: int, block_media: bool)
     )
     async with (
         Fetcher(settings) as fetcher,
-        ResourceFetcher(settings) as resources,
-        BrowserPool(settings, resources) as pool,
+        Fetcher(settings) as browser_fetcher,
+        GuardedProxy(settings, browser_fetcher) as proxy,
+        BrowserPool(settings, proxy) as pool,
     ):
         sem = asyncio.Semaphore(concurrency * 2)
 

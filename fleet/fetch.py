@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Final, NoReturn, Self
+from typing import Final, Literal, NoReturn, Self
 from urllib.parse import urljoin
 
 import aiohttp
@@ -53,6 +54,9 @@ class FetchResult:
     body: bytes
     elapsed_ms: float
     redirects: int
+    # The last response's headers, names lowercased (``Fetcher.request`` callers pass them
+    # on; the page path does not need them).
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
@@ -142,13 +146,38 @@ class Fetcher:
             await resolver.close()
 
     async def fetch(self, url: str) -> FetchResult:
-        """Fetch ``url`` following redirects; raise a fleet error on any failure."""
+        """Fetch a page: follow redirects, accept only HTML/text, raise a fleet error on
+        any failure, HTTP error statuses included."""
+        return await self.request(url, accept=ACCEPTED_CONTENT_TYPES, http_errors="raise")
+
+    async def request(
+        self,
+        url: str,
+        *,
+        accept: frozenset[str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        http_errors: Literal["raise", "return"] = "return",
+        follow_redirects: bool = True,
+    ) -> FetchResult:
+        """The one guarded fetch behind pages and the browser's requests.
+
+        ``accept``: content types taken (None: any); ``headers``: added to the request;
+        ``http_errors="return"``: a 4xx/5xx (or a redirect without Location) is a result,
+        not an exception; ``follow_redirects=False`` returns a redirect as it is (its next
+        hop is then the caller's, and is checked when requested). Guard, deadline and body
+        cap are the same in every mode.
+        """
         session = self._ensure_session()
         started = time.perf_counter()
         try:
             # One deadline for the whole chain, not fetch_timeout_s per hop.
             async with asyncio.timeout(self._deadline_s):
-                return await self._fetch(session, url, started)
+                return await self._fetch(
+                    session,
+                    url,
+                    started,
+                    _Mode(accept, headers, http_errors == "raise", follow_redirects),
+                )
         except FleetError:
             raise
         except TimeoutError:
@@ -162,16 +191,19 @@ class Fetcher:
                 f"network error fetching {url}: {exc}", reason="connect_error"
             ) from exc
 
-    async def _fetch(self, session: aiohttp.ClientSession, url: str, started: float) -> FetchResult:
+    async def _fetch(
+        self, session: aiohttp.ClientSession, url: str, started: float, mode: _Mode
+    ) -> FetchResult:
         current = url
         redirects = 0
         while True:
             # aiohttp skips the resolver for IP literals, so they are checked here, per hop,
             # on the very URL object that is requested.
             target = check_url(current, self._policy)
-            async with session.get(target, allow_redirects=False) as resp:
+            async with session.get(target, allow_redirects=False, headers=mode.headers) as resp:
                 status = resp.status
-                if status in REDIRECT_STATUSES and (location := resp.headers.get("Location")):
+                location = resp.headers.get("Location")
+                if status in REDIRECT_STATUSES and location and mode.follow_redirects:
                     if redirects >= self._max_redirects:
                         raise TooManyRedirects(
                             f"more than {self._max_redirects} redirects starting at {url} "
@@ -181,18 +213,18 @@ class Fetcher:
                     current = _redirect_target(current, location)
                     redirects += 1
                     continue
-                if not 200 <= status < 300:
+                if mode.raise_http_errors and not 200 <= status < 300:
                     retry_after = None
                     if status == 429 or status >= 500:
                         retry_after = parse_retry_after(resp.headers.get("Retry-After"))
                     await _drain(resp)
                     raise HttpStatusError.for_status(status, current, retry_after)
                 content_type = resp.content_type
-                if content_type not in ACCEPTED_CONTENT_TYPES:
+                if mode.accept is not None and content_type not in mode.accept:
                     # No body read: the connection is simply dropped on release.
                     raise UnsupportedContent(
                         f"content type {content_type!r} from {current} is not fetched "
-                        f"(accepted: {', '.join(sorted(ACCEPTED_CONTENT_TYPES))})"
+                        f"(accepted: {', '.join(sorted(mode.accept))})"
                     )
                 body = await self._read_capped(resp, current)
                 return FetchResult(
@@ -204,6 +236,7 @@ class Fetcher:
                     body=body,
                     elapsed_ms=(time.perf_counter() - started) * 1000.0,
                     redirects=redirects,
+                    headers={k.lower(): v for k, v in resp.headers.items()},
                 )
 
     async def _read_capped(self, resp: aiohttp.ClientResponse, url: str) -> bytes:
@@ -229,6 +262,14 @@ class Fetcher:
                 )
             chunks.append(chunk)
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+@dataclass(frozen=True, slots=True)
+class _Mode:
+    accept: frozenset[str] | None
+    headers: Mapping[str, str] | None
+    raise_http_errors: bool
+    follow_redirects: bool
 
 
 def _redirect_target(current: str, location: str) -> str:

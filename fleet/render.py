@@ -10,9 +10,11 @@ Three parts, one role:
   into a JetStream key-value bucket that every worker reads, so the fleet learns once.
 * ``BrowserPool`` — one Chromium per worker process, a bounded number of open pages,
   contexts recycled after a page budget, the browser restarted when it crashes, hangs or
-  grows past its memory cap. Every request the browser makes is intercepted and fulfilled
-  by our own guarded fetch code (``ResourceFetcher``): the browser never opens a connection
-  itself, so it cannot be used to reach private addresses.
+  grows past its memory cap. The browser's only way out is the worker's guarded forward
+  proxy (``fleet.proxy.GuardedProxy``: every host checked like the worker's own fetches):
+  nothing bypasses it and the browser resolves no names itself (``FENCE_ARGS``), so a page
+  cannot use it to reach private addresses. No request is intercepted: interception costs
+  a round trip through Playwright per request and turns Chromium's HTTP cache off.
 
 Playwright is an optional extra: it is imported only when a pool is started.
 """
@@ -25,30 +27,24 @@ import logging
 import os
 import re
 import time
-from collections import OrderedDict
-from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, Self
+from typing import TYPE_CHECKING, Final, Literal, Protocol, Self
 from urllib.parse import urlsplit
 
-import aiohttp
+import psutil
 from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError, KeyDeletedError, KeyNotFoundError
-from yarl import URL
 
 from fleet.errors import (
-    BlockedAddress,
     BrowserCrashed,
     FleetError,
-    InvalidUrl,
     RenderFailed,
     RenderTimeout,
     RenderUnavailable,
 )
-from fleet.fetch import REDIRECT_STATUSES, FetchResult
+from fleet.fetch import FetchResult
 from fleet.messages import RenderDecision, render_decision_decoder, render_decision_encoder
-from fleet.netguard import GuardedResolver, HostPolicy, check_url
 from fleet.settings import Settings
 
 if TYPE_CHECKING:
@@ -59,16 +55,11 @@ if TYPE_CHECKING:
         Page,
         Playwright,
         Request,
-        Route,
     )
 
 log = logging.getLogger(__name__)
 
 DEBIAN_CHROMIUM: Final = "/usr/bin/chromium"
-# Every host name resolves to "not found": a request the route handler did not fulfil
-# (a WebSocket, a prefetch, anything outside the interception) cannot reach the network.
-# Route fulfilment does not resolve anything, so rendering still works (tested).
-BLOCK_ALL_DNS: Final = "--host-resolver-rules=MAP * ~NOTFOUND"
 CHROMIUM_ARGS: Final = (
     "--no-sandbox",  # workers run unprivileged in containers without user namespaces
     "--disable-gpu",
@@ -82,15 +73,14 @@ CHROMIUM_ARGS: Final = (
     "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
     # A reused page would otherwise keep the previous documents alive for "back".
     "--disable-features=BackForwardCache",
-    BLOCK_ALL_DNS,
 )
-BLOCKABLE_RESOURCES: Final = frozenset({"image", "font", "media"})
-ROUTED_METHODS: Final = frozenset({"GET", "HEAD"})
-# Headers the browser may pass on to a site; cookies and auth never leave the worker.
-FORWARDED_HEADERS: Final = frozenset({"accept", "accept-language", "referer", "content-type"})
-# Response headers that describe the wire, not the body our code hands the browser.
-DROPPED_RESPONSE_HEADERS: Final = frozenset(
-    {"content-encoding", "content-length", "transfer-encoding", "connection", "set-cookie"}
+# The SSRF fence (with ``--proxy-server`` at the guarded proxy, see fleet.proxy): nothing
+# bypasses the proxy, loopback included, and every host name resolves to "not found", so
+# a connection the proxy does not make for the browser cannot happen. Only the proxy's own
+# literal address is left to the browser's resolver (tested).
+FENCE_ARGS: Final = (
+    "--proxy-bypass-list=<-loopback>",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
 )
 MEMORY_CHECK_INTERVAL_S: Final = 2.0
 DECISION_TTL_S: Final = 7 * 24 * 3600.0
@@ -371,178 +361,6 @@ class RenderPolicy:
 
 
 # --------------------------------------------------------------------------------------
-# Guarded subresource fetching
-
-
-@dataclass(frozen=True, slots=True)
-class Resource:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-
-_MAX_AGE: Final = re.compile(r"(?:^|,)\s*(?:s-maxage|max-age)\s*=\s*(\d+)", re.IGNORECASE)
-_UNCACHEABLE: Final = re.compile(r"no-store|no-cache|private", re.IGNORECASE)
-
-
-class ResourceCache:
-    """A small shared cache of the subresources pages ask for (bundles, styles, images).
-
-    Routing every request through our code turns off Chromium's HTTP cache, so without
-    this every page would fetch the site's bundle again. Only what the site marks as
-    shareable is kept (200, ``Cache-Control: max-age`` > 0, not private/no-store/no-cache,
-    no cookie, no Vary other than Accept-Encoding), for at most its max-age and an hour,
-    in an LRU of ``max_bytes``.
-    """
-
-    def __init__(
-        self,
-        *,
-        max_bytes: int = 32 * 1024 * 1024,
-        max_entry_bytes: int = 2 * 1024 * 1024,
-        max_ttl_s: float = 3600.0,
-    ) -> None:
-        self._entries: OrderedDict[str, tuple[float, Resource]] = OrderedDict()
-        self._bytes = 0
-        self._max_bytes = max_bytes
-        self._max_entry = max_entry_bytes
-        self._max_ttl_s = max_ttl_s
-        self.hits = 0
-
-    def get(self, url: str) -> Resource | None:
-        entry = self._entries.get(url)
-        if entry is None:
-            return None
-        expires, resource = entry
-        if time.monotonic() >= expires:
-            self._drop(url)
-            return None
-        self._entries.move_to_end(url)
-        self.hits += 1
-        return resource
-
-    def put(self, url: str, resource: Resource) -> None:
-        ttl = self._ttl(resource)
-        if ttl <= 0 or len(resource.body) > self._max_entry:
-            return
-        self._drop(url)
-        self._entries[url] = (time.monotonic() + ttl, resource)
-        self._bytes += len(resource.body)
-        while self._bytes > self._max_bytes and self._entries:
-            self._drop(next(iter(self._entries)))
-
-    def _drop(self, url: str) -> None:
-        entry = self._entries.pop(url, None)
-        if entry is not None:
-            self._bytes -= len(entry[1].body)
-
-    def _ttl(self, resource: Resource) -> float:
-        headers = resource.headers
-        control = headers.get("cache-control", "")
-        vary = headers.get("vary", "").replace(" ", "").lower()
-        if (
-            resource.status != 200
-            or _UNCACHEABLE.search(control)
-            or vary not in ("", "accept-encoding")
-        ):
-            return 0.0
-        match = _MAX_AGE.search(control)
-        return min(float(match.group(1)), self._max_ttl_s) if match else 0.0
-
-
-class ResourceFetching(Protocol):
-    async def fetch_resource(self, url: str, headers: dict[str, str]) -> Resource: ...
-
-
-class ResourceFetcher:
-    """Fetch what a page asks for (scripts, XHR, styles...) under the worker's SSRF rules.
-
-    Same guard as ``fleet.fetch.Fetcher`` (``check_url`` on every hop, ``GuardedResolver``
-    for every resolved address, redirects followed by us, the body capped), but any content
-    type is accepted and HTTP errors are handed to the page as they are.
-    """
-
-    def __init__(self, settings: Settings, cache: ResourceCache | None = None) -> None:
-        self._settings = settings
-        self._policy = HostPolicy(settings.allow_hosts)
-        self._session: aiohttp.ClientSession | None = None
-        self._resolver: GuardedResolver | None = None
-        self.cache = cache if cache is not None else ResourceCache()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        await self.close()
-
-    def _ensure_session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            s = self._settings
-            self._resolver = GuardedResolver(self._policy)
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(
-                    resolver=self._resolver,
-                    limit=max(16, 8 * s.render_concurrency),
-                    ttl_dns_cache=60,
-                ),
-                timeout=aiohttp.ClientTimeout(
-                    total=s.fetch_timeout_s, sock_connect=s.connect_timeout_s
-                ),
-                headers={"User-Agent": s.user_agent},
-                auto_decompress=True,
-                trust_env=False,
-                cookie_jar=aiohttp.DummyCookieJar(),
-            )
-        return self._session
-
-    async def close(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
-        resolver, self._resolver = self._resolver, None
-        if resolver is not None:
-            await resolver.close()
-
-    async def fetch_resource(self, url: str, headers: dict[str, str]) -> Resource:
-        cached = self.cache.get(url)
-        if cached is not None:
-            return cached
-        resource = await self._fetch(url, headers)
-        self.cache.put(url, resource)
-        return resource
-
-    async def _fetch(self, url: str, headers: dict[str, str]) -> Resource:
-        session = self._ensure_session()
-        current = url
-        limit = self._settings.max_body_bytes
-        try:
-            async with asyncio.timeout(self._settings.fetch_timeout_s):
-                for _ in range(self._settings.max_redirects + 1):
-                    target = check_url(current, self._policy)
-                    async with session.get(target, allow_redirects=False, headers=headers) as r:
-                        location = r.headers.get("Location")
-                        if r.status in REDIRECT_STATUSES and location:
-                            current = str(target.join(URL(location.strip())))
-                            continue
-                        chunks: list[bytes] = []
-                        size = 0
-                        while chunk := await r.content.readany():
-                            size += len(chunk)
-                            if size > limit:
-                                raise FleetError(f"{url}: body over {limit} bytes")
-                            chunks.append(chunk)
-                        kept = {
-                            k.lower(): v
-                            for k, v in r.headers.items()
-                            if k.lower() not in DROPPED_RESPONSE_HEADERS
-                        }
-                        return Resource(r.status, kept, b"".join(chunks))
-        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
-            raise FleetError(f"{url}: {exc!r}") from exc
-        raise FleetError(f"{url}: more than {self._settings.max_redirects} redirects")
-
-
-# --------------------------------------------------------------------------------------
 # The browser pool
 
 
@@ -564,6 +382,15 @@ class Rendered:
     html: str
     final_url: str
     elapsed_ms: float
+
+
+class BrowserProxy(Protocol):
+    """Where the browser's connections go: ``fleet.proxy.GuardedProxy``, started."""
+
+    @property
+    def url(self) -> str: ...
+
+    def serving(self, document: FetchResult) -> contextlib.AbstractContextManager[None]: ...
 
 
 class Rendering(Protocol):
@@ -591,7 +418,7 @@ class _Session:
     """One launched browser and its contexts."""
 
     browser: Browser
-    process: Any  # psutil.Process of the browser's main process, or None
+    process: psutil.Process | None  # the browser's main process
     generation: int
     current: _Context | None = None
     contexts: set[_Context] = field(default_factory=set)
@@ -614,8 +441,6 @@ def process_tree_memory(pid: int, limit: int | None = None) -> int:
     a walk of every mapping, RSS is one read: with ``limit``, PSS is only computed when the
     RSS sum (never below PSS) is over it.
     """
-    import psutil  # noqa: PLC0415 - a dependency of the browser extra only
-
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
@@ -641,10 +466,8 @@ def _is_browser_main(cmdline: list[str]) -> bool:
     )
 
 
-def _new_browser_process(before: set[int]) -> Any:
+def _new_browser_process(before: set[int]) -> psutil.Process | None:
     """The Chromium main process below this process that was not there ``before``."""
-    import psutil  # noqa: PLC0415
-
     for proc in psutil.Process(os.getpid()).children(recursive=True):
         with contextlib.suppress(psutil.Error):
             if proc.pid not in before and _is_browser_main(proc.cmdline()):
@@ -653,8 +476,6 @@ def _new_browser_process(before: set[int]) -> Any:
 
 
 def _browser_mains() -> set[int]:
-    import psutil  # noqa: PLC0415
-
     pids: set[int] = set()
     with contextlib.suppress(psutil.Error):
         for proc in psutil.Process(os.getpid()).children(recursive=True):
@@ -664,11 +485,9 @@ def _browser_mains() -> set[int]:
     return pids
 
 
-def _kill_tree(process: Any) -> None:
+def _kill_tree(process: psutil.Process) -> None:
     """SIGKILL a browser and its children and wait for them (psutil checks the process is
     still the one we launched, so a reused PID is never hit)."""
-    import psutil  # noqa: PLC0415
-
     try:
         procs = [*process.children(recursive=True), process]
     except psutil.Error:
@@ -695,20 +514,21 @@ SETTLE_JS: Final = """
 class BrowserPool:
     """One Chromium per worker process; pages bounded by ``render_concurrency`` and reused.
 
-    Use as ``async with BrowserPool(settings, resources) as pool``; ``start`` raises
-    RenderUnavailable (with the fix) when Playwright or Chromium is missing.
+    Use as ``async with BrowserPool(settings, proxy) as pool``; ``start`` raises
+    RenderUnavailable (with the fix) when Playwright or Chromium is missing. Every
+    connection of the browser goes through ``proxy`` (the SSRF fence, ``fleet.proxy``).
     """
 
     def __init__(
         self,
         settings: Settings,
-        resources: ResourceFetching,
+        proxy: BrowserProxy,
         *,
         telemetry: RenderTelemetry | None = None,
         memory_check_interval_s: float = MEMORY_CHECK_INTERVAL_S,
     ) -> None:
         self._settings = settings
-        self._resources = resources
+        self._proxy = proxy
         self._telemetry = telemetry
         self._memory_check_interval_s = memory_check_interval_s
         self._pages = asyncio.Semaphore(settings.render_concurrency)
@@ -719,10 +539,9 @@ class BrowserPool:
         self._closing: set[asyncio.Task[None]] = set()
         self._generation = 0
         self._last_memory_check = 0.0
-        # Per page being rendered: its document (served from our fetch) and the number of
-        # its requests in flight (settling waits for zero).
-        self._documents: dict[Page, FetchResult] = {}
-        self._inflight: dict[Page, int] = {}
+        # Per open page: its requests in flight (settling waits for none), kept from the
+        # page's own request events.
+        self._inflight: dict[Page, set[Request]] = {}
         self._closed = False
         self._unusable: RenderUnavailable | None = None
         # Counters, read by tests and `bench.render`.
@@ -790,7 +609,7 @@ class BrowserPool:
         browser = await self._playwright.chromium.launch(
             executable_path=chromium_executable(self._settings),
             headless=True,
-            args=list(CHROMIUM_ARGS),
+            args=[*self._launch_args()],
             handle_sigterm=False,  # the worker drains on SIGTERM, then closes the pool
             handle_sigint=False,
             handle_sighup=False,
@@ -802,6 +621,14 @@ class BrowserPool:
         self._sessions.add(session)
         log.info("browser started (pid %s, generation %d)", session.pid, session.generation)
         return session
+
+    def _launch_args(self) -> list[str]:
+        args = [*CHROMIUM_ARGS, *FENCE_ARGS, f"--proxy-server={self._proxy.url}"]
+        if self._settings.render_block_media:
+            # Images are never requested (no proxy can tell an image from a script inside
+            # an HTTPS tunnel, so the browser is told not to load them).
+            args.append("--blink-settings=imagesEnabled=false")
+        return args
 
     def _on_disconnected(self, session: _Session) -> None:
         if session.dead or session.retired or self._closed:
@@ -853,10 +680,10 @@ class BrowserPool:
             if ctx is None or ctx.retired:
                 context = await session.browser.new_context(
                     java_script_enabled=True,
-                    service_workers="block",  # a service worker's fetches would skip our route
+                    # A service worker would outlive the page and answer from its own cache.
+                    service_workers="block",
                     user_agent=self._settings.user_agent,
                 )
-                await context.route("**/*", self._route)
                 ctx = _Context(context)
                 session.contexts.add(ctx)
                 session.current = ctx
@@ -871,11 +698,32 @@ class BrowserPool:
             session.current = None
         ctx.open_pages += 1
         try:
-            page = ctx.idle.pop() if ctx.idle else await ctx.context.new_page()
+            page = ctx.idle.pop() if ctx.idle else self._watch(await ctx.context.new_page())
         except Exception:
             ctx.open_pages -= 1
             raise
         return ctx, page
+
+    def _watch(self, page: Page) -> Page:
+        """Track the page's requests in flight (events only: nothing blocks a request)."""
+        pending: set[Request] = set()
+        self._inflight[page] = pending
+
+        def started(request: Request) -> None:
+            pending.add(request)
+
+        def ended(request: Request) -> None:
+            pending.discard(request)
+
+        page.on("request", started)
+        page.on("requestfinished", ended)
+        page.on("requestfailed", ended)
+
+        def closed(closed_page: Page) -> None:
+            self._inflight.pop(closed_page, None)
+
+        page.on("close", closed)
+        return page
 
     async def _give_back(self, session: _Session, ctx: _Context, page: Page, ok: bool) -> None:
         ctx.open_pages -= 1
@@ -944,14 +792,18 @@ class BrowserPool:
     async def _render_page(
         self, session: _Session, page: Page, document: FetchResult
     ) -> tuple[str, str]:
+        # The proxy answers the browser's request for the document with the worker's copy
+        # (plain HTTP; over HTTPS the browser fetches it again, through the proxy).
         url = document.final_url
-        self._documents[page] = document
-        self._inflight[page] = 0
+        pending = self._inflight.get(page)
+        if pending is not None:
+            pending.clear()  # the previous document's requests, cancelled by this navigation
         try:
-            async with asyncio.timeout(self._settings.render_timeout_s):
-                await page.goto(url, wait_until="load")
-                await self._settle(page)
-                return await page.content(), page.url
+            with self._proxy.serving(document):
+                async with asyncio.timeout(self._settings.render_timeout_s):
+                    await page.goto(url, wait_until="load")
+                    await self._settle(page)
+                    return await page.content(), page.url
         except TimeoutError:
             if session.dead:
                 raise BrowserCrashed(f"browser died while rendering {url}") from None
@@ -964,9 +816,6 @@ class BrowserPool:
             ) from None
         except Exception as exc:
             raise self._failure(session, url, exc) from exc
-        finally:
-            self._documents.pop(page, None)
-            self._inflight.pop(page, None)
 
     def _failure(self, session: _Session, url: str, exc: BaseException) -> FleetError:
         if session.dead or not session.browser.is_connected():
@@ -979,7 +828,7 @@ class BrowserPool:
             async with asyncio.timeout(self._settings.render_settle_max_s):
                 while True:
                     await page.evaluate(SETTLE_JS, DOM_QUIET_MS)
-                    if self._inflight.get(page, 0) == 0:
+                    if not self._inflight.get(page):
                         return
                     await asyncio.sleep(0.05)
 
@@ -1011,74 +860,7 @@ class BrowserPool:
             )
             self._restart(session, "rss")
 
-    async def _route(self, route: Route, request: Request) -> None:
-        """Every request of every page: fulfilled by our guarded fetch, or aborted."""
-        url = request.url
-        page = _page_of(request)
-        if (
-            page is not None
-            and page in self._documents
-            and request.is_navigation_request()
-            and request.frame.parent_frame is None
-        ):
-            # The page's first main-frame navigation is the document the worker fetched
-            # (and checked) already; later ones (a script changing location) are fetched.
-            document = self._documents.pop(page)
-            await _quiet(route.fulfill(**_document_response(document)))
-            return
-        if not url.startswith(("http://", "https://")) or request.method not in ROUTED_METHODS:
-            await _quiet(route.abort("blockedbyclient"))
-            return
-        if self._settings.render_block_media and request.resource_type in BLOCKABLE_RESOURCES:
-            await _quiet(route.abort("blockedbyclient"))
-            return
-        counted = page is not None and page in self._inflight
-        if counted:
-            assert page is not None
-            self._inflight[page] += 1
-        try:
-            headers = {k: v for k, v in request.headers.items() if k.lower() in FORWARDED_HEADERS}
-            try:
-                res = await self._resources.fetch_resource(url, headers)
-            except (BlockedAddress, InvalidUrl) as exc:
-                log.debug("browser request refused: %s", exc)
-                await _quiet(route.abort("blockedbyclient"))
-                return
-            except FleetError as exc:
-                log.debug("browser request failed: %s", exc)
-                await _quiet(route.abort("failed"))
-                return
-            await _quiet(route.fulfill(status=res.status, headers=res.headers, body=res.body))
-        finally:
-            if counted and page in self._inflight:
-                assert page is not None
-                self._inflight[page] -= 1
-
-
-def _page_of(request: Request) -> Page | None:
-    try:
-        return request.frame.page
-    except Exception:  # service-worker requests have no frame
-        return None
-
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-async def _quiet(action: Awaitable[None]) -> None:
-    # The page may be gone already (closed, crashed): nothing left to answer.
-    with contextlib.suppress(Exception):
-        await action
-
-
-def _document_response(document: FetchResult) -> dict[str, Any]:
-    content_type = document.content_type
-    if document.charset:
-        content_type += f"; charset={document.charset}"
-    return {
-        "status": document.status,
-        "headers": {"content-type": content_type},
-        "body": document.body,
-    }

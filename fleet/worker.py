@@ -23,6 +23,7 @@ from fleet.disposition import MaxDeliveriesReaper, Settler
 from fleet.errors import BadMessage, RenderUnavailable, TransientError
 from fleet.fetch import Fetcher, FetchResult
 from fleet.messages import Page, UrlTask, page_encoder, url_task_decoder
+from fleet.proxy import GuardedProxy
 from fleet.render import (
     BrowserPool,
     KvDecisionStore,
@@ -30,7 +31,6 @@ from fleet.render import (
     Rendering,
     RenderPlanning,
     RenderPolicy,
-    ResourceFetcher,
     assess,
     render_bucket,
 )
@@ -327,8 +327,11 @@ async def _start_browser(
     """The worker's browser pool, or None (render=never, or auto without a browser)."""
     if settings.render == "never":
         return None
-    resources = await stack.enter_async_context(ResourceFetcher(settings))
-    pool = BrowserPool(settings, resources, telemetry=telemetry)
+    # The browser's own fetcher (its connection pool apart from the pages'), behind the
+    # proxy every browser connection goes through.
+    fetcher = await stack.enter_async_context(Fetcher(settings))
+    proxy = await stack.enter_async_context(GuardedProxy(settings, fetcher))
+    pool = BrowserPool(settings, proxy, telemetry=telemetry)
     try:
         # auto: the browser starts with the first page that needs it (most pages do not).
         await pool.start(launch=settings.render == "always")

@@ -550,6 +550,36 @@ async def test_unsupported_content_reads_no_body(fetcher: Fetcher, http_site: Si
     assert "image/png" in str(info.value)
 
 
+# --- request(): the browser's resources through the same guard -----------------------
+
+
+async def test_request_takes_any_content_type_and_returns_http_errors(
+    fetcher: Fetcher, http_site: Site
+) -> None:
+    missing = await fetcher.request(http_site.url("/status/404"))
+    assert (missing.status, missing.body) == (404, b"<p>status</p>")
+    assert missing.headers["content-type"].startswith("text/html")
+    with pytest.raises(UnsupportedContent):  # a type filter applies when given
+        await fetcher.request(http_site.url("/big?size=10"), accept=frozenset({"text/css"}))
+    with pytest.raises(BodyTooLarge):  # the cap holds in every mode
+        await fetcher.request(http_site.url(f"/big?size={MAX_BODY + 1}"))
+
+
+async def test_request_sends_extra_headers(fetcher: Fetcher, http_site: Site) -> None:
+    await fetcher.request(http_site.url("/headers"), headers={"Referer": "http://r.example/"})
+    assert http_site.seen_headers["Referer"] == "http://r.example/"
+
+
+async def test_request_without_following_returns_the_redirect(
+    fetcher: Fetcher, http_site: Site, canary: Canary
+) -> None:
+    hop = await fetcher.request(http_site.url(f"/redirect?to={canary.url}"), follow_redirects=False)
+    assert (hop.status, hop.headers["location"]) == (302, canary.url)
+    with pytest.raises(BlockedAddress):  # followed: the hop is checked as in fetch()
+        await fetcher.request(http_site.url(f"/redirect?to={canary.url}"))
+    await _assert_canary_untouched(canary, http_site)
+
+
 # --- network failures ----------------------------------------------------------------
 
 

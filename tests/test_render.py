@@ -14,7 +14,7 @@ import nats
 import pytest
 
 from fleet import extract
-from fleet.errors import BlockedAddress, InvalidUrl, TransientError
+from fleet.errors import TransientError
 from fleet.fetch import FetchResult
 from fleet.messages import (
     Page,
@@ -30,9 +30,6 @@ from fleet.render import (
     MemoryDecisionStore,
     Rendered,
     RenderPolicy,
-    Resource,
-    ResourceCache,
-    ResourceFetcher,
     assess,
     chromium_executable,
     domain_of,
@@ -442,57 +439,6 @@ async def test_auto_without_a_browser_warns_once_and_keeps_http(
 def test_render_decision_roundtrip() -> None:
     d = RenderDecision(domain="a.example", needs_render=True, samples=3, http_chars=10)
     assert render_decision_decoder.decode(render_decision_encoder.encode(d)) == d
-
-
-@pytest.mark.parametrize(
-    ("status", "headers", "cached"),
-    [
-        (200, {"cache-control": "public, max-age=600"}, True),
-        (200, {"cache-control": "max-age=600", "vary": "Accept-Encoding"}, True),
-        (200, {"cache-control": "s-maxage=60"}, True),
-        (200, {}, False),
-        (200, {"cache-control": "max-age=0"}, False),
-        (200, {"cache-control": "private, max-age=600"}, False),
-        (200, {"cache-control": "no-store"}, False),
-        (200, {"cache-control": "max-age=600", "vary": "Cookie"}, False),
-        (404, {"cache-control": "max-age=600"}, False),
-    ],
-)
-def test_resource_cache_keeps_only_shareable_responses(
-    status: int, headers: dict[str, str], cached: bool
-) -> None:
-    cache = ResourceCache()
-    cache.put("http://a/x.js", Resource(status, headers, b"code"))
-    assert (cache.get("http://a/x.js") is not None) == cached
-
-
-def test_resource_cache_is_bounded() -> None:
-    cache = ResourceCache(max_bytes=10, max_entry_bytes=6)
-    shareable = {"cache-control": "max-age=60"}
-    cache.put("http://a/big", Resource(200, shareable, b"1234567"))
-    assert cache.get("http://a/big") is None  # over the entry limit
-    for name in "abc":
-        cache.put(f"http://a/{name}", Resource(200, shareable, b"12345"))
-    assert cache.get("http://a/a") is None  # evicted, least recently used
-    assert cache.get("http://a/c") is not None
-
-
-@pytest.mark.parametrize(
-    ("url", "error"),
-    [
-        ("http://10.0.0.1/app.js", BlockedAddress),  # IP literal: refused before any connect
-        ("http://[::1]:8080/x", BlockedAddress),
-        ("http://169.254.169.254/latest/meta-data/", BlockedAddress),
-        ("ftp://example.com/x", InvalidUrl),
-        ("file:///etc/passwd", InvalidUrl),
-    ],
-)
-async def test_resource_fetcher_applies_the_guard_before_connecting(
-    url: str, error: type[Exception]
-) -> None:
-    async with ResourceFetcher(Settings()) as fetcher:
-        with pytest.raises(error):
-            await fetcher.fetch_resource(url, {})
 
 
 async def test_scraper_counts_renders_in_metrics() -> None:

@@ -1,5 +1,6 @@
 """The fleet-browser image renders a JavaScript page through fleet's own pool, as the
-non-root user, with no network: the document is served from memory by the route.
+non-root user, with no network: the guarded proxy answers the browser's request for the
+document with the worker's copy.
 
 Needs `fleet-browser:local` (`make images`); a missing Docker engine fails in CI, skips
 locally (the `docker_ready` fixture of test_compose).
@@ -21,8 +22,9 @@ __all__ = ["docker_ready"]
 
 SCRIPT = """
 import asyncio, os
-from fleet.fetch import FetchResult
-from fleet.render import BrowserPool, ResourceFetcher
+from fleet.fetch import Fetcher, FetchResult
+from fleet.proxy import GuardedProxy
+from fleet.render import BrowserPool
 from fleet.settings import Settings
 
 HTML = (b"<html><body><div id=root></div><script>"
@@ -33,8 +35,8 @@ async def main():
     settings = Settings.from_env(os.environ)
     doc = FetchResult("http://example.invalid/", "http://example.invalid/", 200,
                       "text/html", "utf-8", HTML, 1.0, 0)
-    async with ResourceFetcher(settings) as resources:
-        async with BrowserPool(settings, resources) as pool:
+    async with Fetcher(settings) as fetcher, GuardedProxy(settings, fetcher) as proxy:
+        async with BrowserPool(settings, proxy) as pool:
             rendered = await pool.render(doc.url, doc)
     print(os.getuid(), rendered.html)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,7 +16,8 @@ import pytest
 from fleet import extract
 from fleet.errors import BrowserCrashed, RenderUnavailable
 from fleet.fetch import Fetcher
-from fleet.render import BrowserPool, ResourceFetcher
+from fleet.proxy import GuardedProxy
+from fleet.render import CHROMIUM_ARGS, FENCE_ARGS, BrowserPool, chromium_executable
 from fleet.settings import Settings
 from fleet.telemetry import Metrics, Telemetry
 from tests.conftest import Roles, wait_for
@@ -34,8 +36,13 @@ class Rig:
     def __init__(self, settings: Settings, telemetry: Telemetry | None = None, **kw: float) -> None:
         self.settings = settings
         self.fetcher = Fetcher(settings)
-        self.resources = ResourceFetcher(settings)
-        self.pool = BrowserPool(settings, self.resources, telemetry=telemetry, **kw)
+        self.browser_fetcher = Fetcher(settings)
+        self.proxy = GuardedProxy(settings, self.browser_fetcher)
+        self.pool = BrowserPool(settings, self.proxy, telemetry=telemetry, **kw)
+
+    async def start(self, *, launch: bool = True) -> None:
+        await self.proxy.start()
+        await self.pool.start(launch=launch)
 
     async def render_text(self, url: str) -> str:
         doc = await self.fetcher.fetch(url)
@@ -51,7 +58,8 @@ class Rig:
 
     async def close(self) -> None:
         await self.pool.close()
-        await self.resources.close()
+        await self.proxy.close()
+        await self.browser_fetcher.close()
         await self.fetcher.close()
 
 
@@ -69,7 +77,7 @@ async def rig_factory() -> AsyncIterator[list[Rig]]:
 async def start_rig(rigs: list[Rig], settings: Settings, **kw: object) -> Rig:
     rig = Rig(settings, **kw)  # type: ignore[arg-type]
     rigs.append(rig)
-    await rig.pool.start()
+    await rig.start()
     return rig
 
 
@@ -184,8 +192,56 @@ async def test_browser_cannot_reach_a_non_allowed_port(
         via_redirect = site.url(f"/redirect?to={direct}")
         text = await rig.render_text(site.url(f"/probe?target={via_redirect}"))
         assert "probe blocked" in text
+        # A name for the canary: the proxy resolves it, sees loopback, refuses.
+        by_name = direct.replace("127.0.0.1", "localhost")
+        text = await rig.render_text(site.url(f"/probe?target={by_name}"))
+        assert "probe blocked" in text
         assert sum(canary.hits.values()) == 0, canary.hits
-        assert site.hits["/redirect"] >= 1  # the redirect was requested, by our code
+        assert site.hits["/redirect"] >= 1  # the redirect was requested, by the browser
+        assert rig.proxy.refused >= 3  # ...and its next hop refused by the proxy
+
+
+async def test_the_document_is_not_fetched_twice(
+    site: LoopbackSite, rig_factory: list[Rig]
+) -> None:
+    rig = await start_rig(rig_factory, site_settings(site))
+    assert "spaword5" in await rig.render_text(site.url("/spa/5"))
+    assert site.hits["/spa/5"] == 1  # the worker's fetch; the browser got that copy
+    assert rig.proxy.served == 1
+
+
+async def test_without_the_proxy_the_browser_reaches_nothing() -> None:
+    """The fence does not depend on the proxy answering: with the proxy's port closed,
+    nothing bypasses it (not even loopback) and names do not resolve, so the canary on
+    loopback sees no connection whether addressed by IP or by name."""
+    need_browser()
+    from playwright.async_api import Error as PlaywrightError  # noqa: PLC0415
+    from playwright.async_api import async_playwright  # noqa: PLC0415
+
+    with LoopbackSite() as canary:
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        args = [
+            *CHROMIUM_ARGS,
+            *FENCE_ARGS,
+            f"--proxy-server=http://127.0.0.1:{closed.getsockname()[1]}",
+        ]
+        try:
+            async with async_playwright() as p:
+                browser = await p.chromium.launch(
+                    executable_path=chromium_executable(Settings()), args=args
+                )
+                page = await browser.new_page()
+                for url in (
+                    canary.url("/static/x"),
+                    canary.url("/static/x").replace("127.0.0.1", "localhost"),
+                ):
+                    with pytest.raises(PlaywrightError, match="ERR_PROXY_CONNECTION_FAILED"):
+                        await page.goto(url)
+                await browser.close()
+        finally:
+            closed.close()
+        assert sum(canary.hits.values()) == 0, canary.hits
 
 
 async def test_block_media_aborts_images(site: LoopbackSite, rig_factory: list[Rig]) -> None:
@@ -277,7 +333,7 @@ async def test_auto_mode_launches_lazily_and_a_broken_browser_turns_rendering_of
 ) -> None:
     rig = Rig(site_settings(site, chromium_path="/bin/false"))
     rig_factory.append(rig)
-    await rig.pool.start(launch=False)  # found, not started: nothing to fail yet
+    await rig.start(launch=False)  # found, not started: nothing to fail yet
     assert rig.pool.browser_pid is None
     for _ in range(2):  # the second page does not try again
         with pytest.raises(RenderUnavailable, match="FLEET_RENDER=never"):
