@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,43 @@ async def roles(settings: Settings) -> AsyncIterator[Roles]:
 def fleet_cli() -> list[str]:
     exe = shutil.which("fleet", path=str(Path(sys.executable).parent))
     return [exe] if exe else [sys.executable, "-m", "fleet"]
+
+
+@dataclass
+class Canary:
+    """Raw TCP server: counts connections at accept time, before any HTTP parsing."""
+
+    port: int
+    connections: int = 0
+    requests: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+
+@pytest.fixture
+async def canary() -> AsyncIterator[Canary]:
+    state = Canary(port=0)
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        state.connections += 1
+        try:
+            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            state.requests += 1
+            body = b"<html><title>canary</title></html>"
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nConnection: close\r\n"
+                b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+            )
+            await writer.drain()
+        except (OSError, asyncio.IncompleteReadError, TimeoutError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    state.port = server.sockets[0].getsockname()[1]
+    yield state
+    server.close()
+    await server.wait_closed()

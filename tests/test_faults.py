@@ -112,7 +112,7 @@ async def test_nats_server_restarted_mid_run(
     await assert_each_once(settings, urls)
 
 
-class Canary:
+class ThreadCanary:
     """A TCP listener on loopback that counts every connection it is offered."""
 
     def __init__(self) -> None:
@@ -144,8 +144,8 @@ class Canary:
 
 
 @pytest.fixture
-def canary() -> Iterator[Canary]:
-    c = Canary()
+def thread_canary() -> Iterator[ThreadCanary]:
+    c = ThreadCanary()
     try:
         yield c
     finally:
@@ -153,8 +153,13 @@ def canary() -> Iterator[Canary]:
 
 
 async def test_ssrf_inputs_are_dead_lettered_and_canary_sees_nothing(
-    settings: Settings, site: LoopbackSite, roles: Roles, canary: Canary, tmp_path: Path
+    settings: Settings,
+    site: LoopbackSite,
+    roles: Roles,
+    thread_canary: ThreadCanary,
+    tmp_path: Path,
 ) -> None:
+    canary = thread_canary
     port = canary.port
     blocked = [
         f"http://127.0.0.1:{port}/",

@@ -28,6 +28,7 @@ from fleet.errors import (
 )
 from fleet.fetch import Fetcher, FetchResult, parse_retry_after
 from fleet.settings import Settings
+from tests.conftest import Canary
 
 MAX_BODY = 64 * 1024
 HTML_LATIN1 = "<html><head><title>Café</title></head><body>Crème brûlée</body></html>"
@@ -38,46 +39,6 @@ def _free_socket() -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     return sock
-
-
-@dataclass
-class Canary:
-    """Raw TCP server: counts connections at accept time, before any HTTP parsing."""
-
-    port: int
-    connections: int = 0
-    requests: int = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
-
-
-@pytest.fixture
-async def canary() -> AsyncIterator[Canary]:
-    state = Canary(port=0)
-
-    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        state.connections += 1
-        try:
-            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-            state.requests += 1
-            body = b"<html><title>canary</title></html>"
-            writer.write(
-                b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nConnection: close\r\n"
-                b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
-            )
-            await writer.drain()
-        except (OSError, asyncio.IncompleteReadError, TimeoutError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
-    state.port = server.sockets[0].getsockname()[1]
-    yield state
-    server.close()
-    await server.wait_closed()
 
 
 @dataclass

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import pytest
 from aiohttp import web
@@ -16,29 +15,9 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from fleet.fetch import Fetcher
 from fleet.proxy import GuardedProxy
 from fleet.settings import Settings
+from tests.conftest import Canary
 
 MAX_BODY = 4096
-
-
-@dataclass
-class Canary:
-    port: int = 0
-    connections: int = 0
-
-
-@pytest.fixture
-async def canary() -> AsyncIterator[Canary]:
-    state = Canary()
-
-    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        state.connections += 1
-        writer.close()
-
-    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
-    state.port = server.sockets[0].getsockname()[1]
-    yield state
-    server.close()
-    await server.wait_closed()
 
 
 @pytest.fixture
