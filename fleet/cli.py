@@ -557,14 +557,20 @@ def run(
 @click.option(
     "--project",
     default=None,
-    help="Docker: compose project of the workers [default: the supervisor's own container's]",
+    help="Docker: compose project of the workers [env FLEET_SUPERVISOR_PROJECT; default: "
+    "the supervisor's own container's]",
 )
 @click.option(
     "--worker-image",
     default=None,
-    help="Docker: image for workers when no worker container exists to copy",
+    help="Docker: image for workers when no worker container exists to copy "
+    "[env FLEET_SUPERVISOR_WORKER_IMAGE]",
 )
-@click.option("--worker-network", default=None, help="Docker: network of those workers")
+@click.option(
+    "--worker-network",
+    default=None,
+    help="Docker: network of those workers [env FLEET_SUPERVISOR_WORKER_NETWORK]",
+)
 @click.pass_context
 def supervisor(
     ctx: click.Context,
@@ -600,6 +606,9 @@ def supervisor(
         supervisor_stop_grace_s=stop_grace_s,
         supervisor_port=port,
         supervisor_worker_service=worker_service,
+        supervisor_project=project,
+        supervisor_worker_image=worker_image,
+        supervisor_worker_network=worker_network,
     )
     import socket
 
@@ -627,36 +636,8 @@ def supervisor(
                 if time.monotonic() > deadline:
                     _fail(f"cannot reach Docker ({exc}); set DOCKER_HOST (a socket proxy)", 1)
                 time.sleep(1)
-        service = settings.supervisor_worker_service
-        project = project or scaling.discover_compose_project(api, socket.gethostname())
-        fallback = None
-        if worker_image:
-            # Workers get this process's FLEET_* settings, not its secrets.
-            env = settings.to_env() | {"FLEET_ROLE": "worker"}
-            env.pop("FLEET_MEILI_API_KEY", None)
-            labels = (
-                scaling.compose_selector(project, service)
-                if project
-                else {scaling.WORKER_LABEL: service}
-            )
-            fallback = scaling.WorkerTemplate.standalone(
-                image=worker_image,
-                env=env,
-                labels=labels,
-                network=worker_network,
-                name_prefix=f"{project}-{service}" if project else f"fleet-{service}",
-                stop_grace_s=settings.supervisor_stop_grace_s,
-            )
-        selector = (
-            scaling.compose_selector(project, service)
-            if project
-            else {scaling.WORKER_LABEL: service}
-        )
-        backend_impl = scaling.DockerBackend(
-            api,
-            selector=selector,
-            stop_grace_s=settings.supervisor_stop_grace_s,
-            fallback=fallback,
+        backend_impl = scaling.DockerBackend.from_settings(
+            api, settings, hostname=socket.gethostname()
         )
 
     async def go(stop: asyncio.Event) -> None:

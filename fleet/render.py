@@ -29,7 +29,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Literal, Protocol, Self
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, Self
 from urllib.parse import urlsplit
 
 import psutil
@@ -48,6 +48,8 @@ from fleet.messages import RenderDecision, render_decision_decoder, render_decis
 from fleet.settings import Settings
 
 if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
     from nats.js.kv import KeyValue
     from playwright.async_api import (
         Browser,
@@ -411,6 +413,8 @@ class _Context:
     idle: list[Page] = field(default_factory=list)  # pages kept open for reuse
     uses: dict[Page, int] = field(default_factory=dict)  # renders per open page
     retired: bool = False
+    pages: int = 0  # pages open in it (rendering, idle, or being opened)
+    opening: bool = False  # a spare page is being opened in the background
 
 
 @dataclass(eq=False)
@@ -421,6 +425,7 @@ class _Session:
     process: psutil.Process | None  # the browser's main process
     generation: int
     current: _Context | None = None
+    next: asyncio.Task[_Context] | None = None  # the next context, opened ahead
     contexts: set[_Context] = field(default_factory=set)
     open_pages: int = 0
     dead: bool = False  # crashed or hung: every page of it fails
@@ -537,6 +542,8 @@ class BrowserPool:
         self._session: _Session | None = None
         self._sessions: set[_Session] = set()
         self._closing: set[asyncio.Task[None]] = set()
+        # Off the render path: spare pages being opened, retired pages and contexts closing.
+        self._background: set[asyncio.Task[Any]] = set()
         self._generation = 0
         self._last_memory_check = 0.0
         # Per open page: its requests in flight (settling waits for none), kept from the
@@ -593,6 +600,8 @@ class BrowserPool:
     async def close(self) -> None:
         """Close every browser; what does not exit is killed and reaped."""
         self._closed = True
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=5)
         for session in list(self._sessions):
             self._schedule_close(session)
         if self._closing:
@@ -673,36 +682,137 @@ class BrowserPool:
                 self._session = await self._launch()
             return self._session
 
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        # Failures are seen where they matter (a next context that fails is opened again
+        # on the render path); never "exception was never retrieved".
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return task
+
+    async def _open_context(self, session: _Session) -> _Context:
+        context = await session.browser.new_context(
+            java_script_enabled=True,
+            # A service worker would outlive the page and answer from its own cache.
+            service_workers="block",
+            user_agent=self._settings.user_agent,
+        )
+        ctx = _Context(context)
+        session.contexts.add(ctx)
+        return ctx
+
+    async def _open_next_context(self, session: _Session) -> _Context:
+        """The next context and its first page, opened while the current one still serves."""
+        ctx = await self._open_context(session)
+        await self._open_spare(session, ctx)
+        return ctx
+
     async def _current_context(self, session: _Session) -> _Context:
         # Locked: pages arriving together must share one new context, not open one each.
         async with session.context_lock:
             ctx = session.current
             if ctx is None or ctx.retired:
-                context = await session.browser.new_context(
-                    java_script_enabled=True,
-                    # A service worker would outlive the page and answer from its own cache.
-                    service_workers="block",
-                    user_agent=self._settings.user_agent,
-                )
-                ctx = _Context(context)
-                session.contexts.add(ctx)
+                ctx = None
+                ahead, session.next = session.next, None
+                if ahead is not None:
+                    with contextlib.suppress(Exception):
+                        ctx = await ahead
+                if ctx is None:
+                    ctx = await self._open_context(session)
                 session.current = ctx
             return ctx
 
     async def _take_page(self, session: _Session) -> tuple[_Context, Page]:
         ctx = await self._current_context(session)
         ctx.used += 1
-        if ctx.used >= self._settings.render_context_pages:
+        budget = self._settings.render_context_pages
+        if ctx.used >= budget:
             # Budget reached: no new pages here; closed once its pages are done.
             ctx.retired = True
             session.current = None
+        elif (
+            session.next is None
+            and not session.retired
+            and ctx.used >= budget - self._settings.render_concurrency
+        ):
+            # Open the next context (and a page in it) before this one is used up.
+            session.next = self._spawn(self._open_next_context(session))
         ctx.open_pages += 1
         try:
-            page = ctx.idle.pop() if ctx.idle else self._watch(await ctx.context.new_page())
+            if ctx.idle:
+                page = ctx.idle.pop()
+            else:
+                ctx.pages += 1
+                try:
+                    page = self._watch(await ctx.context.new_page())
+                except Exception:
+                    ctx.pages -= 1
+                    raise
         except Exception:
             ctx.open_pages -= 1
             raise
+        self._keep_spare(session, ctx)
         return ctx, page
+
+    def _keep_spare(self, session: _Session, ctx: _Context) -> None:
+        """Keep one idle page ready in the current context, opened off the render path
+        (at most render_concurrency + 1 pages per context)."""
+        if (
+            not ctx.idle
+            and not ctx.opening
+            and not ctx.retired
+            and not session.retired
+            and not session.dead
+            and ctx.pages <= self._settings.render_concurrency
+        ):
+            ctx.opening = True
+            self._spawn(self._open_spare(session, ctx))
+
+    async def _open_spare(self, session: _Session, ctx: _Context) -> None:
+        ctx.opening = True
+        ctx.pages += 1
+        try:
+            page = self._watch(await ctx.context.new_page())
+        except Exception:
+            ctx.pages -= 1
+            return
+        finally:
+            ctx.opening = False
+        if ctx.retired or session.retired or session.dead:
+            self._close_page(ctx, page)
+        else:
+            ctx.idle.append(page)
+
+    def _close_page(self, ctx: _Context, page: Page) -> None:
+        ctx.pages -= 1
+        ctx.uses.pop(page, None)
+        self._spawn(self._close_quietly(page.close()))
+
+    @staticmethod
+    async def _close_quietly(closing: Coroutine[Any, Any, None]) -> None:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(5):
+                await closing
+
+    def _give_back(self, session: _Session, ctx: _Context, page: Page, ok: bool) -> None:
+        """Return a page after a render; nothing here waits on the browser."""
+        ctx.open_pages -= 1
+        uses = ctx.uses.get(page, 0) + 1
+        if ok and not ctx.retired and not session.retired and uses < PAGE_REUSE_LIMIT:
+            ctx.idle.append(page)  # reused by the next render in this context
+            ctx.uses[page] = uses
+        elif not session.dead:
+            self._close_page(ctx, page)  # in the background; a spare takes its place
+            self._keep_spare(session, ctx)
+        if ctx.retired and ctx.open_pages == 0 and ctx in session.contexts:
+            session.contexts.discard(ctx)
+            if ctx.used >= self._settings.render_context_pages:
+                self.recycles += 1
+                if self._telemetry is not None:
+                    self._telemetry.context_recycled()
+            if not session.dead:
+                self._spawn(self._close_quietly(ctx.context.close()))
 
     def _watch(self, page: Page) -> Page:
         """Track the page's requests in flight (events only: nothing blocks a request)."""
@@ -724,28 +834,6 @@ class BrowserPool:
 
         page.on("close", closed)
         return page
-
-    async def _give_back(self, session: _Session, ctx: _Context, page: Page, ok: bool) -> None:
-        ctx.open_pages -= 1
-        uses = ctx.uses.get(page, 0) + 1
-        if ok and not ctx.retired and not session.retired and uses < PAGE_REUSE_LIMIT:
-            ctx.idle.append(page)  # reused by the next render in this context
-            ctx.uses[page] = uses
-        elif not session.dead:
-            ctx.uses.pop(page, None)
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(5):
-                    await page.close()
-        if ctx.retired and ctx.open_pages == 0 and ctx in session.contexts:
-            session.contexts.discard(ctx)
-            if ctx.used >= self._settings.render_context_pages:
-                self.recycles += 1
-                if self._telemetry is not None:
-                    self._telemetry.context_recycled()
-            if not session.dead:
-                with contextlib.suppress(Exception):
-                    async with asyncio.timeout(5):
-                        await ctx.context.close()
 
     async def render(self, url: str, document: FetchResult) -> Rendered:
         """Render an already fetched document (our fetch, our checks) in a browser page."""
@@ -780,7 +868,7 @@ class BrowserPool:
                     html, final_url = await self._render_page(session, page, document)
                     ok = True
                 finally:
-                    await self._give_back(session, ctx, page, ok)
+                    self._give_back(session, ctx, page, ok)
             finally:
                 session.open_pages -= 1
                 if session.retired and session.open_pages == 0:

@@ -25,6 +25,7 @@ from typing import Any, Final, Protocol
 import psutil
 
 from fleet.errors import FleetError
+from fleet.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -416,6 +417,30 @@ class DockerBackend:
     """
 
     name = "docker"
+
+    @classmethod
+    def from_settings(cls, api: DockerApi, settings: Settings, *, hostname: str) -> DockerBackend:
+        """The workers of the compose project (`supervisor_project`, else the one of the
+        supervisor's own container, found by its ``hostname``), or standalone workers."""
+        service = settings.supervisor_worker_service
+        project = settings.supervisor_project or discover_compose_project(api, hostname)
+        selector = compose_selector(project, service) if project else {WORKER_LABEL: service}
+        fallback = None
+        if settings.supervisor_worker_image:
+            # Workers get the supervisor's FLEET_* settings, not its secrets.
+            env = settings.to_env() | {"FLEET_ROLE": "worker"}
+            env.pop("FLEET_MEILI_API_KEY", None)
+            fallback = WorkerTemplate.standalone(
+                image=settings.supervisor_worker_image,
+                env=env,
+                labels=selector,
+                network=settings.supervisor_worker_network,
+                name_prefix=f"{project}-{service}" if project else f"fleet-{service}",
+                stop_grace_s=settings.supervisor_stop_grace_s,
+            )
+        return cls(
+            api, selector=selector, stop_grace_s=settings.supervisor_stop_grace_s, fallback=fallback
+        )
 
     def __init__(
         self,

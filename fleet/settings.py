@@ -81,6 +81,9 @@ class Settings:
     supervisor_stop_grace_s: float = 30.0  # SIGTERM → SIGKILL for a removed worker
     supervisor_port: int = 8080  # /health and /metrics
     supervisor_worker_service: str = "worker"  # compose service used as the template
+    supervisor_project: str | None = None  # compose project; None: the supervisor's own
+    supervisor_worker_image: str | None = None  # workers from this image when none to copy
+    supervisor_worker_network: str | None = None  # network of those workers
 
     # `fleet run`.
     run_timeout_s: float = 3600.0
