@@ -17,7 +17,7 @@ from fleet import extract
 from fleet.errors import BrowserCrashed, RenderUnavailable
 from fleet.fetch import Fetcher
 from fleet.proxy import GuardedProxy
-from fleet.render import CHROMIUM_ARGS, FENCE_ARGS, BrowserPool, chromium_executable
+from fleet.render import CHROMIUM_ARGS, FENCE_ARGS, GC_EVERY, BrowserPool, chromium_executable
 from fleet.settings import Settings
 from fleet.telemetry import Metrics, Telemetry
 from tests.conftest import Roles, wait_for
@@ -107,6 +107,31 @@ async def test_context_budget_recycles(site: LoopbackSite, rig_factory: list[Rig
     assert all(f"spaword{n}" in t for n, t in enumerate(texts))
     assert rig.pool.recycles == 10
     assert metrics.registry.get_sample_value("fleet_browser_context_recycles_total") == 10
+    assert rig.pool.restarts == {}
+
+
+async def test_pages_are_reused_past_a_collection_and_bounded_per_context(
+    site: LoopbackSite, rig_factory: list[Rig]
+) -> None:
+    # 60 renders on 4 pages: each page's garbage is collected every GC_EVERY renders
+    # (off the render path) instead of the page being replaced; at most one spare page.
+    rig = await start_rig(rig_factory, site_settings(site, render_context_pages=1000))
+    opened: list[object] = []
+    watch = rig.pool._watch
+
+    def counting(page):  # type: ignore[no-untyped-def]
+        opened.append(page)
+        return watch(page)
+
+    rig.pool._watch = counting  # type: ignore[method-assign]
+    texts = await asyncio.gather(*(rig.render_text(site.url(f"/spa/{n}")) for n in range(60)))
+    assert all(f"spaword{n}" in t for n, t in enumerate(texts))
+    assert len(opened) <= rig.settings.render_concurrency + 1
+    # So some page served more than GC_EVERY renders: collected, not replaced.
+    assert 60 // (rig.settings.render_concurrency + 1) > GC_EVERY
+    session = rig.pool._session
+    assert session is not None
+    assert all(ctx.pages <= rig.settings.render_concurrency + 1 for ctx in session.contexts)
     assert rig.pool.restarts == {}
 
 
