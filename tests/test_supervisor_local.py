@@ -50,6 +50,17 @@ class ScaleRun:
     scaled_down_with_lag: bool  # a worker was stopped while URLs were still in flight
     timeline: list[tuple[float, int, int]]  # (t, replicas, lag)
 
+    def assert_promised(self, settings: Settings, label: str) -> None:
+        """The issue's promise: max within two intervals, min within cooldown + two."""
+        print(
+            f"\n{label}: max in {self.to_max_s:.1f}s, drained in {self.drain_s:.1f}s, "
+            f"min {self.to_min_s:.1f}s after the drain, "
+            f"scale-down with lag: {self.scaled_down_with_lag}"
+        )
+        interval, cooldown = settings.supervisor_interval_s, settings.supervisor_cooldown_s
+        assert self.to_max_s <= 2 * interval, self.timeline[:30]
+        assert self.to_min_s <= cooldown + 2 * interval, self.timeline[-30:]
+
 
 async def workers_lag(settings: Settings) -> int:
     view = (await get_status(settings))["consumers"]["workers"]
@@ -169,14 +180,7 @@ async def test_local_backend_burst_to_max_then_back_to_min(
     finally:
         await backend.close()
         roles.stop_all()
-    print(
-        f"\nlocal: max in {run.to_max_s:.1f}s, drained in {run.drain_s:.1f}s, "
-        f"min {run.to_min_s:.1f}s after the drain, "
-        f"scale-down with lag: {run.scaled_down_with_lag}"
-    )
-    interval, cooldown = settings.supervisor_interval_s, settings.supervisor_cooldown_s
-    assert run.to_max_s <= 2 * interval, run.timeline[:30]
-    assert run.to_min_s <= cooldown + 2 * interval, run.timeline[-30:]
+    run.assert_promised(settings, "local")
     assert backend.crashed == []
     # Exactly once: every URL is in the index once, nothing dead-lettered or left over.
     counts = indexed_urls(settings)
