@@ -46,9 +46,11 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     if [ -s /run/secrets/cacert ]; then \
         export PIP_CERT=/run/secrets/cacert REQUESTS_CA_BUNDLE=/run/secrets/cacert; \
     fi; \
-    /opt/venv/bin/python -c 'import tomllib, sys; \
-deps = tomllib.load(open("/src/pyproject.toml", "rb"))["project"]["dependencies"]; \
-sys.stdout.write("\n".join(deps) + "\n")' > /src/requirements.txt; \
+    /opt/venv/bin/python -c 'import tomllib; \
+project = tomllib.load(open("/src/pyproject.toml", "rb"))["project"]; \
+open("/src/requirements.txt", "w").write("\n".join(project["dependencies"]) + "\n"); \
+browser = project["optional-dependencies"]["browser"]; \
+open("/src/requirements-browser.txt", "w").write("\n".join(browser) + "\n")'; \
     /opt/venv/bin/pip install --upgrade pip setuptools wheel; \
     /opt/venv/bin/pip install -r /src/requirements.txt
 COPY README.md /src/README.md
@@ -87,7 +89,8 @@ CMD ["--help"]
 HEALTHCHECK --interval=15s --timeout=10s --start-period=20s --retries=3 \
     CMD ["fleet", "check"]
 
-# browser-venv: + Playwright (the `fleet[browser]` extra) for rendering workers. Its own
+# browser-venv: + the `fleet[browser]` extra (Playwright) for rendering workers, as
+# pyproject.toml pins it (written out by the build stage). Playwright's own
 # bundled browser is not downloaded: the browser image uses Debian's Chromium.
 FROM build AS browser-venv
 RUN --mount=type=cache,target=/root/.cache/pip \
@@ -96,7 +99,7 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     if [ -s /run/secrets/cacert ]; then \
         export PIP_CERT=/run/secrets/cacert REQUESTS_CA_BUNDLE=/run/secrets/cacert; \
     fi; \
-    /opt/venv/bin/pip install 'playwright>=1.45'; \
+    /opt/venv/bin/pip install -r /src/requirements-browser.txt; \
     /opt/venv/bin/pip uninstall --yes --quiet setuptools wheel pip
 
 # ---------------------------------------------------------------------------------------
