@@ -213,8 +213,22 @@ def _publish(urls: list[str]) -> dict[str, int]:
     return counts
 
 
+def _compose_ps(*args: str) -> str:
+    """`docker compose ps` lists containers, then inspects each: one the supervisor removes
+    in between makes it fail with "No such container". That is the race, not a failure, so
+    list again."""
+    for _ in range(10):
+        proc = _run(*compose("ps", *args), timeout=60, env=_env())
+        if proc.returncode == 0:
+            return proc.stdout
+        if "No such container" not in proc.stderr:
+            break
+        time.sleep(0.2)
+    raise AssertionError(f"docker compose ps {' '.join(args)} -> {proc.returncode}\n{proc.stderr}")
+
+
 def _ps() -> list[dict[str, Any]]:
-    out = _check(compose("ps", "--format", "json"))
+    out = _compose_ps("--format", "json")
     out = out.strip()
     if out.startswith("["):
         rows: list[dict[str, Any]] = json.loads(out)
@@ -228,7 +242,7 @@ def _all_healthy(expected: int) -> bool:
 
 
 def _worker_ips() -> dict[str, str]:
-    ids = _check(compose("ps", "-q", "worker")).split()
+    ids = _compose_ps("-q", "worker").split()
     out = _check(
         [
             DOCKER,
@@ -303,7 +317,7 @@ def test_stack_publish_search_scale_down(stack: None) -> None:
 
 
 def _running_workers() -> list[str]:
-    return _check(compose("ps", "-q", "--status", "running", "worker")).split()
+    return _compose_ps("-q", "--status", "running", "worker").split()
 
 
 def _supervisor_scales_the_worker_service(
