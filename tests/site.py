@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import threading
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -78,6 +79,10 @@ class LoopbackSite:
         app.router.add_get("/js/{n}", self._js_page)
         app.router.add_get("/spa/{n}", self._spa_page)
         app.router.add_get("/spa-slow/{n}", self._spa_slow_page)
+        app.router.add_get("/spa-xhr/{n}", self._spa_page_with("xhr.js"))
+        app.router.add_get("/spa-chunk/{n}", self._spa_page_with("chunk.js"))
+        app.router.add_get("/spa-poll/{n}", self._spa_page_with("poll.js"))
+        app.router.add_get("/chunk/{n}", self._chunk)
         app.router.add_get("/borderline/{n}", self._borderline_page)
         app.router.add_get("/static/{name}", self._static)
         app.router.add_get("/api/data/{n}", self._api_data)
@@ -151,6 +156,20 @@ class LoopbackSite:
         self._count(request)
         return _html(SPA_SHELL.format(root="app", script="/static/slow.js"))
 
+    def _spa_page_with(self, script: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def page(request: web.Request) -> web.Response:
+            self._count(request)
+            return _html(SPA_SHELL.format(root="app", script=f"/static/{script}"))
+
+        return page
+
+    async def _chunk(self, request: web.Request) -> web.Response:
+        """A script loaded late (a code-split chunk), answered after ?s= seconds."""
+        self._count(request)
+        await asyncio.sleep(float(request.query.get("s", "0")))
+        n = int(request.match_info["n"])
+        return web.Response(text=_CHUNK_JS % (n, WORDS), content_type="application/javascript")
+
     async def _borderline_page(self, request: web.Request) -> web.Response:
         self._count(request)
         n = int(request.match_info["n"])
@@ -220,9 +239,49 @@ fetch('/api/data/' + n + '?s=0.5').then(r => r.json()).then(d => {
 });
 """
 
+# The same slow API through XMLHttpRequest.
+_XHR_JS = """
+const n = location.pathname.split('/').pop();
+const xhr = new XMLHttpRequest();
+xhr.open('GET', '/api/data/' + n + '?s=0.5');
+xhr.onload = () => {
+  const p = document.createElement('p');
+  p.textContent = 'xhrword' + n + ' ' + JSON.parse(xhr.responseText).words.join(' ');
+  document.getElementById('app').append(p);
+};
+xhr.send();
+"""
+
+# After the load event, a script inserts the chunk that holds the text (slow to arrive).
+_CHUNK_LOADER_JS = """
+const n = location.pathname.split('/').pop();
+window.addEventListener('load', () => setTimeout(() => {
+  const s = document.createElement('script');
+  s.src = '/chunk/' + n + '?s=0.5';
+  document.head.append(s);
+}, 0));
+"""
+_CHUNK_JS = """
+const p = document.createElement('p');
+p.textContent = 'chunkword%d ' + %r.join(' ');
+document.getElementById('app').append(p);
+"""
+
+# Text at once, then a request that never ends (a long poll): settling stops at its cap.
+_POLL_JS = """
+const n = location.pathname.split('/').pop();
+const p = document.createElement('p');
+p.textContent = 'pollword' + n + ' ' + 'quiet page text '.repeat(40);
+document.getElementById('app').append(p);
+fetch('/api/data/' + n + '?s=60').catch(() => {});
+"""
+
 STATIC_JS = {
     "app.js": _APP_JS % repr(WORDS),
     "slow.js": _SLOW_JS,
+    "xhr.js": _XHR_JS,
+    "chunk.js": _CHUNK_LOADER_JS,
+    "poll.js": _POLL_JS,
 }
 
 

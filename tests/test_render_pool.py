@@ -116,14 +116,15 @@ async def test_pages_are_reused_past_a_collection_and_bounded_per_context(
     # 60 renders on 4 pages: each page's garbage is collected every GC_EVERY renders
     # (off the render path) instead of the page being replaced; at most one spare page.
     rig = await start_rig(rig_factory, site_settings(site, render_context_pages=1000))
-    opened: list[object] = []
-    watch = rig.pool._watch
+    opened: set[object] = set()
+    take = rig.pool._take_page
 
-    def counting(page):  # type: ignore[no-untyped-def]
-        opened.append(page)
-        return watch(page)
+    async def counting(session):  # type: ignore[no-untyped-def]
+        ctx, page = await take(session)
+        opened.add(page)
+        return ctx, page
 
-    rig.pool._watch = counting  # type: ignore[method-assign]
+    rig.pool._take_page = counting  # type: ignore[method-assign]
     texts = await asyncio.gather(*(rig.render_text(site.url(f"/spa/{n}")) for n in range(60)))
     assert all(f"spaword{n}" in t for n, t in enumerate(texts))
     assert len(opened) <= rig.settings.render_concurrency + 1
@@ -133,6 +134,31 @@ async def test_pages_are_reused_past_a_collection_and_bounded_per_context(
     assert session is not None
     assert all(ctx.pages <= rig.settings.render_concurrency + 1 for ctx in session.contexts)
     assert rig.pool.restarts == {}
+
+
+@pytest.mark.parametrize(
+    ("path", "word"),
+    [("/spa-slow/4", "slowword4"), ("/spa-xhr/5", "xhrword5"), ("/spa-chunk/6", "chunkword6")],
+    ids=["fetch", "xhr", "late-script"],
+)
+async def test_settling_waits_for_what_the_text_waits_for(
+    site: LoopbackSite, rig_factory: list[Rig], path: str, word: str
+) -> None:
+    # Each page's text arrives 0.5 s after the load event (a fetch, an XHR, a script added
+    # after load): far beyond the 100 ms of DOM quiet, so only the pending count waits.
+    rig = await start_rig(rig_factory, site_settings(site))
+    assert word in await rig.render_text(site.url(path))
+
+
+async def test_settling_stops_at_its_cap_on_a_request_that_never_ends(
+    site: LoopbackSite, rig_factory: list[Rig]
+) -> None:
+    rig = await start_rig(rig_factory, site_settings(site, render_settle_max_s=1.0))
+    started = asyncio.get_running_loop().time()
+    assert "pollword7" in await rig.render_text(site.url("/spa-poll/7"))
+    assert asyncio.get_running_loop().time() - started < 5  # the long poll lasts 60 s
+    # And the page is fine for the next render.
+    assert "spaword8" in await rig.render_text(site.url("/spa/8"))
 
 
 async def test_memory_cap_restarts_the_browser_and_pages_still_succeed(
