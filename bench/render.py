@@ -195,10 +195,19 @@ class Site:
 # --------------------------------------------------------------------------- baseline
 
 
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has spent busy (all cores, every process): both runs
+    keep the cores saturated, so their pages/s ratio is about the inverse of their CPU per
+    page, and this shows where a gap comes from."""
+    t = psutil.cpu_times()
+    return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
+
+
 async def bare_playwright(
     urls: list[str], concurrency: int, chromium: str | None, *, intercept: bool = False
-) -> float:
-    """Pages/s of a plain Playwright loop: no NATS, nothing but rendering.
+) -> tuple[float, float]:
+    """(pages/s, machine CPU ms per page) of a plain Playwright loop: no NATS, nothing but
+    rendering.
 
     ``intercept``: every request goes through ``context.route`` and is let through
     unchanged (``route.continue_()``): the cost of interception alone (which also turns
@@ -232,12 +241,12 @@ async def bare_playwright(
         warm = await context.new_page()
         await warm.goto(urls[0], wait_until="load")
         await warm.close()
-        started = time.perf_counter()
+        started, busy = time.perf_counter(), machine_busy_s()
         await asyncio.gather(*(loop() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
+        elapsed, busy = time.perf_counter() - started, machine_busy_s() - busy
         await browser.close()
     assert chars > 0
-    return len(urls) / elapsed
+    return len(urls) / elapsed, busy * 1000 / len(urls)
 
 
 # --------------------------------------------------------------------------- fleet
@@ -299,7 +308,7 @@ async def run_fleet_worker(
         await asyncio.sleep(1.0)
         urls = workdir / "urls.txt"
         urls.write_text("".join(site.url(n) + "\n" for n in range(pages)))
-        started = time.perf_counter()
+        started, busy = time.perf_counter(), machine_busy_s()
         subprocess.run(
             [sys.executable, "-m", "fleet", "publish", str(urls)],
             env=env,
@@ -322,7 +331,7 @@ async def run_fleet_worker(
                 samples.append((done, rss, pss))
             if time.perf_counter() - started > 1800:
                 raise RuntimeError("fleet run timed out")
-        elapsed = time.perf_counter() - started
+        elapsed, busy = time.perf_counter() - started, machine_busy_s() - busy
         await nc.close()
     finally:
         if worker is not None and worker.poll() is None:
@@ -334,6 +343,7 @@ async def run_fleet_worker(
         "pages": pages,
         "seconds": elapsed,
         "pages_per_s": pages / elapsed,
+        "cpu_ms_per_page": busy * 1000 / pages,
         "memory": {
             "rss": _spread([s[1] for s in after]),
             "pss": _spread([s[2] for s in after if s[2]]),
@@ -401,17 +411,21 @@ def report_text(r: dict[str, Any]) -> str:
         f"machine: {r['machine'].get('cpus')} CPUs, {r['machine'].get('python')}, "
         f"{r['chromium']}, concurrency {r['concurrency']}",
         "",
-        f"{'run':34} {'pages':>6} {'pages/s':>8}",
+        f"{'run':34} {'pages':>6} {'pages/s':>8} {'CPU ms/page':>12}",
         f"{'bare Playwright loop (mean of 2)':34} {r['baseline']['pages']:>6} "
-        f"{r['baseline']['pages_per_s']:>8.2f}",
+        f"{r['baseline']['pages_per_s']:>8.2f} {r['baseline']['cpu_ms_per_page']:>12.1f}",
         f"{'bare loop + route.continue_()':34} {r['baseline']['pages']:>6} "
         f"{r['baseline']['intercepted_pages_per_s']:>8.2f}",
-        f"{'fleet worker --render always':34} {f['pages']:>6} {f['pages_per_s']:>8.2f}",
+        f"{'fleet worker --render always':34} {f['pages']:>6} {f['pages_per_s']:>8.2f} "
+        f"{f['cpu_ms_per_page']:>12.1f}",
         f"{'pool, block_media off':34} {r['media']['pages']:>6} {r['media']['off']:>8.2f}",
         f"{'pool, block_media on':34} {r['media']['pages']:>6} {r['media']['on']:>8.2f}",
         "",
         f"ratio fleet / bare loop: {r['ratio']:.0%}  (target ≥ {TARGET_RATIO:.0%}: "
         f"{_verdict(r['ratio'] >= TARGET_RATIO)})",
+        f"machine CPU per page, fleet / bare loop: "
+        f"{f['cpu_ms_per_page'] / r['baseline']['cpu_ms_per_page']:.2f}x "
+        f"(all processes; both runs keep the {r['machine'].get('cpus')} cores busy)",
         f"interception alone: {routed / r['baseline']['pages_per_s']:.0%} of the bare loop; "
         f"fleet / intercepted loop: {f['pages_per_s'] / routed:.0%}",
         f"block_media on / off: {r['media']['on'] / r['media']['off']:.2f}x",
@@ -461,17 +475,17 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         # The bare loop runs before and after fleet: drift in the machine's speed (other
         # load, thermal) hits both sides; its mean is the baseline.
         log(f"bare Playwright loop: {args.baseline_pages} pages, concurrency {args.concurrency}")
-        before = await bare_playwright(base_urls, args.concurrency, chromium)
-        log(f"  {before:.2f} pages/s")
+        before, before_cpu = await bare_playwright(base_urls, args.concurrency, chromium)
+        log(f"  {before:.2f} pages/s, {before_cpu:.1f} CPU ms/page")
         log(f"fleet worker --render always: {args.pages} pages")
         fleet = await run_fleet_worker(site, args.pages, args.concurrency, workdir, {})
-        log(f"  {fleet['pages_per_s']:.2f} pages/s")
+        log(f"  {fleet['pages_per_s']:.2f} pages/s, {fleet['cpu_ms_per_page']:.1f} CPU ms/page")
         log("bare Playwright loop again")
-        after = await bare_playwright(base_urls, args.concurrency, chromium)
-        log(f"  {after:.2f} pages/s")
+        after, after_cpu = await bare_playwright(base_urls, args.concurrency, chromium)
+        log(f"  {after:.2f} pages/s, {after_cpu:.1f} CPU ms/page")
         base = (before + after) / 2
         log("bare Playwright loop with pass-through interception")
-        routed = await bare_playwright(base_urls, args.concurrency, chromium, intercept=True)
+        routed, _ = await bare_playwright(base_urls, args.concurrency, chromium, intercept=True)
         log(f"  {routed:.2f} pages/s")
         log(f"block_media off/on: {args.media_pages} pages each")
         off = await pool_rate(site, args.media_pages, args.concurrency, block_media=False)
@@ -485,6 +499,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "pages": args.baseline_pages,
             "pages_per_s": base,
             "runs": [before, after],
+            "cpu_ms_per_page": (before_cpu + after_cpu) / 2,
             "intercepted_pages_per_s": routed,
         },
         "fleet": fleet,

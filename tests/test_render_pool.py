@@ -17,7 +17,15 @@ from fleet import extract
 from fleet.errors import BrowserCrashed, RenderUnavailable
 from fleet.fetch import Fetcher
 from fleet.proxy import GuardedProxy
-from fleet.render import CHROMIUM_ARGS, FENCE_ARGS, GC_EVERY, BrowserPool, chromium_executable
+from fleet.render import (
+    CHROMIUM_ARGS,
+    FENCE_ARGS,
+    GC_EVERY,
+    PAGE_REUSE_LIMIT,
+    BrowserPool,
+    _Context,
+    chromium_executable,
+)
 from fleet.settings import Settings
 from fleet.telemetry import Metrics, Telemetry
 from tests.conftest import Roles, wait_for
@@ -159,6 +167,24 @@ async def test_settling_stops_at_its_cap_on_a_request_that_never_ends(
     assert asyncio.get_running_loop().time() - started < 5  # the long poll lasts 60 s
     # And the page is fine for the next render.
     assert "spaword8" in await rig.render_text(site.url("/spa/8"))
+
+
+@pytest.mark.parametrize(
+    ("budget", "used", "pages", "uses", "collect"),
+    [
+        (100, 50, 5, GC_EVERY, True),  # 50 renders left: 10 more for each of 5 pages
+        (100, 96, 5, 2 * GC_EVERY, False),  # the context closes within a few renders
+        (1000, 600, 5, 9 * GC_EVERY, True),
+        (1000, 100, 5, PAGE_REUSE_LIMIT - GC_EVERY + 1, False),  # the page's own limit
+    ],
+)
+def test_no_collection_for_a_page_about_to_close(
+    budget: int, used: int, pages: int, uses: int, collect: bool
+) -> None:
+    settings = Settings(render_context_pages=budget)
+    pool = BrowserPool(settings, proxy=None)  # type: ignore[arg-type]
+    ctx = _Context(context=None, used=used, pages=pages)  # type: ignore[arg-type]
+    assert pool._worth_collecting(ctx, uses) is collect
 
 
 async def test_memory_cap_restarts_the_browser_and_pages_still_succeed(
