@@ -77,8 +77,8 @@ class LoopbackSite:
         app.router.add_get("/big", self._big)
         # Pages built by JavaScript (the render path).
         app.router.add_get("/js/{n}", self._js_page)
-        app.router.add_get("/spa/{n}", self._spa_page)
-        app.router.add_get("/spa-slow/{n}", self._spa_slow_page)
+        app.router.add_get("/spa/{n}", self._spa_page_with("app.js", root="root"))
+        app.router.add_get("/spa-slow/{n}", self._spa_page_with("slow.js"))
         app.router.add_get("/spa-xhr/{n}", self._spa_page_with("xhr.js"))
         app.router.add_get("/spa-chunk/{n}", self._spa_page_with("chunk.js"))
         app.router.add_get("/spa-poll/{n}", self._spa_page_with("poll.js"))
@@ -148,18 +148,14 @@ class LoopbackSite:
         n = int(request.match_info["n"])
         return _html(js_page_html(n))
 
-    async def _spa_page(self, request: web.Request) -> web.Response:
-        self._count(request)
-        return _html(SPA_SHELL.format(root="root", script="/static/app.js"))
+    def _spa_page_with(
+        self, script: str, root: str = "app"
+    ) -> Callable[[web.Request], Awaitable[web.Response]]:
+        """An SPA shell: an empty root element and one script that fills it."""
 
-    async def _spa_slow_page(self, request: web.Request) -> web.Response:
-        self._count(request)
-        return _html(SPA_SHELL.format(root="app", script="/static/slow.js"))
-
-    def _spa_page_with(self, script: str) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def page(request: web.Request) -> web.Response:
             self._count(request)
-            return _html(SPA_SHELL.format(root="app", script=f"/static/{script}"))
+            return _html(SPA_SHELL.format(root=root, script=f"/static/{script}"))
 
         return page
 
