@@ -52,7 +52,7 @@ class Settings:
     chromium_path: str | None = None  # None: Debian's /usr/bin/chromium, else Playwright's
     render_concurrency: int = 4  # pages open at once in a worker's browser
     render_timeout_s: float = 30.0
-    render_settle_max_s: float = 5.0  # cap on waiting for network idle / a stable DOM
+    render_settle_max_s: float = 5.0  # cap on waiting for a quiet DOM with no fetch pending
     render_context_pages: int = 100  # pages per browser context before it is recycled
     # Browser restarted when its process tree uses more (PSS: shared pages counted once).
     browser_max_rss_mb: int = 1024
