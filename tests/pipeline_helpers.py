@@ -48,7 +48,11 @@ def indexed_urls(settings: Settings) -> dict[str, int]:
 
 
 def cli(
-    settings: Settings, *args: str, env: dict[str, str] | None = None, stdin: str | None = None
+    settings: Settings,
+    *args: str,
+    env: dict[str, str] | None = None,
+    stdin: str | None = None,
+    timeout: float = 300,
 ) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, **settings.to_env(), **(env or {})}
     return subprocess.run(
@@ -57,7 +61,7 @@ def cli(
         input=stdin,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
         check=False,
     )
 

@@ -31,7 +31,7 @@ from fleet.settings import Settings
 from fleet.streams import ensure_topology
 from fleet.supervisor import JetStreamLag, Policy, Supervisor
 from tests.conftest import Roles, fleet_cli, wait_for
-from tests.pipeline_helpers import get_status, indexed_urls
+from tests.pipeline_helpers import cli, get_status, indexed_urls
 from tests.site import LoopbackSite
 
 BURST = 2_000
@@ -245,14 +245,7 @@ def test_cli_supervisor_local_backend_health_check_and_sigterm(settings: Setting
             metrics = resp.read().decode()
         assert "fleet_supervisor_replicas_actual 2.0" in metrics
         assert 'fleet_supervisor_scale_events_total{direction="up"} 1.0' in metrics
-        check = subprocess.run(
-            [*fleet_cli(), "check", "supervisor"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        check = cli(settings, "check", "supervisor", timeout=30)
         assert check.returncode == 0, check.stderr
         assert check.stdout.startswith("ok: supervisor: ")
         proc.send_signal(signal.SIGTERM)
@@ -268,14 +261,7 @@ def test_cli_supervisor_local_backend_health_check_and_sigterm(settings: Setting
             proc.kill()
             proc.wait()
     # Nothing listening any more: the check fails and says why.
-    check = subprocess.run(
-        [*fleet_cli(), "check", "supervisor"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    check = cli(settings, "check", "supervisor", timeout=30)
     assert check.returncode == 1
     assert "unhealthy: supervisor: no answer from" in check.stderr
 
