@@ -200,7 +200,9 @@ def machine_busy_s() -> float:
     keep the cores saturated, so their pages/s ratio is about the inverse of their CPU per
     page, and this shows where a gap comes from."""
     t = psutil.cpu_times()
-    return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
+    # Linux counts guest time inside user time already; idle and iowait are not busy.
+    not_busy = ("idle", "iowait", "guest", "guest_nice")
+    return float(sum(getattr(t, f) for f in t._fields if f not in not_busy))
 
 
 async def bare_playwright(
