@@ -1,7 +1,7 @@
 # fleet images. Needs BuildKit (DOCKER_BUILDKIT=1, or buildx); see docs/containers.md.
 #
 #   docker build --target slim    -t fleet:local .          publisher, indexer, HTTP workers
-#   docker build --target browser -t fleet-browser:local .  + Debian Chromium for rendering
+#   docker build --target browser -t fleet-browser:local .  + Debian Chromium (headless shell)
 #   docker build --target dev     -t fleet-dev:local .      + watchfiles (compose dev override)
 #
 # BASE_IMAGE is any Debian bookworm image with Python >= 3.11 and venv: the official
@@ -91,7 +91,7 @@ HEALTHCHECK --interval=15s --timeout=10s --start-period=20s --retries=3 \
 
 # browser-venv: + the `fleet[browser]` extra (Playwright) for rendering workers, as
 # pyproject.toml pins it (written out by the build stage). Playwright's own
-# bundled browser is not downloaded: the browser image uses Debian's Chromium.
+# bundled browser is not downloaded: the browser image uses Debian's headless shell.
 FROM build AS browser-venv
 RUN --mount=type=cache,target=/root/.cache/pip \
     --mount=type=secret,id=cacert \
@@ -103,17 +103,19 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     /opt/venv/bin/pip uninstall --yes --quiet setuptools wheel pip
 
 # ---------------------------------------------------------------------------------------
-# browser: slim + Debian's Chromium (headless) + Playwright for rendering workers.
+# browser: slim + Debian's Chromium headless shell (Chromium without the browser UI: what
+# Playwright launches for headless; faster and smaller than the full browser) + Playwright.
 FROM runtime AS browser
 # libatomic1: Playwright's bundled node (the driver) does not start without it.
 RUN --mount=type=cache,target=/var/cache/apt,sharing=locked \
     --mount=type=cache,target=/var/lib/apt/lists,sharing=locked \
     apt-get update -qq \
-    && apt-get install -y -qq --no-install-recommends chromium fonts-liberation libatomic1 \
-    && /usr/bin/chromium --version
+    && apt-get install -y -qq --no-install-recommends \
+        chromium-headless-shell fonts-liberation libatomic1 \
+    && /usr/lib/chromium/chromium-headless-shell --version
 COPY --from=browser-venv /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
-    FLEET_CHROMIUM_PATH=/usr/bin/chromium
+    FLEET_CHROMIUM_PATH=/usr/lib/chromium/chromium-headless-shell
 USER fleet:fleet
 WORKDIR /data
 ENTRYPOINT ["/usr/bin/tini", "--", "fleet"]

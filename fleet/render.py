@@ -8,13 +8,14 @@ Three parts, one role:
 * ``RenderPolicy`` + ``KvDecisionStore`` — per-domain learning: borderline pages of an
   unknown domain are rendered as samples; once enough samples agree, the decision is put
   into a JetStream key-value bucket that every worker reads, so the fleet learns once.
-* ``BrowserPool`` — one Chromium per worker process, a bounded number of open pages,
-  contexts recycled after a page budget, the browser restarted when it crashes, hangs or
-  grows past its memory cap. The browser's only way out is the worker's guarded forward
-  proxy (``fleet.proxy.GuardedProxy``: every host checked like the worker's own fetches):
-  nothing bypasses it and the browser resolves no names itself (``FENCE_ARGS``), so a page
-  cannot use it to reach private addresses. No request is intercepted: interception costs
-  a round trip through Playwright per request and turns Chromium's HTTP cache off.
+* ``BrowserPool`` — one Chromium per worker process, a bounded number of open pages
+  (one per browser context), contexts recycled after a page budget, the browser
+  restarted when it crashes, hangs or grows past its memory cap. The browser's only way
+  out is the worker's guarded forward proxy (``fleet.proxy.GuardedProxy``: every host
+  checked like the worker's own fetches): nothing bypasses it and the browser resolves no
+  names itself (``FENCE_ARGS``), so a page cannot use it to reach private addresses. No
+  request is intercepted: interception costs a round trip through Playwright per request
+  and turns Chromium's HTTP cache off.
 
 Playwright is an optional extra: it is imported only when a pool is started.
 """
@@ -60,7 +61,26 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEBIAN_CHROMIUM: Final = "/usr/bin/chromium"
+# Debian's Chromium, in order of preference (see chromium_executable). The headless shell's
+# binary itself: its /usr/bin wrapper is a shell that runs it as a child, not exec'd.
+DEBIAN_CHROMIUMS: Final = ("/usr/lib/chromium/chromium-headless-shell", "/usr/bin/chromium")
+# Playwright's default --disable-features (playwright-core chromiumSwitches.ts, 1.65).
+PLAYWRIGHT_DISABLED_FEATURES: Final = (
+    *("AvoidUnnecessaryBeforeUnloadCheckSync", "DestroyProfileOnBrowserClose"),
+    *("HttpsUpgrades", "HttpsFirstBalancedModeAutoEnable", "LensOverlay", "MediaRouter"),
+    *("PaintHolding", "ThirdPartyStoragePartitioning", "AvoidCorsURLLoaderRestartOnRedirect"),
+    *("TcpPortRandomizationWin", "OptimizationHints", "NetworkTimeServiceQuerying"),
+    *("AimEnabled", "PreconnectToSearch", "msForceBrowserSignIn"),
+    "msEdgeUpdateLaunchServicesPreferredVersion",
+)
+FLEET_DISABLED_FEATURES: Final = (
+    # A reused page would otherwise keep the previous documents alive for "back".
+    "BackForwardCache",
+    # Headless Chromium still builds the address bar's popups, two renderer processes per
+    # browser context that nobody sees (~75 MB, and two process starts per context).
+    "WebUIOmniboxPopup",
+    "WebUIOmniboxAimPopup",
+)
 CHROMIUM_ARGS: Final = (
     "--no-sandbox",  # workers run unprivileged in containers without user namespaces
     "--disable-gpu",
@@ -72,8 +92,9 @@ CHROMIUM_ARGS: Final = (
     "--disable-quic",
     "--disable-extensions",
     "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
-    # A reused page would otherwise keep the previous documents alive for "back".
-    "--disable-features=BackForwardCache",
+    # One switch for all: Chromium keeps only the last --disable-features, so this list
+    # carries Playwright's own (tests/test_render_pool.py checks it still does).
+    "--disable-features=" + ",".join((*PLAYWRIGHT_DISABLED_FEATURES, *FLEET_DISABLED_FEATURES)),
 )
 # The SSRF fence (with ``--proxy-server`` at the guarded proxy, see fleet.proxy): nothing
 # bypasses the proxy, loopback included, and every host name resolves to "not found", so
@@ -368,10 +389,16 @@ class RenderPolicy:
 
 
 def chromium_executable(settings: Settings) -> str | None:
-    """FLEET_CHROMIUM_PATH, else Debian's Chromium if present, else None (Playwright's)."""
+    """FLEET_CHROMIUM_PATH, else Debian's headless shell, else Debian's Chromium, else None
+    (Playwright's own download).
+
+    The headless shell (package chromium-headless-shell; what Playwright itself launches
+    for headless) is Chromium without the browser's UI. The full browser makes each
+    context a window with its own compositor and address-bar popups: with a context per
+    page it renders ~25 % slower (measured, docs/benchmarks.md)."""
     if settings.chromium_path:
         return settings.chromium_path
-    return DEBIAN_CHROMIUM if Path(DEBIAN_CHROMIUM).exists() else None
+    return next((path for path in DEBIAN_CHROMIUMS if Path(path).exists()), None)
 
 
 RENDER_FIX: Final = (
@@ -407,33 +434,43 @@ class RenderTelemetry(Protocol):
 
 
 @dataclass(eq=False)
-class _Context:
+class _Tab:
+    """A browser context with one page: one render at a time, the page reused.
+
+    One page per context staggers the recycling: the tabs' budgets run out one at a time,
+    so one renderer process is replaced at a time instead of all of a shared context's at
+    once (measured: a memory saw-tooth of ±15 % and a burst of process start-ups)."""
+
     context: BrowserContext
-    used: int = 0  # pages started in it, against render_context_pages
-    open_pages: int = 0
-    idle: list[Page] = field(default_factory=list)  # pages kept open for reuse
-    uses: dict[Page, int] = field(default_factory=dict)  # renders per open page
-    retired: bool = False
-    pages: int = 0  # pages open in it (rendering, idle, collected, or being opened)
-    opening: bool = False  # a spare page is being opened in the background
-    ready: asyncio.Event = field(default_factory=asyncio.Event)  # a page went idle
+    page: Page
+    budget: int  # renders before the context is closed (render_context_pages, see _budget)
+    used: int = 0  # renders started in the context
+    page_uses: int = 0  # renders started on the current page
+
+    @property
+    def spent(self) -> bool:
+        return self.used >= self.budget
 
 
 @dataclass(eq=False)
 class _Session:
-    """One launched browser and its contexts."""
+    """One launched browser and its tabs."""
 
     browser: Browser
     process: psutil.Process | None  # the browser's main process
     generation: int
-    current: _Context | None = None
-    next: asyncio.Task[_Context] | None = None  # the next context, opened ahead
-    contexts: set[_Context] = field(default_factory=set)
-    open_pages: int = 0
+    tabs: set[_Tab] = field(default_factory=set)  # open, not closing
+    idle: list[_Tab] = field(default_factory=list)  # ready for a render
+    # Tabs that count against render_concurrency + 1: opening, idle, rendering or being
+    # collected, but not one on its last render (its successor opens beside it).
+    slots: int = 0
+    opening: bool = False  # a spare tab is being opened in the background
+    opened: int = 0  # tabs opened so far (the first ones get staggered budgets)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)  # a tab went idle or closed
+    open_pages: int = 0  # renders in progress
     dead: bool = False  # crashed or hung: every page of it fails
     retired: bool = False  # no new pages; closed when the open ones finish
     closing: asyncio.Task[None] | None = None
-    context_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def pid(self) -> int | None:
@@ -474,12 +511,15 @@ def _is_browser_main(cmdline: list[str]) -> bool:
 
 
 def _new_browser_process(before: set[int]) -> psutil.Process | None:
-    """The Chromium main process below this process that was not there ``before``."""
+    """The Chromium main process below this process that was not there ``before``: the
+    innermost one, should FLEET_CHROMIUM_PATH be a wrapper script that does not exec."""
+    found: list[psutil.Process] = []
     for proc in psutil.Process(os.getpid()).children(recursive=True):
         with contextlib.suppress(psutil.Error):
             if proc.pid not in before and _is_browser_main(proc.cmdline()):
-                return proc
-    return None
+                found.append(proc)
+    parents = {proc.ppid() for proc in found}
+    return next((proc for proc in found if proc.pid not in parents), None)
 
 
 def _browser_mains() -> set[int]:
@@ -582,13 +622,16 @@ class BrowserPool:
     RenderUnavailable (with the fix) when Playwright or Chromium is missing. Every
     connection of the browser goes through ``proxy`` (the SSRF fence, ``fleet.proxy``).
 
-    Nothing of a page's or a context's lifecycle waits on the render path: a page's V8
-    garbage is collected every GC_EVERY renders while it is out of the idle list (instead
-    of replacing the page, which costs a renderer process); a retired page or context is
-    closed in the background; each context keeps one spare page open ahead (at most
-    render_concurrency + 1 pages per context, a render waits for the spare rather than
-    opening more); the next context and its first page are opened while the current one
-    serves its last render_concurrency pages.
+    Renders run in tabs: a browser context with one page, reused render after render and
+    closed after its budget (render_context_pages). The first render_concurrency tabs of a
+    browser get staggered budgets (1/c, 2/c, … of it), so from then on one tab at a time is
+    replaced: one renderer process starting instead of a context's worth, and the memory
+    flat instead of a saw-tooth. Nothing of a tab's lifecycle waits on the render path: a
+    page's V8 garbage is collected every GC_EVERY renders while it is out of the idle list
+    (instead of replacing the page, which costs a renderer process); one spare tab is kept
+    open ahead (at most render_concurrency + 1 tabs, a render waits for the spare rather
+    than opening more); a tab on its last render gives up its place, so its successor opens
+    beside it; spent tabs close in the background.
     """
 
     def __init__(
@@ -716,8 +759,7 @@ class BrowserPool:
         if self._telemetry is not None:
             self._telemetry.browser_restarted(cause)
         session.retired = True
-        for ctx in session.contexts:
-            ctx.ready.set()  # renders waiting for a page look again (a dead browser has none)
+        session.ready.set()  # renders waiting for a tab look again (a dead browser has none)
         if self._session is session:
             self._session = None
         if session.dead or session.open_pages == 0:
@@ -757,131 +799,116 @@ class BrowserPool:
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
         return task
 
-    async def _open_context(self, session: _Session) -> _Context:
-        context = await session.browser.new_context(
-            java_script_enabled=True,
-            # A service worker would outlive the page and answer from its own cache.
-            service_workers="block",
-            user_agent=self._settings.user_agent,
-        )
-        await context.add_init_script(NET_TRACKER_JS)
-        ctx = _Context(context)
-        session.contexts.add(ctx)
-        return ctx
+    def _budget(self, session: _Session) -> int:
+        """A new tab's budget: render_context_pages, except for a browser's first
+        render_concurrency tabs, which get 1/c, 2/c, … of it so that from then on the
+        tabs run out one at a time rather than all together."""
+        budget, lanes = self._settings.render_context_pages, self._settings.render_concurrency
+        k, session.opened = session.opened, session.opened + 1
+        return max(1, budget * (k + 1) // lanes) if k < lanes else budget
 
-    async def _open_next_context(self, session: _Session) -> _Context:
-        """The next context and its first page, opened while the current one still serves."""
-        ctx = await self._open_context(session)
-        await self._open_spare(session, ctx)
-        return ctx
-
-    async def _current_context(self, session: _Session) -> _Context:
-        # Locked: pages arriving together must share one new context, not open one each.
-        async with session.context_lock:
-            ctx = session.current
-            if ctx is None or ctx.retired:
-                ctx = None
-                ahead, session.next = session.next, None
-                if ahead is not None:
-                    with contextlib.suppress(Exception):
-                        ctx = await ahead
-                if ctx is None:
-                    ctx = await self._open_context(session)
-                session.current = ctx
-            return ctx
-
-    async def _take_page(self, session: _Session) -> tuple[_Context, Page]:
-        ctx = await self._current_context(session)
-        ctx.used += 1
-        budget = self._settings.render_context_pages
-        if ctx.used >= budget:
-            # Budget reached: no new pages here; closed once its pages are done.
-            ctx.retired = True
-            session.current = None
-        elif (
-            session.next is None
-            and not session.retired
-            and ctx.used >= budget - self._settings.render_concurrency
-        ):
-            # Open the next context (and a page in it) before this one is used up.
-            session.next = self._spawn(self._open_next_context(session))
-        ctx.open_pages += 1
+    async def _open_tab(self, session: _Session) -> _Tab:
+        session.slots += 1
         try:
-            # At render_concurrency + 1 pages (a spare opening or a page being collected),
-            # wait for one of them rather than opening yet another.
-            while (
-                not ctx.idle and not session.dead and ctx.pages > self._settings.render_concurrency
-            ):
-                ctx.ready.clear()
-                async with asyncio.timeout(self._settings.render_timeout_s):
-                    await ctx.ready.wait()
-            if ctx.idle:
-                page = ctx.idle.pop()
-            else:
-                ctx.pages += 1
-                try:
-                    page = await ctx.context.new_page()
-                except Exception:
-                    ctx.pages -= 1
-                    raise
+            context = await session.browser.new_context(
+                java_script_enabled=True,
+                # A service worker would outlive the page and answer from its own cache.
+                service_workers="block",
+                user_agent=self._settings.user_agent,
+            )
+            try:
+                await context.add_init_script(NET_TRACKER_JS)
+                page = await context.new_page()
+            except Exception:
+                self._spawn(self._close_quietly(context.close()))
+                raise
         except Exception:
-            ctx.open_pages -= 1
+            session.slots -= 1
+            session.ready.set()  # a render waiting for this tab opens its own
             raise
-        self._keep_spare(session, ctx)
-        return ctx, page
+        tab = _Tab(context, page, self._budget(session))
+        session.tabs.add(tab)
+        return tab
 
-    def _keep_spare(self, session: _Session, ctx: _Context) -> None:
-        """Keep one idle page ready in the current context, opened off the render path
-        (at most render_concurrency + 1 pages per context)."""
+    async def _take_tab(self, session: _Session) -> _Tab:
+        # At render_concurrency + 1 tabs (a spare opening or a tab being collected), wait
+        # for one of them rather than opening yet another.
+        while (
+            not session.idle
+            and not session.dead
+            and session.slots > self._settings.render_concurrency
+        ):
+            session.ready.clear()
+            async with asyncio.timeout(self._settings.render_timeout_s):
+                await session.ready.wait()
+        tab = session.idle.pop() if session.idle else await self._open_tab(session)
+        tab.used += 1
+        tab.page_uses += 1
+        if tab.spent:
+            session.slots -= 1  # its last render: the next tab opens beside it, now
+        self._keep_spare(session)
+        return tab
+
+    def _keep_spare(self, session: _Session) -> None:
+        """Keep one idle tab ready, opened off the render path (at most
+        render_concurrency + 1 tabs, plus those on their last render)."""
         if (
-            not ctx.idle
-            and not ctx.opening
-            and not ctx.retired
+            not session.idle
+            and not session.opening
             and not session.retired
             and not session.dead
-            and ctx.pages <= self._settings.render_concurrency
+            and session.slots <= self._settings.render_concurrency
         ):
-            ctx.opening = True
-            self._spawn(self._open_spare(session, ctx))
+            session.opening = True
+            self._spawn(self._open_spare(session))
 
-    async def _open_spare(self, session: _Session, ctx: _Context) -> None:
-        ctx.opening = True
-        ctx.pages += 1
+    async def _open_spare(self, session: _Session) -> None:
+        session.opening = True
         try:
-            page = await ctx.context.new_page()
+            tab = await self._open_tab(session)
         except Exception:
-            ctx.pages -= 1
-            ctx.ready.set()  # a render waiting for this page opens its own
             return
         finally:
-            ctx.opening = False
-        self._idle(session, ctx, page)
+            session.opening = False
+        self._idle(session, tab)
 
-    def _idle(self, session: _Session, ctx: _Context, page: Page) -> None:
-        if ctx.retired or session.retired or session.dead:
-            self._close_page(ctx, page)
+    def _idle(self, session: _Session, tab: _Tab) -> None:
+        if session.retired or session.dead:
+            self._close_tab(session, tab)
         else:
-            ctx.idle.append(page)
-        ctx.ready.set()
+            session.idle.append(tab)
+        session.ready.set()
 
-    async def _collect(self, session: _Session, ctx: _Context, page: Page) -> None:
-        """Collect the page's V8 garbage (its renderer's growth), then make it idle."""
+    def _close_tab(self, session: _Session, tab: _Tab) -> None:
+        """Close a tab's context in the background (not when its browser is dead: closing
+        the browser takes everything)."""
+        if tab not in session.tabs:
+            return
+        session.tabs.discard(tab)
+        if not tab.spent:
+            session.slots -= 1  # a spent tab gave its slot up at its last render
+        if not session.dead:
+            self._spawn(self._close_quietly(tab.context.close()))
+
+    async def _refresh(self, session: _Session, tab: _Tab) -> None:
+        """Collect the page's V8 garbage (its renderer's growth) or, at PAGE_REUSE_LIMIT,
+        replace the page in the same context; then the tab is idle again."""
         try:
             async with asyncio.timeout(5):
-                cdp = await ctx.context.new_cdp_session(page)
-                await cdp.send("HeapProfiler.collectGarbage")
-                await cdp.detach()
+                if tab.page_uses >= PAGE_REUSE_LIMIT:
+                    old, tab.page = tab.page, await tab.context.new_page()
+                    tab.page_uses = 0
+                    self._spawn(self._close_quietly(old.close()))
+                else:
+                    cdp = await tab.context.new_cdp_session(tab.page)
+                    await cdp.send("HeapProfiler.collectGarbage")
+                    await cdp.detach()
         except Exception:
-            self._close_page(ctx, page)
-            ctx.ready.set()
-            self._keep_spare(session, ctx)
+            self._close_tab(session, tab)
+            session.ready.set()
+            self._keep_spare(session)
             return
-        self._idle(session, ctx, page)
-
-    def _close_page(self, ctx: _Context, page: Page) -> None:
-        ctx.pages -= 1
-        ctx.uses.pop(page, None)
-        self._spawn(self._close_quietly(page.close()))
+        self._idle(session, tab)
 
     @staticmethod
     async def _close_quietly(closing: Coroutine[Any, Any, None]) -> None:
@@ -889,37 +916,31 @@ class BrowserPool:
             async with asyncio.timeout(5):
                 await closing
 
-    def _worth_collecting(self, ctx: _Context, uses: int) -> bool:
-        """A collection costs the renderer a full GC (~5 ms of CPU per page rendered at
-        GC_EVERY 10, measured): skip it for a page that closes within GC_EVERY more renders
-        anyway (its context's budget shared by its pages, or the page's own reuse limit)."""
-        if uses + GC_EVERY > PAGE_REUSE_LIMIT:
-            return False
-        left = self._settings.render_context_pages - ctx.used
-        return left >= GC_EVERY * max(1, ctx.pages)
+    @staticmethod
+    def _needs_refresh(tab: _Tab) -> bool:
+        """Every GC_EVERY renders of a page its garbage is collected: a full GC, ~5 ms of
+        CPU per page rendered at GC_EVERY 10 (measured), so not for a page that closes
+        within GC_EVERY more renders anyway (its tab's budget)."""
+        if tab.page_uses >= PAGE_REUSE_LIMIT:
+            return tab.budget - tab.used > GC_EVERY  # else its context closes soon enough
+        return tab.page_uses % GC_EVERY == 0 and tab.budget - tab.used > GC_EVERY
 
-    def _give_back(self, session: _Session, ctx: _Context, page: Page, ok: bool) -> None:
-        """Return a page after a render; nothing here waits on the browser."""
-        ctx.open_pages -= 1
-        uses = ctx.uses.get(page, 0) + 1
-        if ok and not ctx.retired and not session.retired and uses < PAGE_REUSE_LIMIT:
-            ctx.uses[page] = uses
-            if uses % GC_EVERY == 0 and self._worth_collecting(ctx, uses):
-                self._spawn(self._collect(session, ctx, page))  # idle again after that
+    def _give_back(self, session: _Session, tab: _Tab, ok: bool) -> None:
+        """Return a tab after a render; nothing here waits on the browser."""
+        if ok and not tab.spent and not session.retired and not session.dead:
+            if self._needs_refresh(tab):
+                self._spawn(self._refresh(session, tab))  # idle again after that
             else:
-                ctx.idle.append(page)  # reused by the next render in this context
-        elif not session.dead:
-            self._close_page(ctx, page)  # in the background; a spare takes its place
-            self._keep_spare(session, ctx)
-        ctx.ready.set()
-        if ctx.retired and ctx.open_pages == 0 and ctx in session.contexts:
-            session.contexts.discard(ctx)
-            if ctx.used >= self._settings.render_context_pages:
+                session.idle.append(tab)  # the next render reuses it
+        else:
+            # Spent, or its page failed (whatever state it is in goes with the context).
+            if tab.spent and not session.dead:
                 self.recycles += 1
                 if self._telemetry is not None:
                     self._telemetry.context_recycled()
-            if not session.dead:
-                self._spawn(self._close_quietly(ctx.context.close()))
+            self._close_tab(session, tab)
+            self._keep_spare(session)
+        session.ready.set()
 
     async def render(self, url: str, document: FetchResult) -> Rendered:
         """Render an already fetched document (our fetch, our checks) in a browser page."""
@@ -947,14 +968,14 @@ class BrowserPool:
             ok = False
             try:
                 try:
-                    ctx, page = await self._take_page(session)
+                    tab = await self._take_tab(session)
                 except Exception as exc:
                     raise self._failure(session, url, exc) from exc
                 try:
-                    html, final_url = await self._render_page(session, page, document)
+                    html, final_url = await self._render_page(session, tab.page, document)
                     ok = True
                 finally:
-                    self._give_back(session, ctx, page, ok)
+                    self._give_back(session, tab, ok)
             finally:
                 session.open_pages -= 1
                 if session.retired and session.open_pages == 0:
@@ -974,7 +995,7 @@ class BrowserPool:
                 async with asyncio.timeout(self._settings.render_timeout_s):
                     await page.goto(url, wait_until="load")
                     await self._settle(page)
-                    return await page.content(), page.url
+                    html = await page.content()
         except TimeoutError:
             if session.dead:
                 raise BrowserCrashed(f"browser died while rendering {url}") from None
@@ -987,6 +1008,29 @@ class BrowserPool:
             ) from None
         except Exception as exc:
             raise self._failure(session, url, exc) from exc
+        if self._died(session):
+            # Its requests failed with it, so the page may have settled half-built.
+            raise BrowserCrashed(f"browser died while rendering {url}")
+        return html, page.url
+
+    def _died(self, session: _Session) -> bool:
+        """Whether the browser is gone, noticed before Playwright's disconnect event: the
+        replies it sent just before dying are still delivered after it (seen: a page whose
+        API call failed as the browser was killed, settled and returned without its text)."""
+        if session.dead or not session.browser.is_connected():
+            return True
+        if session.process is None:
+            return False
+        try:
+            gone = not session.process.is_running() or (
+                session.process.status() == psutil.STATUS_ZOMBIE
+            )
+        except psutil.Error:
+            gone = True
+        if gone:
+            session.dead = True
+            self._restart(session, "crash")
+        return gone
 
     def _failure(self, session: _Session, url: str, exc: BaseException) -> FleetError:
         if session.dead or not session.browser.is_connected():

@@ -49,7 +49,7 @@ class Settings:
 
     # Rendering (Playwright + Chromium) for pages whose content JavaScript builds.
     render: str = "auto"  # never | auto | always
-    chromium_path: str | None = None  # None: Debian's /usr/bin/chromium, else Playwright's
+    chromium_path: str | None = None  # None: Debian's chromium-headless-shell or chromium
     render_concurrency: int = 4  # pages open at once in a worker's browser
     render_timeout_s: float = 30.0
     render_settle_max_s: float = 5.0  # cap on waiting for a quiet DOM with no fetch pending

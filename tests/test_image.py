@@ -141,7 +141,7 @@ def test_build_secret_is_in_no_layer(images: None, image: str, tmp_path: Path) -
 @pytest.mark.timeout(300)
 def test_browser_image_renders_headless_as_non_root(images: None) -> None:
     script = (
-        'id -u; echo "$FLEET_CHROMIUM_PATH"; exec "$FLEET_CHROMIUM_PATH" --headless=new '
+        'id -u; echo "$FLEET_CHROMIUM_PATH"; exec "$FLEET_CHROMIUM_PATH" '
         "--no-sandbox --disable-gpu --dump-dom 'data:text/html,<title>t</title><p>rendered</p>'"
     )
     browser = DockerContainer("fleet-browser:local").with_kwargs(
@@ -151,5 +151,5 @@ def test_browser_image_renders_headless_as_non_root(images: None) -> None:
         assert browser.wait() == 0, browser.get_logs()
         out, _ = browser.get_logs()
     lines = out.decode().splitlines()
-    assert lines[:2] == ["10001", "/usr/bin/chromium"]
+    assert lines[:2] == ["10001", "/usr/lib/chromium/chromium-headless-shell"]
     assert "<p>rendered</p>" in out.decode()

@@ -23,7 +23,8 @@ from fleet.render import (
     GC_EVERY,
     PAGE_REUSE_LIMIT,
     BrowserPool,
-    _Context,
+    _Session,
+    _Tab,
     chromium_executable,
 )
 from fleet.settings import Settings
@@ -105,42 +106,75 @@ def browser_mains(pid: int) -> list[psutil.Process]:
 
 
 async def test_context_budget_recycles(site: LoopbackSite, rig_factory: list[Rig]) -> None:
+    # One render at a time: a context budget of 5 over 50 pages recycles 10 times.
     metrics = Metrics()
     rig = await start_rig(
         rig_factory,
-        site_settings(site, render_context_pages=5),
+        site_settings(site, render_context_pages=5, render_concurrency=1),
         telemetry=Telemetry("worker", metrics=metrics),
     )
-    texts = await asyncio.gather(*(rig.render_text(site.url(f"/spa/{n}")) for n in range(50)))
+    texts = [await rig.render_text(site.url(f"/spa/{n}")) for n in range(50)]
     assert all(f"spaword{n}" in t for n, t in enumerate(texts))
     assert rig.pool.recycles == 10
     assert metrics.registry.get_sample_value("fleet_browser_context_recycles_total") == 10
     assert rig.pool.restarts == {}
 
 
-async def test_pages_are_reused_past_a_collection_and_bounded_per_context(
+def recording_tabs(pool: BrowserPool) -> list[_Tab]:
+    """Every tab ``pool`` opens from now on, in order."""
+    tabs: list[_Tab] = []
+    open_tab = pool._open_tab
+
+    async def recording(session: _Session) -> _Tab:
+        tab = await open_tab(session)
+        tabs.append(tab)
+        return tab
+
+    pool._open_tab = recording  # type: ignore[method-assign]
+    return tabs
+
+
+async def test_concurrent_contexts_recycle_staggered_within_budget(
+    site: LoopbackSite, rig_factory: list[Rig]
+) -> None:
+    # Four renders at a time, a budget of 8: the first four contexts get 2, 4, 6 and 8
+    # renders, so later on they run out one at a time rather than all four together.
+    rig = await start_rig(rig_factory, site_settings(site, render_context_pages=8))
+    tabs = recording_tabs(rig.pool)
+    most_open = 0
+
+    async def render(n: int) -> str:
+        nonlocal most_open
+        text = await rig.render_text(site.url(f"/spa/{n}"))
+        session = rig.pool._session
+        assert session is not None
+        most_open = max(most_open, session.slots)
+        return text
+
+    texts = await asyncio.gather(*(render(n) for n in range(80)))
+    assert all(f"spaword{n}" in t for n, t in enumerate(texts))
+    assert [tab.budget for tab in tabs[:4]] == [2, 4, 6, 8]
+    assert {tab.budget for tab in tabs[4:]} == {8}
+    assert all(tab.used <= tab.budget for tab in tabs)
+    assert sum(tab.used for tab in tabs) == 80
+    assert rig.pool.recycles == sum(tab.spent for tab in tabs) >= (80 - 5 * 8) // 8
+    assert most_open <= rig.settings.render_concurrency + 1
+    assert rig.pool.restarts == {}
+
+
+async def test_pages_are_reused_past_a_collection_and_bounded(
     site: LoopbackSite, rig_factory: list[Rig]
 ) -> None:
     # 60 renders on 4 pages: each page's garbage is collected every GC_EVERY renders
-    # (off the render path) instead of the page being replaced; at most one spare page.
+    # (off the render path) instead of the page being replaced; at most one spare tab.
     rig = await start_rig(rig_factory, site_settings(site, render_context_pages=1000))
-    opened: set[object] = set()
-    take = rig.pool._take_page
-
-    async def counting(session):  # type: ignore[no-untyped-def]
-        ctx, page = await take(session)
-        opened.add(page)
-        return ctx, page
-
-    rig.pool._take_page = counting  # type: ignore[method-assign]
+    tabs = recording_tabs(rig.pool)
     texts = await asyncio.gather(*(rig.render_text(site.url(f"/spa/{n}")) for n in range(60)))
     assert all(f"spaword{n}" in t for n, t in enumerate(texts))
-    assert len(opened) <= rig.settings.render_concurrency + 1
+    assert len(tabs) <= rig.settings.render_concurrency + 1
     # So some page served more than GC_EVERY renders: collected, not replaced.
-    assert 60 // (rig.settings.render_concurrency + 1) > GC_EVERY
-    session = rig.pool._session
-    assert session is not None
-    assert all(ctx.pages <= rig.settings.render_concurrency + 1 for ctx in session.contexts)
+    assert max(tab.page_uses for tab in tabs) > GC_EVERY
+    assert rig.pool.recycles == 0
     assert rig.pool.restarts == {}
 
 
@@ -170,21 +204,20 @@ async def test_settling_stops_at_its_cap_on_a_request_that_never_ends(
 
 
 @pytest.mark.parametrize(
-    ("budget", "used", "pages", "uses", "collect"),
+    ("budget", "used", "page_uses", "refresh"),
     [
-        (100, 50, 5, GC_EVERY, True),  # 50 renders left: 10 more for each of 5 pages
-        (100, 96, 5, 2 * GC_EVERY, False),  # the context closes within a few renders
-        (1000, 600, 5, 9 * GC_EVERY, True),
-        (1000, 100, 5, PAGE_REUSE_LIMIT - GC_EVERY + 1, False),  # the page's own limit
+        (100, 20, 20, True),  # every GC_EVERY renders of a page
+        (100, 21, 21, False),
+        (100, 90, 90, False),  # the context closes within GC_EVERY renders anyway
+        (1000, 500, PAGE_REUSE_LIMIT, True),  # the page is replaced in its context
+        (1000, 995, PAGE_REUSE_LIMIT, False),  # … unless the context closes soon
     ],
 )
 def test_no_collection_for_a_page_about_to_close(
-    budget: int, used: int, pages: int, uses: int, collect: bool
+    budget: int, used: int, page_uses: int, refresh: bool
 ) -> None:
-    settings = Settings(render_context_pages=budget)
-    pool = BrowserPool(settings, proxy=None)  # type: ignore[arg-type]
-    ctx = _Context(context=None, used=used, pages=pages)  # type: ignore[arg-type]
-    assert pool._worth_collecting(ctx, uses) is collect
+    tab = _Tab(context=None, page=None, budget=budget, used=used, page_uses=page_uses)  # type: ignore[arg-type]
+    assert BrowserPool._needs_refresh(tab) is refresh
 
 
 async def test_memory_cap_restarts_the_browser_and_pages_still_succeed(
@@ -217,13 +250,25 @@ def _zombie_or_gone(pid: int | None) -> bool:
         return True
 
 
+@pytest.mark.parametrize("wrapped", [False, True], ids=["binary", "wrapper-script"])
 async def test_crash_fails_the_page_as_transient_and_the_pool_recovers(
-    site: LoopbackSite, rig_factory: list[Rig]
+    site: LoopbackSite, rig_factory: list[Rig], tmp_path: Path, wrapped: bool
 ) -> None:
-    rig = await start_rig(rig_factory, site_settings(site))
+    settings = site_settings(site)
+    binary = chromium_executable(settings)
+    if wrapped:
+        # Like Debian's /usr/bin/chromium-headless-shell: a shell that does not exec.
+        assert binary is not None
+        wrapper = tmp_path / "chromium"
+        wrapper.write_text(f'#!/bin/sh\n"{binary}" "$@"\n')
+        wrapper.chmod(0o755)
+        settings = settings.replace(chromium_path=str(wrapper))
+    rig = await start_rig(rig_factory, settings)
     assert "spaword1" in await rig.render_text(site.url("/spa/1"))
     victim = rig.pool.browser_pid
     assert victim is not None
+    if binary is not None:
+        assert psutil.Process(victim).exe() == os.path.realpath(binary)  # not the shell
     # A page waiting on the slow API when the browser dies.
     pending = asyncio.create_task(rig.render_text(site.url("/spa-slow/2")))
     await asyncio.sleep(0.3)
@@ -252,6 +297,25 @@ async def test_hung_browser_is_detected_and_replaced(
             os.kill(victim, signal.SIGCONT)
     assert rig.pool.restarts == {"hang": 1}
     assert "spaword3" in await rig.render_text(site.url("/spa/3"))
+
+
+async def test_the_disabled_features_keep_playwrights_own(
+    site: LoopbackSite, rig_factory: list[Rig]
+) -> None:
+    # Chromium keeps only the last --disable-features switch: ours must carry every feature
+    # Playwright's own switch disables (a Playwright upgrade that adds one fails here).
+    rig = await start_rig(rig_factory, site_settings(site))
+    session = rig.pool._session
+    assert session is not None and session.process is not None
+    switches = [
+        set(arg.split("=", 1)[1].split(","))
+        for arg in session.process.cmdline()
+        if arg.startswith("--disable-features=")
+    ]
+    assert len(switches) >= 2  # Playwright's, then ours
+    missing = set().union(*switches[:-1]) - switches[-1]
+    assert not missing, f"add {sorted(missing)} to PLAYWRIGHT_DISABLED_FEATURES"
+    assert {"BackForwardCache", "WebUIOmniboxPopup"} <= switches[-1]
 
 
 async def test_browser_cannot_reach_a_non_allowed_port(
