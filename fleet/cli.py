@@ -137,6 +137,13 @@ metrics_option = click.option(
 )
 
 
+def _cap_driver_heap(settings: Settings) -> None:
+    """Playwright starts its driver (node) with this process's environment, the only way
+    in: cap its old space, which otherwise grows lazily (docs/benchmarks.md)."""
+    cap = f"--max-old-space-size={settings.render_driver_heap_mb}"
+    os.environ["NODE_OPTIONS"] = " ".join(filter(None, (os.environ.get("NODE_OPTIONS"), cap)))
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--log-level", default=None, help="DEBUG, INFO, WARNING… [env FLEET_LOG_LEVEL]")
 @click.option(
@@ -235,6 +242,8 @@ def worker(
     )
     from fleet import worker as worker_role
 
+    if settings.render != "never":
+        _cap_driver_heap(settings)
     telemetry = _telemetry("worker", settings)
     try:
         _guard(

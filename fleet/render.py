@@ -49,7 +49,7 @@ from fleet.messages import RenderDecision, render_decision_decoder, render_decis
 from fleet.settings import Settings
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine
+    from collections.abc import Callable, Coroutine
 
     from nats.js.kv import KeyValue
     from playwright.async_api import (
@@ -443,7 +443,8 @@ class _Tab:
 
     context: BrowserContext
     page: Page
-    budget: int  # renders before the context is closed (render_context_pages, see _budget)
+    budget: int  # renders before the context is closed (see BrowserPool._staggered)
+    gc_phase: int  # offsets the page's collections (see BrowserPool._staggered)
     used: int = 0  # renders started in the context
     page_uses: int = 0  # renders started on the current page
 
@@ -513,23 +514,27 @@ def _is_browser_main(cmdline: list[str]) -> bool:
 def _new_browser_process(before: set[int]) -> psutil.Process | None:
     """The Chromium main process below this process that was not there ``before``: the
     innermost one, should FLEET_CHROMIUM_PATH be a wrapper script that does not exec."""
-    found: list[psutil.Process] = []
-    for proc in psutil.Process(os.getpid()).children(recursive=True):
+    found = [proc for pid, proc in _children(_is_browser_main).items() if pid not in before]
+    parents: set[int] = set()
+    for proc in found:
         with contextlib.suppress(psutil.Error):
-            if proc.pid not in before and _is_browser_main(proc.cmdline()):
-                found.append(proc)
-    parents = {proc.ppid() for proc in found}
+            parents.add(proc.ppid())
     return next((proc for proc in found if proc.pid not in parents), None)
 
 
-def _browser_mains() -> set[int]:
-    pids: set[int] = set()
+def _is_playwright_driver(cmdline: list[str]) -> bool:
+    return "run-driver" in cmdline
+
+
+def _children(match: Callable[[list[str]], bool]) -> dict[int, psutil.Process]:
+    """Processes below this one whose command line ``match`` accepts, by PID."""
+    found: dict[int, psutil.Process] = {}
     with contextlib.suppress(psutil.Error):
         for proc in psutil.Process(os.getpid()).children(recursive=True):
             with contextlib.suppress(psutil.Error):
-                if _is_browser_main(proc.cmdline()):
-                    pids.add(proc.pid)
-    return pids
+                if match(proc.cmdline()):
+                    found[proc.pid] = proc
+    return found
 
 
 def _kill_tree(process: psutil.Process) -> None:
@@ -649,6 +654,7 @@ class BrowserPool:
         self._pages = asyncio.Semaphore(settings.render_concurrency)
         self._launch_lock = asyncio.Lock()
         self._playwright: Playwright | None = None
+        self._driver: psutil.Process | None = None  # Playwright's driver process
         self._session: _Session | None = None
         self._sessions: set[_Session] = set()
         self._closing: set[asyncio.Task[None]] = set()
@@ -680,7 +686,7 @@ class BrowserPool:
         browser starts with the first page that does; if it cannot, rendering is off
         for good (``RenderUnavailable`` from then on, one warning)."""
         try:
-            from playwright.async_api import async_playwright  # noqa: PLC0415
+            import playwright.async_api  # noqa: F401, PLC0415
         except ImportError:
             raise RenderUnavailable(
                 f"rendering needs Playwright, which is not installed: {RENDER_FIX}"
@@ -689,7 +695,7 @@ class BrowserPool:
         if executable is not None and not os.access(executable, os.X_OK):
             raise RenderUnavailable(f"no Chromium at {executable}: {RENDER_FIX}")
         try:
-            self._playwright = await async_playwright().start()
+            await self._start_driver()
         except Exception as exc:  # e.g. the driver's node binary cannot load its libraries
             raise RenderUnavailable(
                 f"cannot start Playwright's driver ({_first_line(exc)}): {RENDER_FIX}"
@@ -719,9 +725,45 @@ class BrowserPool:
                     await self._playwright.stop()
             self._playwright = None
 
+    async def _start_driver(self) -> None:
+        """Start Playwright (its driver: a node process that talks to the browsers)."""
+        from playwright.async_api import async_playwright  # noqa: PLC0415
+
+        before = await asyncio.to_thread(_children, _is_playwright_driver)
+        self._playwright = await async_playwright().start()
+        found = await asyncio.to_thread(_children, _is_playwright_driver)
+        self._driver = next((proc for proc in found.values() if proc.pid not in before), None)
+
+    def _driver_lost(self) -> bool:
+        """Whether Playwright's driver died (killed, out of memory); if so, so did every
+        browser it drove, for the pool's purposes: they are marked dead and restarted."""
+        if self._driver is None:
+            return False
+        try:
+            alive = self._driver.is_running() and self._driver.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            alive = False
+        if alive:
+            return False
+        for session in list(self._sessions):
+            if not session.dead:
+                session.dead = True
+                self._restart(session, "driver")
+        return True
+
+    async def _restart_driver(self) -> None:
+        old, self._playwright = self._playwright, None
+        pid, self._driver = (self._driver.pid if self._driver else None), None
+        log.warning("Playwright's driver (pid %s) is gone: starting a new one", pid)
+        if old is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5):
+                    await old.stop()
+        await self._start_driver()
+
     async def _launch(self) -> _Session:
         assert self._playwright is not None
-        before = await asyncio.to_thread(_browser_mains)
+        before = set(await asyncio.to_thread(_children, _is_browser_main))
         browser = await self._playwright.chromium.launch(
             executable_path=chromium_executable(self._settings),
             headless=True,
@@ -735,7 +777,12 @@ class BrowserPool:
         session = _Session(browser, process, self._generation)
         browser.on("disconnected", lambda _: self._on_disconnected(session))
         self._sessions.add(session)
-        log.info("browser started (pid %s, generation %d)", session.pid, session.generation)
+        log.info(
+            "browser started (pid %s, generation %d, %s)",
+            session.pid,
+            session.generation,
+            chromium_executable(self._settings) or "Playwright's Chromium",
+        )
         return session
 
     def _launch_args(self) -> list[str]:
@@ -786,6 +833,8 @@ class BrowserPool:
         if session is not None and not session.retired:
             return session
         async with self._launch_lock:
+            if self._driver_lost():
+                await self._restart_driver()
             if self._session is None or self._session.retired:
                 self._session = await self._launch()
             return self._session
@@ -799,13 +848,18 @@ class BrowserPool:
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
         return task
 
-    def _budget(self, session: _Session) -> int:
-        """A new tab's budget: render_context_pages, except for a browser's first
-        render_concurrency tabs, which get 1/c, 2/c, … of it so that from then on the
-        tabs run out one at a time rather than all together."""
+    def _staggered(self, session: _Session) -> tuple[int, int]:
+        """A new tab's budget and collection phase. Tabs opened together render at the same
+        pace: left alone they would run out together and collect their garbage together
+        (a memory saw-tooth as wide as all of them). So a browser's first
+        render_concurrency tabs get 1/c, 2/c, … of render_context_pages, and every tab's
+        collections are offset by its place: from then on they run out, and collect, one
+        at a time."""
         budget, lanes = self._settings.render_context_pages, self._settings.render_concurrency
         k, session.opened = session.opened, session.opened + 1
-        return max(1, budget * (k + 1) // lanes) if k < lanes else budget
+        if k < lanes:
+            budget = max(1, budget * (k + 1) // lanes)
+        return budget, k * GC_EVERY // lanes % GC_EVERY
 
     async def _open_tab(self, session: _Session) -> _Tab:
         session.slots += 1
@@ -826,7 +880,7 @@ class BrowserPool:
             session.slots -= 1
             session.ready.set()  # a render waiting for this tab opens its own
             raise
-        tab = _Tab(context, page, self._budget(session))
+        tab = _Tab(context, page, *self._staggered(session))
         session.tabs.add(tab)
         return tab
 
@@ -923,7 +977,8 @@ class BrowserPool:
         within GC_EVERY more renders anyway (its tab's budget)."""
         if tab.page_uses >= PAGE_REUSE_LIMIT:
             return tab.budget - tab.used > GC_EVERY  # else its context closes soon enough
-        return tab.page_uses % GC_EVERY == 0 and tab.budget - tab.used > GC_EVERY
+        due = (tab.page_uses + tab.gc_phase) % GC_EVERY == 0
+        return due and tab.budget - tab.used > GC_EVERY
 
     def _give_back(self, session: _Session, tab: _Tab, ok: bool) -> None:
         """Return a tab after a render; nothing here waits on the browser."""
@@ -1017,7 +1072,7 @@ class BrowserPool:
         """Whether the browser is gone, noticed before Playwright's disconnect event: the
         replies it sent just before dying are still delivered after it (seen: a page whose
         API call failed as the browser was killed, settled and returned without its text)."""
-        if session.dead or not session.browser.is_connected():
+        if self._driver_lost() or session.dead or not session.browser.is_connected():
             return True
         if session.process is None:
             return False
@@ -1033,7 +1088,7 @@ class BrowserPool:
         return gone
 
     def _failure(self, session: _Session, url: str, exc: BaseException) -> FleetError:
-        if session.dead or not session.browser.is_connected():
+        if self._driver_lost() or session.dead or not session.browser.is_connected():
             return BrowserCrashed(f"browser died while rendering {url}: {_first_line(exc)}")
         return RenderFailed(f"render of {url} failed: {_first_line(exc)}")
 

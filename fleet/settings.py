@@ -56,6 +56,9 @@ class Settings:
     render_context_pages: int = 100  # pages per browser context before it is recycled
     # Browser restarted when its process tree uses more (PSS: shared pages counted once).
     browser_max_rss_mb: int = 1024
+    # Old-space cap of Playwright's driver (node): its heap otherwise grows lazily by
+    # ~80 MB over the first few thousand pages. A rendered page's HTML must fit well within.
+    render_driver_heap_mb: int = 256
     # Abort images, fonts and media while rendering: faster on image-heavy pages (see
     # docs/benchmarks.md), off by default so pages render as a visitor sees them.
     render_block_media: bool = False
@@ -176,6 +179,7 @@ class Settings:
             "render_timeout_s": self.render_timeout_s,
             "render_context_pages": self.render_context_pages,
             "browser_max_rss_mb": self.browser_max_rss_mb,
+            "render_driver_heap_mb": self.render_driver_heap_mb,
             "supervisor_max": self.supervisor_max,
             "supervisor_target_lag": self.supervisor_target_lag,
             "supervisor_activation_lag": self.supervisor_activation_lag,

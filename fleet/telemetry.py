@@ -147,7 +147,7 @@ class Metrics:
         )
         self.browser_restarts = Counter(
             "fleet_browser_restarts",
-            "Browser restarts by cause (crash, hang, rss).",
+            "Browser restarts by cause (crash, hang, rss, driver).",
             ["cause"],
             registry=r,
         )

@@ -4,6 +4,7 @@ hang, the SSRF fence around the browser, and no browser process left behind by a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -14,7 +15,7 @@ import psutil
 import pytest
 
 from fleet import extract
-from fleet.errors import BrowserCrashed, RenderUnavailable
+from fleet.errors import BrowserCrashed, RenderUnavailable, TransientError
 from fleet.fetch import Fetcher
 from fleet.proxy import GuardedProxy
 from fleet.render import (
@@ -139,6 +140,7 @@ async def test_concurrent_contexts_recycle_staggered_within_budget(
 ) -> None:
     # Four renders at a time, a budget of 8: the first four contexts get 2, 4, 6 and 8
     # renders, so later on they run out one at a time rather than all four together.
+    assert GC_EVERY == 10
     rig = await start_rig(rig_factory, site_settings(site, render_context_pages=8))
     tabs = recording_tabs(rig.pool)
     most_open = 0
@@ -155,6 +157,8 @@ async def test_concurrent_contexts_recycle_staggered_within_budget(
     assert all(f"spaword{n}" in t for n, t in enumerate(texts))
     assert [tab.budget for tab in tabs[:4]] == [2, 4, 6, 8]
     assert {tab.budget for tab in tabs[4:]} == {8}
+    # Their collections are offset the same way (GC_EVERY 10 over 4 tabs).
+    assert [tab.gc_phase for tab in tabs[:4]] == [0, 2, 5, 7]
     assert all(tab.used <= tab.budget for tab in tabs)
     assert sum(tab.used for tab in tabs) == 80
     assert rig.pool.recycles == sum(tab.spent for tab in tabs) >= (80 - 5 * 8) // 8
@@ -204,19 +208,27 @@ async def test_settling_stops_at_its_cap_on_a_request_that_never_ends(
 
 
 @pytest.mark.parametrize(
-    ("budget", "used", "page_uses", "refresh"),
+    ("budget", "used", "page_uses", "phase", "refresh"),
     [
-        (100, 20, 20, True),  # every GC_EVERY renders of a page
-        (100, 21, 21, False),
-        (100, 90, 90, False),  # the context closes within GC_EVERY renders anyway
-        (1000, 500, PAGE_REUSE_LIMIT, True),  # the page is replaced in its context
-        (1000, 995, PAGE_REUSE_LIMIT, False),  # … unless the context closes soon
+        (100, 20, 20, 0, True),  # every GC_EVERY renders of a page
+        (100, 21, 21, 0, False),
+        (100, 23, 23, 7, True),  # … offset by the tab's phase
+        (100, 90, 90, 0, False),  # the context closes within GC_EVERY renders anyway
+        (1000, 500, PAGE_REUSE_LIMIT, 0, True),  # the page is replaced in its context
+        (1000, 995, PAGE_REUSE_LIMIT, 0, False),  # … unless the context closes soon
     ],
 )
 def test_no_collection_for_a_page_about_to_close(
-    budget: int, used: int, page_uses: int, refresh: bool
+    budget: int, used: int, page_uses: int, phase: int, refresh: bool
 ) -> None:
-    tab = _Tab(context=None, page=None, budget=budget, used=used, page_uses=page_uses)  # type: ignore[arg-type]
+    tab = _Tab(
+        context=None,  # type: ignore[arg-type]
+        page=None,  # type: ignore[arg-type]
+        budget=budget,
+        gc_phase=phase,
+        used=used,
+        page_uses=page_uses,
+    )
     assert BrowserPool._needs_refresh(tab) is refresh
 
 
@@ -278,6 +290,43 @@ async def test_crash_fails_the_page_as_transient_and_the_pool_recovers(
     assert "spaword3" in await rig.render_text(site.url("/spa/3"))
     assert rig.pool.restarts == {"crash": 1}
     assert rig.pool.browser_pid != victim
+
+
+def playwright_drivers() -> set[int]:
+    """Playwright's driver processes (node ... run-driver) below this process."""
+    out = set()
+    for proc in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "run-driver" in proc.cmdline():
+                out.add(proc.pid)
+    return out
+
+
+async def test_the_pool_recovers_when_playwrights_driver_dies(
+    site: LoopbackSite, rig_factory: list[Rig]
+) -> None:
+    before = playwright_drivers()
+    rig = await start_rig(rig_factory, site_settings(site))
+    assert "spaword1" in await rig.render_text(site.url("/spa/1"))
+    (driver,) = playwright_drivers() - before
+    browser = rig.pool.browser_pid
+    assert browser is not None
+    os.kill(driver, signal.SIGKILL)
+    # Pages fail as transient errors (retried) until the pool has a new driver and browser.
+    recovered = ""
+    for n in range(2, 10):
+        try:
+            recovered = await rig.render_text(site.url(f"/spa/{n}"))
+            break
+        except TransientError:
+            await asyncio.sleep(0.2)
+    assert "spaword" in recovered
+    assert rig.pool.browser_pid not in (None, browser)
+
+    async def old_browser_gone() -> bool:
+        return _zombie_or_gone(browser)
+
+    await wait_for(old_browser_gone, timeout=10)
 
 
 async def test_hung_browser_is_detected_and_replaced(
