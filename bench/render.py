@@ -15,7 +15,8 @@
    render_block_media off, then on.
 
 Prints a table (or --json). Targets (PASS/MISS, informational): fleet ≥ 90 % of the bare
-loop's pages/s; worker memory flat within ±10 % after warm-up (the first 20 % of pages).
+loop's pages/s; worker memory (PSS of its process tree) flat within ±10 % after warm-up
+(the first 25 % of pages).
 """
 
 from __future__ import annotations
@@ -443,18 +444,21 @@ def report_text(r: dict[str, Any]) -> str:
         f"worker tree memory after warm-up ({mem['samples']} samples, "
         f"{WARMUP_SHARE:.0%} of pages skipped):",
     ]
-    labels = {
-        "pss": "PSS (the tree's resident memory, each page once)",
-        "rss": "RSS summed per process (a shared page once per process mapping it)",
-    }
-    for kind in ("pss", "rss"):
-        s = mem[kind]
-        lines.append(
-            f"  {labels[kind]}:\n    mean {s['mean_mb']:.0f} MB, min {s['min_mb']:.0f}, "
-            f"max {s['max_mb']:.0f}, max deviation from mean {s['max_dev']:.1%} "
-            f"(target ±{TARGET_FLAT:.0%}: {_verdict(s['max_dev'] <= TARGET_FLAT)}), "
-            f"drift first→last third {s['drift']:+.1%}"
-        )
+    # The target is on PSS: the sum of per-process RSS counts each of Chromium's shared
+    # pages once per process mapping it (about twice the real figure) and jumps by a
+    # renderer's shared mappings whenever one starts or exits, with no change in memory.
+    pss, rss = mem["pss"], mem["rss"]
+    lines += [
+        "  PSS (the tree's resident memory, each page once):",
+        f"    mean {pss['mean_mb']:.0f} MB, min {pss['min_mb']:.0f}, max {pss['max_mb']:.0f}, "
+        f"max deviation from mean {pss['max_dev']:.1%} "
+        f"(target ±{TARGET_FLAT:.0%}: {_verdict(pss['max_dev'] <= TARGET_FLAT)}), "
+        f"drift first→last third {pss['drift']:+.1%}",
+        "  RSS summed per process (informational: a shared page once per process mapping it):",
+        f"    mean {rss['mean_mb']:.0f} MB, min {rss['min_mb']:.0f}, max {rss['max_mb']:.0f}, "
+        f"max deviation from mean {rss['max_dev']:.1%}, drift first→last third "
+        f"{rss['drift']:+.1%}",
+    ]
     lines.append(
         "  trace (pages done, RSS MB, PSS MB): "
         + ", ".join(f"{d}:{a}/{b}" for d, a, b in mem["trace"])

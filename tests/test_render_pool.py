@@ -494,6 +494,10 @@ async def test_sigterm_leaves_no_browser_process_and_no_zombie(
         tree = psutil.Process(worker.pid).children(recursive=True)
         assert browser_mains(worker.pid), "the worker runs a browser"
         assert len(tree) >= 3  # driver, browser, renderers...
+        # The worker caps its Playwright driver's heap (FLEET_RENDER_DRIVER_HEAP_MB).
+        (driver,) = (p for p in tree if "run-driver" in p.cmdline())
+        cap = f"--max-old-space-size={settings.render_driver_heap_mb}"
+        assert cap in driver.environ().get("NODE_OPTIONS", "")
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(30) == 0
     finally:
