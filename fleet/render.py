@@ -900,14 +900,16 @@ class BrowserPool:
         tab.page_uses += 1
         if tab.spent:
             session.slots -= 1  # its last render: the next tab opens beside it, now
-        self._keep_spare(session)
+        self._keep_spare(session, successor=tab.spent)
         return tab
 
-    def _keep_spare(self, session: _Session) -> None:
+    def _keep_spare(self, session: _Session, *, successor: bool = False) -> None:
         """Keep one idle tab ready, opened off the render path (at most
-        render_concurrency + 1 tabs, plus those on their last render)."""
+        render_concurrency + 1 tabs, plus those on their last render). A ``successor``
+        opens even beside an idle spare: the tab it replaces is on its last render, and the
+        renderer count stays put instead of dipping until the spare is used up."""
         if (
-            not session.idle
+            (successor or not session.idle)
             and not session.opening
             and not session.retired
             and not session.dead
