@@ -2,7 +2,8 @@
 
 Starts a private nats-server when no NATS URL is configured, runs N worker processes and
 one indexer process (separate processes, so extraction uses every core), publishes the
-file, waits until both consumers have nothing pending or in flight, then stops everything.
+file, waits until the URLs work queue is empty and the indexer has acked every result, then
+stops everything.
 
 With ``autoscale`` (`fleet run --autoscale`), the supervisor's policy and its local backend
 (`fleet/scaling.py`) start and stop the worker processes on the queue's lag instead.
