@@ -537,6 +537,14 @@ def _children(match: Callable[[list[str]], bool]) -> dict[int, psutil.Process]:
     return found
 
 
+def _gone(process: psutil.Process) -> bool:
+    """Exited (a zombie not yet reaped counts) or replaced by another under its PID."""
+    try:
+        return not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
+
+
 def _kill_tree(process: psutil.Process) -> None:
     """SIGKILL a browser and its children and wait for them (psutil checks the process is
     still the one we launched, so a reused PID is never hit)."""
@@ -739,11 +747,7 @@ class BrowserPool:
         browser it drove, for the pool's purposes: they are marked dead and restarted."""
         if self._driver is None:
             return False
-        try:
-            alive = self._driver.is_running() and self._driver.status() != psutil.STATUS_ZOMBIE
-        except psutil.Error:
-            alive = False
-        if alive:
+        if not _gone(self._driver):
             return False
         for session in list(self._sessions):
             if not session.dead:
@@ -1076,18 +1080,11 @@ class BrowserPool:
         API call failed as the browser was killed, settled and returned without its text)."""
         if self._driver_lost() or session.dead or not session.browser.is_connected():
             return True
-        if session.process is None:
+        if session.process is None or not _gone(session.process):
             return False
-        try:
-            gone = not session.process.is_running() or (
-                session.process.status() == psutil.STATUS_ZOMBIE
-            )
-        except psutil.Error:
-            gone = True
-        if gone:
-            session.dead = True
-            self._restart(session, "crash")
-        return gone
+        session.dead = True
+        self._restart(session, "crash")
+        return True
 
     def _failure(self, session: _Session, url: str, exc: BaseException) -> FleetError:
         if self._driver_lost() or session.dead or not session.browser.is_connected():

@@ -4,7 +4,6 @@ hang, the SSRF fence around the browser, and no browser process left behind by a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import socket
@@ -24,6 +23,8 @@ from fleet.render import (
     GC_EVERY,
     PAGE_REUSE_LIMIT,
     BrowserPool,
+    _children,
+    _is_playwright_driver,
     _Session,
     _Tab,
     chromium_executable,
@@ -294,12 +295,7 @@ async def test_crash_fails_the_page_as_transient_and_the_pool_recovers(
 
 def playwright_drivers() -> set[int]:
     """Playwright's driver processes (node ... run-driver) below this process."""
-    out = set()
-    for proc in psutil.Process().children(recursive=True):
-        with contextlib.suppress(psutil.Error):
-            if "run-driver" in proc.cmdline():
-                out.add(proc.pid)
-    return out
+    return set(_children(_is_playwright_driver))
 
 
 async def test_the_pool_recovers_when_playwrights_driver_dies(
@@ -495,7 +491,7 @@ async def test_sigterm_leaves_no_browser_process_and_no_zombie(
         assert browser_mains(worker.pid), "the worker runs a browser"
         assert len(tree) >= 3  # driver, browser, renderers...
         # The worker caps its Playwright driver's heap (FLEET_RENDER_DRIVER_HEAP_MB).
-        (driver,) = (p for p in tree if "run-driver" in p.cmdline())
+        (driver,) = (p for p in tree if _is_playwright_driver(p.cmdline()))
         cap = f"--max-old-space-size={settings.render_driver_heap_mb}"
         assert cap in driver.environ().get("NODE_OPTIONS", "")
         worker.send_signal(signal.SIGTERM)
