@@ -45,16 +45,11 @@ from aiohttp import web
 from playwright.async_api import Route, async_playwright
 
 from bench.run import free_port, log, machine_info
-from fleet.fetch import Fetcher
-from fleet.natsserver import EmbeddedNats
-from fleet.proxy import GuardedProxy
-from fleet.render import (
-    CHROMIUM_ARGS,
-    DOM_QUIET_MS,
-    SETTLE_JS,
-    BrowserPool,
-    chromium_executable,
-)
+from fleet.nats.server import EmbeddedNats
+from fleet.scrape.fetch import Fetcher
+from fleet.scrape.proxy import GuardedProxy
+from fleet.scrape.render.chromium import CHROMIUM_ARGS, chromium_executable
+from fleet.scrape.render.pool import DOM_QUIET_MS, SETTLE_JS, BrowserPool
 from fleet.settings import Settings
 
 DEFAULT_PAGES = 4000

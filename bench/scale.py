@@ -35,11 +35,11 @@ from typing import Any
 import nats
 from nats.js import JetStreamContext
 
-from fleet.natsserver import EmbeddedNats
+from fleet.nats.server import EmbeddedNats
+from fleet.nats.streams import WORKERS_CONSUMER, ensure_topology
 from fleet.publisher import Publisher
-from fleet.scaling import LocalBackend
+from fleet.scaling.local import LocalBackend
 from fleet.settings import Settings
-from fleet.streams import WORKERS_CONSUMER, ensure_topology
 from fleet.supervisor import JetStreamLag, Policy, Supervisor
 
 REPO = Path(__file__).resolve().parent.parent

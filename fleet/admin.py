@@ -12,9 +12,9 @@ from nats.js.api import ConsumerInfo, StreamInfo
 from nats.js.errors import NotFoundError
 
 from fleet.messages import DeadLetter, dead_letter_decoder
-from fleet.render import learned_domains
+from fleet.nats.kv import learned_domains
+from fleet.nats.streams import INDEXER_CONSUMER, WORKERS_CONSUMER, require_jetstream
 from fleet.settings import Settings
-from fleet.streams import INDEXER_CONSUMER, WORKERS_CONSUMER, require_jetstream
 
 log = logging.getLogger(__name__)
 

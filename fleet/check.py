@@ -16,9 +16,10 @@ import aiohttp
 from nats.js.errors import NotFoundError
 
 from fleet.errors import FleetError
+from fleet.nats.session import connect
+from fleet.nats.streams import INDEXER_CONSUMER, WORKERS_CONSUMER
 from fleet.settings import Settings
 from fleet.sinks import open_sink
-from fleet.streams import INDEXER_CONSUMER, WORKERS_CONSUMER, connect
 
 ROLES: Final = ("nats", "publisher", "worker", "indexer", "supervisor")
 

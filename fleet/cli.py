@@ -176,8 +176,9 @@ def publish(
     telemetry = _telemetry("publish", settings)
 
     async def go() -> dict[str, int]:
+        from fleet.nats.session import connect
+        from fleet.nats.streams import ensure_topology
         from fleet.publisher import Publisher, read_url_lines
-        from fleet.streams import connect, ensure_topology
 
         nc = await connect(settings, name="fleet-publish", reconnect=False)
         try:
@@ -324,7 +325,7 @@ def status(ctx: click.Context, nats_url: str | None, as_json: bool) -> None:
 
     async def go() -> dict[str, Any]:
         from fleet.admin import status as get_status
-        from fleet.streams import connect
+        from fleet.nats.session import connect
 
         nc = await connect(settings, name="fleet-status", reconnect=False)
         try:
@@ -367,7 +368,8 @@ def dlq_list(ctx: click.Context, nats_url: str | None, limit: int, as_json: bool
 
     async def go() -> list[dict[str, Any]]:
         from fleet.admin import list_dead_letters
-        from fleet.streams import connect, ensure_topology
+        from fleet.nats.session import connect
+        from fleet.nats.streams import ensure_topology
 
         nc = await connect(settings, name="fleet-dlq", reconnect=False)
         try:
@@ -398,7 +400,8 @@ def dlq_replay(ctx: click.Context, nats_url: str | None, reason: str | None, as_
 
     async def go() -> int:
         from fleet.admin import replay_dead_letters
-        from fleet.streams import connect, ensure_topology
+        from fleet.nats.session import connect
+        from fleet.nats.streams import ensure_topology
 
         nc = await connect(settings, name="fleet-dlq", reconnect=False)
         try:
@@ -619,35 +622,10 @@ def supervisor(
         supervisor_worker_image=worker_image,
         supervisor_worker_network=worker_network,
     )
-    import socket
-
-    from fleet import scaling
     from fleet import supervisor as supervisor_role
+    from fleet.scaling import backend_from_settings
 
-    backend_impl: scaling.Backend
-    if settings.supervisor_backend == "local":
-        backend_impl = scaling.LocalBackend(
-            {**os.environ, **settings.to_env()}, stop_grace_s=settings.supervisor_stop_grace_s
-        )
-    else:
-        import time
-
-        import docker
-
-        # The engine must answer once at start-up (API version, own compose project); later
-        # outages are survived. Honours DOCKER_HOST (tcp://docker-proxy:2375 in compose).
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                api = docker.from_env().api
-                break
-            except docker.errors.DockerException as exc:
-                if time.monotonic() > deadline:
-                    _fail(f"cannot reach Docker ({exc}); set DOCKER_HOST (a socket proxy)", 1)
-                time.sleep(1)
-        backend_impl = scaling.DockerBackend.from_settings(
-            api, settings, hostname=socket.gethostname()
-        )
+    backend_impl = _guard(lambda: backend_from_settings(settings, os.environ))
 
     async def go(stop: asyncio.Event) -> None:
         lag = supervisor_role.JetStreamLag(settings)

@@ -26,8 +26,8 @@ from nats.js.errors import NotFoundError
 
 from fleet.errors import FleetError, PermanentError, TransientError
 from fleet.messages import DeadLetter, dead_letter_encoder, trace_headers, url_task_decoder
+from fleet.nats.streams import WORKERS_CONSUMER, JsPublish
 from fleet.settings import Settings
-from fleet.streams import WORKERS_CONSUMER, JsPublish
 
 log = logging.getLogger(__name__)
 

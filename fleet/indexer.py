@@ -21,9 +21,10 @@ from nats.js import JetStreamContext
 from fleet.disposition import Settler, backoff_delay
 from fleet.errors import BadMessage, PermanentError, SinkUnavailable
 from fleet.messages import Page, page_decoder
+from fleet.nats.session import connect
+from fleet.nats.streams import INDEXER_CONSUMER, ensure_topology, pull
 from fleet.settings import Settings
 from fleet.sinks import Sink
-from fleet.streams import INDEXER_CONSUMER, connect, ensure_topology, pull
 from fleet.telemetry import Hook, Telemetry
 
 log = logging.getLogger(__name__)

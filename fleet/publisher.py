@@ -19,8 +19,8 @@ from nats.js.api import PubAck
 
 from fleet.errors import FleetError, InvalidUrl
 from fleet.messages import UrlTask, url_task_encoder
+from fleet.nats.streams import JsPublish
 from fleet.settings import Settings
-from fleet.streams import JsPublish
 from fleet.urls import normalize_url, url_id
 
 log = logging.getLogger(__name__)

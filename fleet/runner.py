@@ -26,11 +26,12 @@ from nats.js import JetStreamContext
 
 from fleet.admin import dead_letter_counts
 from fleet.errors import FleetError
-from fleet.natsserver import EmbeddedNats
+from fleet.nats.server import EmbeddedNats
+from fleet.nats.session import connect
+from fleet.nats.streams import INDEXER_CONSUMER, ensure_topology
 from fleet.publisher import Progress, Publisher
-from fleet.scaling import LocalBackend
+from fleet.scaling.local import LocalBackend
 from fleet.settings import Settings
-from fleet.streams import INDEXER_CONSUMER, connect, ensure_topology
 from fleet.supervisor import JetStreamLag, Policy, Supervisor
 from fleet.telemetry import Telemetry
 

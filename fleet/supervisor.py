@@ -34,9 +34,10 @@ from prometheus_client import (
     generate_latest,
 )
 
-from fleet.scaling import Backend
+from fleet.nats.session import connect
+from fleet.nats.streams import WORKERS_CONSUMER
+from fleet.scaling.base import Backend
 from fleet.settings import Settings
-from fleet.streams import WORKERS_CONSUMER, connect
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from fleet.errors import ConfigError
-from fleet.natsserver import EmbeddedNats, find_nats_server
+from fleet.nats.server import EmbeddedNats, find_nats_server
 from fleet.settings import Settings
 from tests.site import LoopbackSite
 

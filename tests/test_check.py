@@ -10,10 +10,10 @@ import subprocess
 import nats
 
 from fleet.check import check
-from fleet.natsserver import EmbeddedNats, find_nats_server
+from fleet.nats.server import EmbeddedNats, find_nats_server
+from fleet.nats.streams import ensure_topology
 from fleet.settings import Settings
 from fleet.sinks import open_sink
-from fleet.streams import ensure_topology
 from tests.conftest import fleet_cli
 
 

@@ -8,7 +8,7 @@ import itertools
 
 import pytest
 
-from fleet.extract import Extracted, _LinkResolver, _slow_resolve, decode_body, extract
+from fleet.scrape.extract import Extracted, _LinkResolver, _slow_resolve, decode_body, extract
 
 PAGE_URL = "https://example.com/blog/post.html?id=3"
 

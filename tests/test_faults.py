@@ -17,7 +17,7 @@ from pathlib import Path
 import nats
 import pytest
 
-from fleet.natsserver import EmbeddedNats
+from fleet.nats.server import EmbeddedNats
 from fleet.settings import Settings
 from tests.conftest import Roles, wait_for
 from tests.pipeline_helpers import cli_json, drained, get_status, indexed_urls, write_urls

@@ -26,7 +26,7 @@ from fleet.errors import (
     TransientError,
     UnsupportedContent,
 )
-from fleet.fetch import Fetcher, FetchResult, parse_retry_after
+from fleet.scrape.fetch import Fetcher, FetchResult, parse_retry_after
 from fleet.settings import Settings
 from tests.conftest import Canary
 

@@ -9,7 +9,7 @@ import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from fleet.errors import BlockedAddress, ConfigError, InvalidUrl, PermanentError
-from fleet.netguard import (
+from fleet.scrape.netguard import (
     GuardedResolver,
     HostPolicy,
     check_url,

@@ -25,11 +25,13 @@ from nats.js.api import RetentionPolicy, StreamConfig
 from fleet import worker as worker_role
 from fleet.admin import replay_dead_letters
 from fleet.errors import ConfigError
-from fleet.fetch import Fetcher
 from fleet.messages import Page, UrlTask, page_decoder, url_task_decoder
-from fleet.natsserver import find_nats_server
+from fleet.nats.server import find_nats_server
+from fleet.nats.session import connect
+from fleet.nats.streams import ensure_topology
+from fleet.scrape.fetch import Fetcher
+from fleet.scrape.scraper import Scraper
 from fleet.settings import Settings
-from fleet.streams import connect, ensure_topology
 from fleet.worker import fit_page
 from tests.conftest import Roles, fleet_cli, wait_for
 from tests.pipeline_helpers import (
@@ -112,7 +114,7 @@ async def test_competing_workers_share_the_queue(settings: Settings, site: Loopb
         fetchers.append((wnc, fetcher))
         w = worker_role.Worker(
             wnc.jetstream(),
-            worker_role.Scraper(fetcher, settings),
+            Scraper(fetcher, settings),
             settings,
             max_payload=wnc.max_payload,
         )

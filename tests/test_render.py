@@ -13,9 +13,7 @@ from pathlib import Path
 import nats
 import pytest
 
-from fleet import extract
 from fleet.errors import TransientError
-from fleet.fetch import FetchResult
 from fleet.messages import (
     Page,
     RenderDecision,
@@ -24,22 +22,16 @@ from fleet.messages import (
     render_decision_decoder,
     render_decision_encoder,
 )
-from fleet.render import (
-    Assessment,
-    KvDecisionStore,
-    MemoryDecisionStore,
-    Rendered,
-    RenderPolicy,
-    assess,
-    chromium_executable,
-    domain_of,
-    learned_domains,
-    render_bucket,
-    rendering_helped,
-)
+from fleet.nats.kv import KvDecisionStore, learned_domains, render_bucket
+from fleet.scrape import extract
+from fleet.scrape.fetch import FetchResult
+from fleet.scrape.render.assess import Assessment, assess, domain_of, rendering_helped
+from fleet.scrape.render.chromium import chromium_executable
+from fleet.scrape.render.policy import MemoryDecisionStore, RenderPolicy
+from fleet.scrape.render.pool import Rendered
+from fleet.scrape.scraper import Scraper
 from fleet.settings import Settings
 from fleet.telemetry import Metrics, Telemetry
-from fleet.worker import Scraper
 from tests.conftest import Roles, need, wait_for
 from tests.pipeline_helpers import cli, cli_json, drained, indexed_urls, write_urls
 from tests.site import SPA_SHELL, LoopbackSite, borderline_html, js_page_html, page_html

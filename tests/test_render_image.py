@@ -22,9 +22,9 @@ __all__ = ["docker_ready"]
 
 SCRIPT = """
 import asyncio, os
-from fleet.fetch import Fetcher, FetchResult
-from fleet.proxy import GuardedProxy
-from fleet.render import BrowserPool
+from fleet.scrape.fetch import Fetcher, FetchResult
+from fleet.scrape.proxy import GuardedProxy
+from fleet.scrape.render.pool import BrowserPool
 from fleet.settings import Settings
 
 HTML = (b"<html><body><div id=root></div><script>"

@@ -13,22 +13,18 @@ from pathlib import Path
 import psutil
 import pytest
 
-from fleet import extract
 from fleet.errors import BrowserCrashed, RenderUnavailable, TransientError
-from fleet.fetch import Fetcher
-from fleet.proxy import GuardedProxy
-from fleet.render import (
+from fleet.scrape import extract
+from fleet.scrape.fetch import Fetcher
+from fleet.scrape.proxy import GuardedProxy
+from fleet.scrape.render.chromium import (
     CHROMIUM_ARGS,
     FENCE_ARGS,
-    GC_EVERY,
-    PAGE_REUSE_LIMIT,
-    BrowserPool,
-    _children,
-    _is_playwright_driver,
-    _Session,
-    _Tab,
+    children,
     chromium_executable,
+    is_playwright_driver,
 )
+from fleet.scrape.render.pool import GC_EVERY, PAGE_REUSE_LIMIT, BrowserPool, _Session, _Tab
 from fleet.settings import Settings
 from fleet.telemetry import Metrics, Telemetry
 from tests.conftest import Roles, wait_for
@@ -295,7 +291,7 @@ async def test_crash_fails_the_page_as_transient_and_the_pool_recovers(
 
 def playwright_drivers() -> set[int]:
     """Playwright's driver processes (node ... run-driver) below this process."""
-    return set(_children(_is_playwright_driver))
+    return set(children(is_playwright_driver))
 
 
 async def test_the_pool_recovers_when_playwrights_driver_dies(
@@ -491,7 +487,7 @@ async def test_sigterm_leaves_no_browser_process_and_no_zombie(
         assert browser_mains(worker.pid), "the worker runs a browser"
         assert len(tree) >= 3  # driver, browser, renderers...
         # The worker caps its Playwright driver's heap (FLEET_RENDER_DRIVER_HEAP_MB).
-        (driver,) = (p for p in tree if _is_playwright_driver(p.cmdline()))
+        (driver,) = (p for p in tree if is_playwright_driver(p.cmdline()))
         cap = f"--max-old-space-size={settings.render_driver_heap_mb}"
         assert cap in driver.environ().get("NODE_OPTIONS", "")
         worker.send_signal(signal.SIGTERM)

@@ -12,8 +12,8 @@ import pytest
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from fleet.fetch import Fetcher
-from fleet.proxy import GuardedProxy
+from fleet.scrape.fetch import Fetcher
+from fleet.scrape.proxy import GuardedProxy
 from fleet.settings import Settings
 from tests.conftest import Canary
 

@@ -22,18 +22,14 @@ from meilisearch.errors import MeilisearchApiError
 from fleet.errors import ConfigError, SinkUnavailable
 from fleet.messages import Page
 from fleet.settings import Settings
-from fleet.sinks import (
+from fleet.sinks import Hit, Rejected, Sink, open_sink
+from fleet.sinks.meili import (
     DISPLAYED_ATTRIBUTES,
     FILTERABLE_ATTRIBUTES,
     SEARCHABLE_ATTRIBUTES,
-    Hit,
     MeiliSink,
-    Rejected,
-    Sink,
-    SqliteSink,
-    fts5_query,
-    open_sink,
 )
+from fleet.sinks.sqlite import SqliteSink, fts5_query
 from fleet.urls import normalize_url, url_id
 from tests.fakes.meili import FakeMeili
 

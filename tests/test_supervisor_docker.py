@@ -25,7 +25,8 @@ from typing import Any, cast
 
 import pytest
 
-from fleet.scaling import (
+from fleet.scaling.base import BackendError
+from fleet.scaling.docker import (
     COMPOSE_NUMBER,
     COMPOSE_ONEOFF,
     COMPOSE_PROJECT,
@@ -33,7 +34,6 @@ from fleet.scaling import (
     MANAGED_LABEL,
     NUMBER_LABEL,
     WORKER_LABEL,
-    BackendError,
     DockerBackend,
     WorkerTemplate,
     compose_selector,

@@ -24,11 +24,12 @@ from typing import Any
 import nats
 import pytest
 
-from fleet.natsserver import EmbeddedNats
+from fleet.nats.server import EmbeddedNats
+from fleet.nats.streams import ensure_topology
 from fleet.publisher import Publisher
-from fleet.scaling import Backend, LocalBackend
+from fleet.scaling.base import Backend
+from fleet.scaling.local import LocalBackend
 from fleet.settings import Settings
-from fleet.streams import ensure_topology
 from fleet.supervisor import JetStreamLag, Policy, Supervisor
 from tests.conftest import Roles, fleet_cli, wait_for
 from tests.pipeline_helpers import cli, get_status, indexed_urls

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from fleet.scaling import BackendError, Replica, WorkerStats
+from fleet.scaling.base import BackendError, Replica, WorkerStats
 from fleet.settings import Settings
 from fleet.supervisor import (
     Decision,

@@ -41,16 +41,10 @@ from prometheus_client import generate_latest
 
 from fleet.errors import TransientError
 from fleet.messages import UrlTask
+from fleet.nats.streams import ensure_topology
 from fleet.publisher import Publisher
 from fleet.settings import Settings, SettingsError
-from fleet.streams import ensure_topology
-from fleet.telemetry import (
-    NOOP,
-    JsonFormatter,
-    Metrics,
-    Telemetry,
-    tracing_configured,
-)
+from fleet.telemetry import NOOP, JsonFormatter, Metrics, Telemetry, tracing_configured
 from fleet.urls import url_id
 from tests.conftest import wait_for
 from tests.pipeline_helpers import cli, drained, get_status, indexed_urls, write_urls

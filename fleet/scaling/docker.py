@@ -1,11 +1,5 @@
-"""Where worker replicas run: Docker containers (`DockerBackend`) or local subprocesses
-(`LocalBackend`). The supervisor (`fleet/supervisor.py`) decides how many; a backend only
-lists, starts and gracefully stops them, and reports their CPU and memory.
-
-Scale-down is always graceful: a removed worker gets SIGTERM, stops pulling, finishes or
-naks its in-flight URLs (`FLEET_DRAIN_TIMEOUT_S`) and exits; it is killed only after
-`FLEET_SUPERVISOR_STOP_GRACE_S`. Stopping runs in the background, so a long drain never
-holds up the next decision, and a stopping worker no longer counts as a replica.
+"""Workers as Docker containers: copies of the compose `worker` service (or of a configured
+image), created and removed through the Engine API (a socket proxy in compose).
 """
 
 from __future__ import annotations
@@ -15,202 +9,41 @@ import contextlib
 import dataclasses
 import functools
 import logging
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final, Protocol
 
-import psutil
-
-from fleet.errors import FleetError
+from fleet.scaling.base import BackendError, Replica, Stopper, WorkerStats
 from fleet.settings import Settings
 
 log = logging.getLogger(__name__)
 
+
 COMPOSE_PROJECT: Final = "com.docker.compose.project"
+
+
 COMPOSE_SERVICE: Final = "com.docker.compose.service"
+
+
 COMPOSE_NUMBER: Final = "com.docker.compose.container-number"
+
+
 COMPOSE_ONEOFF: Final = "com.docker.compose.oneoff"
+
+
 # Set on every container the supervisor creates (compose or not), for `docker ps --filter`.
 MANAGED_LABEL: Final = "io.fleet.supervisor"
+
+
 # Standalone (no compose): the selector label and the replica number.
 WORKER_LABEL: Final = "io.fleet.worker"
+
+
 NUMBER_LABEL: Final = "io.fleet.worker-number"
+
+
 # Engine API version from which a container can be created on several networks at once
 # (older engines need POST /networks/{id}/connect, which the socket proxy does not allow).
 _MULTI_NETWORK_API: Final = (1, 44)
-
-
-class BackendError(FleetError):
-    """The backend cannot list, start or stop workers right now (retried next interval)."""
-
-    reason = "backend_unavailable"
-
-
-@dataclasses.dataclass(frozen=True)
-class Replica:
-    id: str
-    name: str
-    created: float  # Unix time, for "newest first"
-    state: str
-
-
-@dataclasses.dataclass(frozen=True)
-class WorkerStats:
-    id: str
-    name: str
-    state: str
-    cpu_percent: float | None
-    memory_bytes: int | None
-    memory_limit_bytes: int | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-class Backend(Protocol):
-    """What the supervisor needs from wherever the workers run."""
-
-    @property
-    def name(self) -> str: ...
-
-    async def ping(self) -> None:
-        """Raise `BackendError` when the backend cannot be reached."""
-
-    async def replicas(self) -> list[Replica]:
-        """Workers running or starting, oldest first; stopping ones are not counted."""
-
-    async def scale_to(self, n: int) -> None:
-        """Start workers, or stop the newest ones gracefully, until `n` are running."""
-
-    async def get_worker_stats(self) -> list[WorkerStats]: ...
-
-    async def close(self) -> None:
-        """Wait for the workers being stopped (the local backend also stops the rest)."""
-
-
-class _Stopper:
-    """Background graceful stops, so a draining worker never blocks the control loop."""
-
-    def __init__(self) -> None:
-        self.tasks: dict[str, asyncio.Task[None]] = {}
-
-    def start(self, key: str, stop: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        task = asyncio.create_task(stop(), name=f"stop-{key}")
-        self.tasks[key] = task
-        task.add_done_callback(lambda _: self.tasks.pop(key, None))
-
-    async def wait(self) -> None:
-        if self.tasks:
-            await asyncio.gather(*self.tasks.values(), return_exceptions=True)
-
-
-# --------------------------------------------------------------------------------------
-# Local subprocesses
-
-
-class LocalBackend:
-    """`python -m fleet worker` subprocesses on this machine (`fleet run --autoscale`,
-    `fleet supervisor --backend local`). Their environment is given whole by the caller."""
-
-    name = "local"
-
-    def __init__(
-        self,
-        env: Mapping[str, str],
-        *,
-        stop_grace_s: float,
-        args: Sequence[str] = (),
-        python: str = sys.executable,
-    ) -> None:
-        self._env = dict(env)
-        self._args = tuple(args)
-        self._python = python
-        self._grace_s = stop_grace_s
-        self._running: list[tuple[subprocess.Popen[bytes], float]] = []
-        self._stopper = _Stopper()
-        self.crashed: list[str] = []  # workers that exited on their own with a non-zero code
-        self._cpu: dict[int, Any] = {}  # psutil.Process per pid: cpu_percent needs history
-
-    async def ping(self) -> None:
-        return None
-
-    def _reap(self) -> None:
-        alive = []
-        for proc, started in self._running:
-            code = proc.poll()
-            if code is None:
-                alive.append((proc, started))
-            elif code != 0:
-                self.crashed.append(f"worker (pid {proc.pid}, exit {code})")
-                log.warning("worker pid %d exited with code %d", proc.pid, code)
-        self._running = alive
-
-    async def replicas(self) -> list[Replica]:
-        self._reap()
-        return [
-            Replica(str(p.pid), f"worker-{p.pid}", started, "running")
-            for p, started in self._running
-        ]
-
-    async def scale_to(self, n: int) -> None:
-        self._reap()
-        while len(self._running) < n:
-            self._spawn()
-        while len(self._running) > n:
-            proc, _ = self._running.pop()  # newest first
-            self._stopper.start(str(proc.pid), functools.partial(self._stop, proc))
-
-    def _spawn(self) -> None:
-        # Popen returns as soon as the child is forked: quick enough for the event loop.
-        proc = subprocess.Popen(
-            [self._python, "-m", "fleet", "worker", *self._args],
-            env=self._env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-        )
-        self._running.append((proc, time.time()))
-        log.info("started worker pid %d", proc.pid)
-
-    async def _stop(self, proc: subprocess.Popen[bytes]) -> None:
-        log.info("stopping worker pid %d (SIGTERM, grace %.0fs)", proc.pid, self._grace_s)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.to_thread(proc.wait, self._grace_s)
-        except subprocess.TimeoutExpired:
-            log.warning("worker pid %d still running after %.0fs; killing", proc.pid, self._grace_s)
-            proc.kill()
-            await asyncio.to_thread(proc.wait)
-        self._cpu.pop(proc.pid, None)
-        if proc.returncode not in (0, -signal.SIGTERM, -signal.SIGKILL):
-            log.warning(
-                "worker pid %d exited with code %s while stopping", proc.pid, proc.returncode
-            )
-
-    async def get_worker_stats(self) -> list[WorkerStats]:
-        out = []
-        for proc, _ in self._running:
-            try:
-                ps = self._cpu.setdefault(proc.pid, psutil.Process(proc.pid))
-                with ps.oneshot():
-                    cpu = float(ps.cpu_percent(interval=None))
-                    rss = int(ps.memory_info().rss)
-                out.append(WorkerStats(str(proc.pid), f"worker-{proc.pid}", "running", cpu, rss))
-            except psutil.Error:
-                out.append(WorkerStats(str(proc.pid), f"worker-{proc.pid}", "exited", None, None))
-        return out
-
-    async def close(self) -> None:
-        """Stop every worker gracefully (the supervisor is going away with them)."""
-        await self.scale_to(0)
-        await self._stopper.wait()
-
-
-# --------------------------------------------------------------------------------------
-# Docker
 
 
 class DockerApi(Protocol):
@@ -454,7 +287,7 @@ class DockerBackend:
         self._selector = dict(selector)
         self._grace_s = stop_grace_s
         self._template = fallback
-        self._stopper = _Stopper()
+        self._stopper = Stopper()
         self._multi_network = _version_tuple(str(api.api_version)) >= _MULTI_NETWORK_API
 
     async def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -571,3 +404,27 @@ class DockerBackend:
     async def close(self) -> None:
         """Leave running workers alone (compose owns them too); finish stops under way."""
         await self._stopper.wait()
+
+
+def connect_engine(*, timeout_s: float = 30.0) -> DockerApi:
+    """The Docker Engine API (honours DOCKER_HOST: tcp://docker-proxy:2375 in compose).
+
+    The engine must answer once at start-up (API version, the supervisor's own compose
+    project); later outages are survived by the backend. Raises ``BackendError`` naming
+    the fix when it does not answer within ``timeout_s``.
+    """
+    import time  # noqa: PLC0415 - the docker SDK and its clock only for this backend
+
+    import docker  # noqa: PLC0415
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            api: DockerApi = docker.from_env().api
+            return api
+        except docker.errors.DockerException as exc:
+            if time.monotonic() > deadline:
+                raise BackendError(
+                    f"cannot reach Docker ({exc}); set DOCKER_HOST (a socket proxy)"
+                ) from None
+            time.sleep(1)

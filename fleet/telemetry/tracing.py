@@ -12,15 +12,11 @@ reads them itself); it is on only when an OTLP endpoint is configured (the CLI c
 ``tracing_configured``). Context travels in NATS headers through the global OTel text-map
 propagator (W3C ``traceparent``/``tracestate`` by default). Metrics live in one
 ``CollectorRegistry`` per process (no global registry), served on ``metrics_port``.
-
-This module imports nothing from the roles; the roles import it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -33,7 +29,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
-from fleet.errors import FleetError, PermanentError, TransientError
+from fleet.errors import FleetError
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -41,166 +37,20 @@ if TYPE_CHECKING:
     from opentelemetry.propagators.textmap import TextMapPropagator
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.util.types import Attributes
-    from prometheus_client import CollectorRegistry
+from fleet.telemetry.metrics import Metrics, error_class
 
 log = logging.getLogger(__name__)
 
+
 MESSAGING_SYSTEM = "nats"
+
+
 # Standard variables that turn tracing on (read by the CLI, acted on by the OTel SDK).
 OTLP_ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 
 
-# --------------------------------------------------------------------------------------
-# Logs
-
-
-_STD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, role, logger, message, url, trace_id, span_id.
-
-    ``url`` comes from ``extra={"url": ...}``; trace and span ids from the span current when
-    the line was logged (``null`` outside a span or with tracing off).
-    """
-
-    def __init__(self, role: str) -> None:
-        super().__init__()
-        self._role = role
-
-    def format(self, record: logging.LogRecord) -> str:
-        span_context = trace.get_current_span().get_span_context()
-        traced = span_context.is_valid
-        entry: dict[str, object] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "role": self._role,
-            "logger": record.name,
-            "message": record.getMessage(),
-            "url": None,
-            "trace_id": trace.format_trace_id(span_context.trace_id) if traced else None,
-            "span_id": trace.format_span_id(span_context.span_id) if traced else None,
-        }
-        for key, value in vars(record).items():
-            if key not in _STD_ATTRS and not key.startswith("_"):
-                entry[key] = value
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
-
-
-def setup_logging(role: str, *, level: str = "INFO", fmt: str = "text") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter(role))
-    else:
-        handler.setFormatter(
-            logging.Formatter(f"%(asctime)s %(levelname)s {role} %(name)s: %(message)s")
-        )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    # nats-py reports every reconnect attempt as an error; our callbacks log state changes.
-    logging.getLogger("nats").setLevel(logging.CRITICAL)
-
-
-# --------------------------------------------------------------------------------------
-# Metrics
-
-
-class Metrics:
-    """The Prometheus metrics of one role process, in its own registry."""
-
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
-        self.registry = registry if registry is not None else CollectorRegistry()
-        r = self.registry
-        self.pages = Counter(
-            "fleet_pages_fetched",
-            "URLs handled by workers, by outcome (ok, retry, dead_letter).",
-            ["outcome"],
-            registry=r,
-        )
-        self.errors = Counter(
-            "fleet_errors",
-            "Failed handlings by stage, error class (transient, permanent, internal), reason.",
-            ["stage", "error_class", "reason"],
-            registry=r,
-        )
-        self.fetch_seconds = Histogram(
-            "fleet_fetch_duration_seconds", "HTTP fetch latency (redirects included).", registry=r
-        )
-        self.render_seconds = Histogram(
-            "fleet_render_duration_seconds",
-            "Browser render latency (navigation, scripts and settling).",
-            buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
-            registry=r,
-        )
-        self.renders = Counter(
-            "fleet_renders",
-            "Pages by how they were obtained (via http|browser), why (via_reason: spa_root, "
-            "domain_learned, render_unavailable, ...) and outcome (ok, error, skipped).",
-            ["via", "via_reason", "outcome"],
-            registry=r,
-        )
-        self.browser_restarts = Counter(
-            "fleet_browser_restarts",
-            "Browser restarts by cause (crash, hang, rss, driver).",
-            ["cause"],
-            registry=r,
-        )
-        self.context_recycles = Counter(
-            "fleet_browser_context_recycles",
-            "Browser contexts closed after their page budget (render_context_pages).",
-            registry=r,
-        )
-        self.in_flight = Gauge(
-            "fleet_in_flight", "Messages being handled right now.", ["stage"], registry=r
-        )
-        self.docs_indexed = Counter(
-            "fleet_docs_indexed", "Documents committed to the sink and acked.", registry=r
-        )
-        self.batch_seconds = Histogram(
-            "fleet_indexer_batch_duration_seconds",
-            "Indexer batch latency: decode, upsert, commit and settle.",
-            registry=r,
-        )
-        self.redeliveries = Counter(
-            "fleet_redeliveries",
-            "Messages received again (delivery count > 1).",
-            ["stage"],
-            registry=r,
-        )
-        self.urls_published = Counter(
-            "fleet_urls_published",
-            "URL lines handled by the publisher, by result (published, duplicate, invalid).",
-            ["result"],
-            registry=r,
-        )
-        self.dead_letters = Counter(
-            "fleet_dead_letters",
-            "Messages written to the dead-letter stream, by stage and reason.",
-            ["stage", "reason"],
-            registry=r,
-        )
-
-
-def error_class(error: BaseException) -> str:
-    if isinstance(error, PermanentError):
-        return "permanent"
-    if isinstance(error, TransientError):
-        return "transient"
-    return "internal"
-
-
 def _error_reason(error: BaseException) -> str:
     return error.reason if isinstance(error, FleetError) else "internal_error"
-
-
-# --------------------------------------------------------------------------------------
-# Hooks. The base classes do nothing; one shared instance is the "off" path.
 
 
 class MessageLike(Protocol):
@@ -452,10 +302,6 @@ def setup_telemetry(role: str, *, tracing: bool, metrics_port: int = 0) -> Telem
     if metrics_port:
         telemetry.serve_metrics(metrics_port)
     return telemetry
-
-
-# --------------------------------------------------------------------------------------
-# Hook implementations (only reached with tracing or metrics on)
 
 
 def _record_error(span: trace.Span, error: BaseException) -> None:

@@ -1,21 +1,12 @@
-"""Browser rendering: when a page needs JavaScript, the pool of Chromium pages that runs it.
+"""The browser pool: one Chromium per worker process that renders the pages needing it.
 
-Three parts, one role:
-
-* ``assess`` — a pure heuristic over the HTTP body and its extracted text: does this page
-  look like JavaScript builds its content (empty SPA root, little text against a lot of
-  script, a <noscript> asking for JavaScript)?
-* ``RenderPolicy`` + ``KvDecisionStore`` — per-domain learning: borderline pages of an
-  unknown domain are rendered as samples; once enough samples agree, the decision is put
-  into a JetStream key-value bucket that every worker reads, so the fleet learns once.
-* ``BrowserPool`` — one Chromium per worker process, a bounded number of open pages
-  (one per browser context), contexts recycled after a page budget, the browser
-  restarted when it crashes, hangs or grows past its memory cap. The browser's only way
-  out is the worker's guarded forward proxy (``fleet.proxy.GuardedProxy``: every host
-  checked like the worker's own fetches): nothing bypasses it and the browser resolves no
-  names itself (``FENCE_ARGS``), so a page cannot use it to reach private addresses. No
-  request is intercepted: interception costs a round trip through Playwright per request
-  and turns Chromium's HTTP cache off.
+A bounded number of open tabs (a browser context with one page each), contexts recycled
+after a page budget, the browser restarted when it crashes, hangs or grows past its memory
+cap. The browser's only way out is the worker's guarded forward proxy
+(``fleet.scrape.proxy.GuardedProxy``: every host checked like the worker's own fetches):
+nothing bypasses it and the browser resolves no names itself (``FENCE_ARGS``), so a page
+cannot use it to reach private addresses. No request is intercepted: interception costs a
+round trip through Playwright per request and turns Chromium's HTTP cache off.
 
 Playwright is an optional extra: it is imported only when a pool is started.
 """
@@ -26,16 +17,11 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, Self
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any, Final, Protocol, Self
 
 import psutil
-from nats.js import JetStreamContext
-from nats.js.errors import BucketNotFoundError, KeyDeletedError, KeyNotFoundError
 
 from fleet.errors import (
     BrowserCrashed,
@@ -44,367 +30,52 @@ from fleet.errors import (
     RenderTimeout,
     RenderUnavailable,
 )
-from fleet.fetch import FetchResult
-from fleet.messages import RenderDecision, render_decision_decoder, render_decision_encoder
+from fleet.scrape.fetch import FetchResult
 from fleet.settings import Settings
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine
+    from collections.abc import Coroutine
 
-    from nats.js.kv import KeyValue
     from playwright.async_api import (
         Browser,
         BrowserContext,
         Page,
         Playwright,
     )
+from fleet.scrape.render.chromium import (
+    CHROMIUM_ARGS,
+    FENCE_ARGS,
+    RENDER_FIX,
+    children,
+    chromium_executable,
+    gone,
+    is_browser_main,
+    is_playwright_driver,
+    kill_tree,
+    new_browser_process,
+    process_tree_memory,
+)
 
 log = logging.getLogger(__name__)
 
-# Debian's Chromium, in order of preference (see chromium_executable). The headless shell's
-# binary itself: its /usr/bin wrapper is a shell that runs it as a child, not exec'd.
-DEBIAN_CHROMIUMS: Final = ("/usr/lib/chromium/chromium-headless-shell", "/usr/bin/chromium")
-# Playwright's default --disable-features (playwright-core chromiumSwitches.ts, 1.65).
-PLAYWRIGHT_DISABLED_FEATURES: Final = (
-    *("AvoidUnnecessaryBeforeUnloadCheckSync", "DestroyProfileOnBrowserClose"),
-    *("HttpsUpgrades", "HttpsFirstBalancedModeAutoEnable", "LensOverlay", "MediaRouter"),
-    *("PaintHolding", "ThirdPartyStoragePartitioning", "AvoidCorsURLLoaderRestartOnRedirect"),
-    *("TcpPortRandomizationWin", "OptimizationHints", "NetworkTimeServiceQuerying"),
-    *("AimEnabled", "PreconnectToSearch", "msForceBrowserSignIn"),
-    "msEdgeUpdateLaunchServicesPreferredVersion",
-)
-FLEET_DISABLED_FEATURES: Final = (
-    # A reused page would otherwise keep the previous documents alive for "back".
-    "BackForwardCache",
-    # Headless Chromium still builds the address bar's popups, two renderer processes per
-    # browser context that nobody sees (~75 MB, and two process starts per context).
-    "WebUIOmniboxPopup",
-    "WebUIOmniboxAimPopup",
-)
-CHROMIUM_ARGS: Final = (
-    "--no-sandbox",  # workers run unprivileged in containers without user namespaces
-    "--disable-gpu",
-    "--disable-dev-shm-usage",  # containers' default 64 MB /dev/shm crashes tabs otherwise
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-    "--disable-extensions",
-    "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
-    # One switch for all: Chromium keeps only the last --disable-features, so this list
-    # carries Playwright's own (tests/test_render_pool.py checks it still does).
-    "--disable-features=" + ",".join((*PLAYWRIGHT_DISABLED_FEATURES, *FLEET_DISABLED_FEATURES)),
-)
-# The SSRF fence (with ``--proxy-server`` at the guarded proxy, see fleet.proxy): nothing
-# bypasses the proxy, loopback included, and every host name resolves to "not found", so
-# a connection the proxy does not make for the browser cannot happen. Only the proxy's own
-# literal address is left to the browser's resolver (tested).
-FENCE_ARGS: Final = (
-    "--proxy-bypass-list=<-loopback>",
-    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-)
+
 MEMORY_CHECK_INTERVAL_S: Final = 10.0
-DECISION_TTL_S: Final = 7 * 24 * 3600.0
+
+
 HANG_PROBE_TIMEOUT_S: Final = 5.0
+
+
 DOM_QUIET_MS: Final = 100
+
+
 # A reused page's renderer grows ~2 MB per render without a plateau: V8 garbage nobody
 # collects (no memory pressure). Collected every GC_EVERY renders, off the render path, it
 # stays flat (measured: +16 MB over 240 renders on 4 pages instead of +400 MB), so a page is
 # reused up to PAGE_REUSE_LIMIT renders (a context's budget usually comes first).
 GC_EVERY: Final = 10
+
+
 PAGE_REUSE_LIMIT: Final = 100
-
-Verdict = Literal["render", "sample", "http"]
-
-# --------------------------------------------------------------------------------------
-# The heuristic
-
-
-_SPA_ROOT: Final = re.compile(
-    rb"<(?:div|main|section|body)\b[^>]*"
-    rb"(?:\bid\s*=\s*[\"']?(?:root|app|__next|__nuxt|svelte|q-app|main-app)[\"'\s>]"
-    rb"|\bdata-reactroot\b|\bng-version\b|\bng-app\b)"
-    rb"[^>]*>\s*(?:<noscript\b[^>]*>.*?</noscript>\s*)?</(?:div|main|section|body)>",
-    re.IGNORECASE | re.DOTALL,
-)
-_SCRIPT: Final = re.compile(rb"<script\b([^>]*)>(.*?)</script\s*>", re.IGNORECASE | re.DOTALL)
-_SRC_ATTR: Final = re.compile(rb"\bsrc\s*=", re.IGNORECASE)
-_JSON_TYPE: Final = re.compile(rb"\btype\s*=\s*[\"']?application/(?:ld\+)?json", re.IGNORECASE)
-_NOSCRIPT: Final = re.compile(rb"<noscript\b[^>]*>(.*?)</noscript\s*>", re.IGNORECASE | re.DOTALL)
-_NEEDS_JS: Final = re.compile(
-    rb"(?:enable|activate|turn on|requires?|need|needs)\b[^<]{0,40}javascript"
-    rb"|javascript[^<]{0,40}(?:required|enabled|disabled|is off)",
-    re.IGNORECASE,
-)
-# An external script weighs like this many characters of inline code: its size is unknown,
-# but a bundle loaded from the page is rarely small.
-EXTERNAL_SCRIPT_WEIGHT: Final = 2000
-THIN_TEXT_CHARS: Final = 200  # less visible text than this is "little"
-BORDERLINE_TEXT_CHARS: Final = 2000  # more than this and the page stands on its own
-SCRIPT_HEAVY_RATIO: Final = 10.0  # script weight per character of visible text
-
-
-@dataclass(frozen=True, slots=True)
-class Assessment:
-    """What the HTTP body says about the need to render: render it, sample it, or not."""
-
-    verdict: Verdict
-    reason: str
-    text_chars: int
-    script_chars: int
-
-
-def script_weight(body: bytes) -> int:
-    """Characters of executable script in a page, external scripts counted at a flat weight."""
-    weight = 0
-    for attrs, code in _SCRIPT.findall(body):
-        if _JSON_TYPE.search(attrs):
-            continue  # data islands (JSON-LD, __NEXT_DATA__ ...) are not code
-        weight += EXTERNAL_SCRIPT_WEIGHT if _SRC_ATTR.search(attrs) else len(code.strip())
-    return weight
-
-
-def assess(body: bytes, text: str) -> Assessment:
-    """Decide from the HTTP body and the text extracted from it whether to render.
-
-    ``render``: the page on its own says JavaScript builds it (empty SPA root with little
-    text, script-heavy with little text, <noscript> asking for JavaScript). ``sample``: it
-    might (more script than text): render it if the domain is still being learned.
-    ``http``: the HTTP result stands.
-    """
-    text_chars = len(text)
-    scripts = script_weight(body)
-    # An empty mount point only matters if the page has little else to show.
-    thin = text_chars < THIN_TEXT_CHARS or scripts > text_chars
-    if text_chars < BORDERLINE_TEXT_CHARS and thin and _SPA_ROOT.search(body):
-        return Assessment("render", "spa_root", text_chars, scripts)
-    if text_chars < THIN_TEXT_CHARS:
-        for inner in _NOSCRIPT.findall(body):
-            if _NEEDS_JS.search(inner):
-                return Assessment("render", "noscript", text_chars, scripts)
-    if text_chars < BORDERLINE_TEXT_CHARS and scripts >= SCRIPT_HEAVY_RATIO * max(
-        text_chars, THIN_TEXT_CHARS // 2
-    ):
-        return Assessment("render", "script_heavy", text_chars, scripts)
-    if text_chars < BORDERLINE_TEXT_CHARS and scripts > text_chars:
-        return Assessment("sample", "borderline", text_chars, scripts)
-    return Assessment("http", "static", text_chars, scripts)
-
-
-def rendering_helped(http_chars: int, rendered_chars: int) -> bool:
-    """A sample counts for rendering when it shows much more text than HTTP did."""
-    return rendered_chars >= 1.5 * http_chars + 100
-
-
-def domain_of(url: str) -> str:
-    """The unit of learning: the host, with the port when it is not the default one."""
-    parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
-    return f"{host}:{parts.port}" if parts.port else host
-
-
-# --------------------------------------------------------------------------------------
-# Learned per-domain decisions (JetStream KV)
-
-
-class DecisionStore(Protocol):
-    async def get(self, domain: str) -> RenderDecision | None: ...
-
-    async def put(self, decision: RenderDecision) -> None: ...
-
-
-def _kv_key(domain: str) -> str:
-    # KV keys allow [-/_=.a-zA-Z0-9]; the domain itself is kept in the value.
-    return re.sub(r"[^-_.a-zA-Z0-9]", "_", domain) or "_"
-
-
-async def render_bucket(js: JetStreamContext, settings: Settings) -> KeyValue:
-    """The decisions bucket, created on first use (idempotent; a race with another
-    worker creating it with the same config is harmless)."""
-    try:
-        return await js.key_value(settings.render_bucket)
-    except BucketNotFoundError:
-        return await js.create_key_value(
-            bucket=settings.render_bucket,
-            history=1,
-            # Sites change: a decision expires and the domain is learned again.
-            ttl=DECISION_TTL_S,
-            description="fleet: learned per-domain render decisions",
-        )
-
-
-async def learned_domains(js: JetStreamContext, settings: Settings) -> list[RenderDecision]:
-    """Every decision in the bucket (for `fleet status`); empty when there is no bucket."""
-    try:
-        kv = await js.key_value(settings.render_bucket)
-    except BucketNotFoundError:
-        return []
-    out: list[RenderDecision] = []
-    try:
-        keys = await kv.keys()
-    except Exception:  # nats-py raises NoKeysError on an empty bucket
-        return []
-    for key in keys:
-        try:
-            entry = await kv.get(key)
-            out.append(render_decision_decoder.decode(entry.value or b""))
-        except (KeyNotFoundError, KeyDeletedError):
-            continue  # deleted (or expired) since the listing
-        except Exception as exc:
-            log.warning("skipping render decision %s: %s", key, exc)
-    return sorted(out, key=lambda d: d.domain)
-
-
-class KvDecisionStore:
-    """Decisions in the JetStream KV bucket, cached locally for ``ttl_s``.
-
-    A short TTL instead of a watch: decisions change rarely, a miss costs one KV get,
-    and a worker that starts later still reads what others learned before it.
-    """
-
-    def __init__(self, kv: KeyValue, *, ttl_s: float = 10.0) -> None:
-        self._kv = kv
-        self._ttl_s = ttl_s
-        self._cache: dict[str, tuple[float, RenderDecision | None]] = {}
-
-    async def get(self, domain: str) -> RenderDecision | None:
-        now = time.monotonic()
-        cached = self._cache.get(domain)
-        if cached is not None and now - cached[0] < self._ttl_s:
-            return cached[1]
-        decision: RenderDecision | None = None
-        try:
-            entry = await self._kv.get(_kv_key(domain))
-            if entry.value:
-                decision = render_decision_decoder.decode(entry.value)
-        except (KeyNotFoundError, KeyDeletedError):  # deleted: relearn the domain
-            decision = None
-        except Exception as exc:  # KV trouble: decide per page until it is back
-            log.warning("render decision for %s unavailable: %s", domain, exc)
-            return cached[1] if cached is not None else None
-        self._cache[domain] = (now, decision)
-        return decision
-
-    async def put(self, decision: RenderDecision) -> None:
-        await self._kv.put(_kv_key(decision.domain), render_decision_encoder.encode(decision))
-        self._cache[decision.domain] = (time.monotonic(), decision)
-
-
-class MemoryDecisionStore:
-    """In-process store: unit tests, and workers told not to share (never in production)."""
-
-    def __init__(self) -> None:
-        self.decisions: dict[str, RenderDecision] = {}
-
-    async def get(self, domain: str) -> RenderDecision | None:
-        return self.decisions.get(domain)
-
-    async def put(self, decision: RenderDecision) -> None:
-        self.decisions[decision.domain] = decision
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """What to do with one page: render it or not, and why."""
-
-    render: bool
-    reason: str
-    sample: bool = False  # a learning sample: record rendered vs HTTP text length
-
-
-class RenderPlanning(Protocol):
-    """What the worker needs from the auto-mode policy (``RenderPolicy``)."""
-
-    async def plan(self, url: str, assessment: Assessment) -> Plan: ...
-
-    async def record(self, url: str, http_chars: int, rendered_chars: int) -> None: ...
-
-
-@dataclass
-class _Samples:
-    helped: int = 0
-    total: int = 0
-    http_chars: int = 0
-    rendered_chars: int = 0
-
-
-class RenderPolicy:
-    """Auto mode: combine the page's own signals with what is known about its domain."""
-
-    def __init__(self, store: DecisionStore, *, samples_needed: int = 3) -> None:
-        self._store = store
-        self._needed = samples_needed
-        self._samples: dict[str, _Samples] = {}
-
-    async def plan(self, url: str, assessment: Assessment) -> Plan:
-        domain = domain_of(url)
-        decision = await self._store.get(domain)
-        if decision is not None and decision.needs_render:
-            return Plan(True, "domain_learned")
-        if assessment.verdict == "render":
-            return Plan(True, assessment.reason)
-        if assessment.verdict == "sample":
-            if decision is not None:
-                return Plan(False, "domain_static")
-            return Plan(True, "sample", sample=True)
-        return Plan(False, assessment.reason)
-
-    async def record(self, url: str, http_chars: int, rendered_chars: int) -> None:
-        """Count one sample; with enough of them, decide for the domain and share it."""
-        domain = domain_of(url)
-        s = self._samples.setdefault(domain, _Samples())
-        s.total += 1
-        s.helped += rendering_helped(http_chars, rendered_chars)
-        s.http_chars += http_chars
-        s.rendered_chars += rendered_chars
-        if s.total < self._needed:
-            return
-        decision = RenderDecision(
-            domain=domain,
-            needs_render=s.helped * 2 > s.total,
-            samples=s.total,
-            http_chars=s.http_chars // s.total,
-            rendered_chars=s.rendered_chars // s.total,
-            decided_at=time.time(),
-        )
-        del self._samples[domain]
-        try:
-            await self._store.put(decision)
-        except Exception as exc:  # not fatal: another sample round will try again
-            log.warning("could not store the render decision for %s: %s", domain, exc)
-            return
-        log.info(
-            "learned %s: %s (%d samples, text %d -> %d chars)",
-            domain,
-            "render" if decision.needs_render else "http",
-            decision.samples,
-            decision.http_chars,
-            decision.rendered_chars,
-        )
-
-
-# --------------------------------------------------------------------------------------
-# The browser pool
-
-
-def chromium_executable(settings: Settings) -> str | None:
-    """FLEET_CHROMIUM_PATH, else Debian's headless shell, else Debian's Chromium, else None
-    (Playwright's own download).
-
-    The headless shell (package chromium-headless-shell; what Playwright itself launches
-    for headless) is Chromium without the browser's UI. The full browser makes each
-    context a window with its own compositor and address-bar popups: with a context per
-    page it renders ~25 % slower (measured, docs/benchmarks.md)."""
-    if settings.chromium_path:
-        return settings.chromium_path
-    return next((path for path in DEBIAN_CHROMIUMS if Path(path).exists()), None)
-
-
-RENDER_FIX: Final = (
-    "install the browser extra (pip install 'fleet[browser]'), use the fleet-browser image, "
-    "set FLEET_CHROMIUM_PATH to a Chromium binary, or set FLEET_RENDER=never"
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -478,86 +149,6 @@ class _Session:
         return int(self.process.pid) if self.process is not None else None
 
 
-def process_tree_memory(pid: int, limit: int | None = None) -> int:
-    """Memory of a process and all its descendants (Chromium's renderers, GPU, utility).
-
-    PSS where the kernel offers it: Chromium's processes share most of their pages, and a
-    plain sum of RSS counts those once per process (about twice the real figure). PSS costs
-    a walk of every mapping, RSS is one read: with ``limit``, PSS is only computed when the
-    RSS sum (never below PSS) is over it.
-    """
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0
-    rss = 0
-    for proc in procs:
-        with contextlib.suppress(psutil.Error):
-            rss += int(proc.memory_info().rss)
-    if limit is not None and rss <= limit:
-        return rss
-    pss = 0
-    for proc in procs:
-        with contextlib.suppress(psutil.Error):
-            info = proc.memory_full_info()
-            pss += int(getattr(info, "pss", info.rss))  # no PSS on this platform: RSS
-    return pss
-
-
-def _is_browser_main(cmdline: list[str]) -> bool:
-    return any("--remote-debugging-pipe" in a for a in cmdline) and not any(
-        a.startswith("--type=") for a in cmdline
-    )
-
-
-def _new_browser_process(before: set[int]) -> psutil.Process | None:
-    """The Chromium main process below this process that was not there ``before``: the
-    innermost one, should FLEET_CHROMIUM_PATH be a wrapper script that does not exec."""
-    found = [proc for pid, proc in _children(_is_browser_main).items() if pid not in before]
-    parents: set[int] = set()
-    for proc in found:
-        with contextlib.suppress(psutil.Error):
-            parents.add(proc.ppid())
-    return next((proc for proc in found if proc.pid not in parents), None)
-
-
-def _is_playwright_driver(cmdline: list[str]) -> bool:
-    return "run-driver" in cmdline
-
-
-def _children(match: Callable[[list[str]], bool]) -> dict[int, psutil.Process]:
-    """Processes below this one whose command line ``match`` accepts, by PID."""
-    found: dict[int, psutil.Process] = {}
-    with contextlib.suppress(psutil.Error):
-        for proc in psutil.Process(os.getpid()).children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                if match(proc.cmdline()):
-                    found[proc.pid] = proc
-    return found
-
-
-def _gone(process: psutil.Process) -> bool:
-    """Exited (a zombie not yet reaped counts) or replaced by another under its PID."""
-    try:
-        return not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return True
-
-
-def _kill_tree(process: psutil.Process) -> None:
-    """SIGKILL a browser and its children and wait for them (psutil checks the process is
-    still the one we launched, so a reused PID is never hit)."""
-    try:
-        procs = [*process.children(recursive=True), process]
-    except psutil.Error:
-        return
-    for proc in procs:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    psutil.wait_procs(procs, timeout=3)
-
-
 # Settling: the DOM quiet for ``quietMs`` while none of the page's fetch()/XHR calls or
 # script loads is pending (counted in the page by NET_TRACKER_JS; a page without the
 # tracker, as in the benchmark's bare loop, waits for the DOM alone). Counted in the page,
@@ -579,6 +170,7 @@ SETTLE_JS: Final = """
   }
 })
 """
+
 
 # Runs in every document before its own scripts: counts fetch()/XHR calls and external
 # script loads in flight, what a page's text still waits for after the load event. Images,
@@ -737,9 +329,9 @@ class BrowserPool:
         """Start Playwright (its driver: a node process that talks to the browsers)."""
         from playwright.async_api import async_playwright  # noqa: PLC0415
 
-        before = await asyncio.to_thread(_children, _is_playwright_driver)
+        before = await asyncio.to_thread(children, is_playwright_driver)
         self._playwright = await async_playwright().start()
-        found = await asyncio.to_thread(_children, _is_playwright_driver)
+        found = await asyncio.to_thread(children, is_playwright_driver)
         self._driver = next((proc for proc in found.values() if proc.pid not in before), None)
 
     def _driver_lost(self) -> bool:
@@ -747,7 +339,7 @@ class BrowserPool:
         browser it drove, for the pool's purposes: they are marked dead and restarted."""
         if self._driver is None:
             return False
-        if not _gone(self._driver):
+        if not gone(self._driver):
             return False
         for session in list(self._sessions):
             if not session.dead:
@@ -767,7 +359,7 @@ class BrowserPool:
 
     async def _launch(self) -> _Session:
         assert self._playwright is not None
-        before = set(await asyncio.to_thread(_children, _is_browser_main))
+        before = set(await asyncio.to_thread(children, is_browser_main))
         browser = await self._playwright.chromium.launch(
             executable_path=chromium_executable(self._settings),
             headless=True,
@@ -776,7 +368,7 @@ class BrowserPool:
             handle_sigint=False,
             handle_sighup=False,
         )
-        process = await asyncio.to_thread(_new_browser_process, before)
+        process = await asyncio.to_thread(new_browser_process, before)
         self._generation += 1
         session = _Session(browser, process, self._generation)
         browser.on("disconnected", lambda _: self._on_disconnected(session))
@@ -830,7 +422,7 @@ class BrowserPool:
                     await session.browser.close()
         if session.process is not None:
             # Chromium exits on its own after close; a crashed or hung one may not.
-            await asyncio.to_thread(_kill_tree, session.process)
+            await asyncio.to_thread(kill_tree, session.process)
 
     async def _ensure_session(self) -> _Session:
         session = self._session
@@ -1080,7 +672,7 @@ class BrowserPool:
         API call failed as the browser was killed, settled and returned without its text)."""
         if self._driver_lost() or session.dead or not session.browser.is_connected():
             return True
-        if session.process is None or not _gone(session.process):
+        if session.process is None or not gone(session.process):
             return False
         session.dead = True
         self._restart(session, "crash")

@@ -1,0 +1,1 @@
+"""NATS and JetStream: the connection session, the topology, KV buckets, an embedded server."""

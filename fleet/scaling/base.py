@@ -1,0 +1,83 @@
+"""What a scaling backend is: the ``Backend`` protocol, the replicas and stats it reports.
+
+The supervisor (``fleet.supervisor``) decides how many workers; a backend only lists,
+starts and gracefully stops them, and reports their CPU and memory.
+
+Scale-down is always graceful: a removed worker gets SIGTERM, stops pulling, finishes or
+naks its in-flight URLs (`FLEET_DRAIN_TIMEOUT_S`) and exits; it is killed only after
+`FLEET_SUPERVISOR_STOP_GRACE_S`. Stopping runs in the background (``Stopper``), so a long
+drain never holds up the next decision, and a stopping worker no longer counts as a replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
+
+from fleet.errors import FleetError
+
+
+class BackendError(FleetError):
+    """The backend cannot list, start or stop workers right now (retried next interval)."""
+
+    reason = "backend_unavailable"
+
+
+@dataclasses.dataclass(frozen=True)
+class Replica:
+    id: str
+    name: str
+    created: float  # Unix time, for "newest first"
+    state: str
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerStats:
+    id: str
+    name: str
+    state: str
+    cpu_percent: float | None
+    memory_bytes: int | None
+    memory_limit_bytes: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class Backend(Protocol):
+    """What the supervisor needs from wherever the workers run."""
+
+    @property
+    def name(self) -> str: ...
+
+    async def ping(self) -> None:
+        """Raise `BackendError` when the backend cannot be reached."""
+
+    async def replicas(self) -> list[Replica]:
+        """Workers running or starting, oldest first; stopping ones are not counted."""
+
+    async def scale_to(self, n: int) -> None:
+        """Start workers, or stop the newest ones gracefully, until `n` are running."""
+
+    async def get_worker_stats(self) -> list[WorkerStats]: ...
+
+    async def close(self) -> None:
+        """Wait for the workers being stopped (the local backend also stops the rest)."""
+
+
+class Stopper:
+    """Background graceful stops, so a draining worker never blocks the control loop."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+
+    def start(self, key: str, stop: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        task = asyncio.create_task(stop(), name=f"stop-{key}")
+        self.tasks[key] = task
+        task.add_done_callback(lambda _: self.tasks.pop(key, None))
+
+    async def wait(self) -> None:
+        if self.tasks:
+            await asyncio.gather(*self.tasks.values(), return_exceptions=True)

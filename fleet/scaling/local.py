@@ -1,0 +1,119 @@
+"""Workers as `fleet worker` subprocesses on this machine (`fleet run --autoscale`,
+`fleet supervisor --backend local`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import psutil
+
+from fleet.scaling.base import Replica, Stopper, WorkerStats
+
+log = logging.getLogger(__name__)
+
+
+class LocalBackend:
+    """`python -m fleet worker` subprocesses on this machine (`fleet run --autoscale`,
+    `fleet supervisor --backend local`). Their environment is given whole by the caller."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        *,
+        stop_grace_s: float,
+        args: Sequence[str] = (),
+        python: str = sys.executable,
+    ) -> None:
+        self._env = dict(env)
+        self._args = tuple(args)
+        self._python = python
+        self._grace_s = stop_grace_s
+        self._running: list[tuple[subprocess.Popen[bytes], float]] = []
+        self._stopper = Stopper()
+        self.crashed: list[str] = []  # workers that exited on their own with a non-zero code
+        self._cpu: dict[int, Any] = {}  # psutil.Process per pid: cpu_percent needs history
+
+    async def ping(self) -> None:
+        return None
+
+    def _reap(self) -> None:
+        alive = []
+        for proc, started in self._running:
+            code = proc.poll()
+            if code is None:
+                alive.append((proc, started))
+            elif code != 0:
+                self.crashed.append(f"worker (pid {proc.pid}, exit {code})")
+                log.warning("worker pid %d exited with code %d", proc.pid, code)
+        self._running = alive
+
+    async def replicas(self) -> list[Replica]:
+        self._reap()
+        return [
+            Replica(str(p.pid), f"worker-{p.pid}", started, "running")
+            for p, started in self._running
+        ]
+
+    async def scale_to(self, n: int) -> None:
+        self._reap()
+        while len(self._running) < n:
+            self._spawn()
+        while len(self._running) > n:
+            proc, _ = self._running.pop()  # newest first
+            self._stopper.start(str(proc.pid), functools.partial(self._stop, proc))
+
+    def _spawn(self) -> None:
+        # Popen returns as soon as the child is forked: quick enough for the event loop.
+        proc = subprocess.Popen(
+            [self._python, "-m", "fleet", "worker", *self._args],
+            env=self._env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+        )
+        self._running.append((proc, time.time()))
+        log.info("started worker pid %d", proc.pid)
+
+    async def _stop(self, proc: subprocess.Popen[bytes]) -> None:
+        log.info("stopping worker pid %d (SIGTERM, grace %.0fs)", proc.pid, self._grace_s)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.to_thread(proc.wait, self._grace_s)
+        except subprocess.TimeoutExpired:
+            log.warning("worker pid %d still running after %.0fs; killing", proc.pid, self._grace_s)
+            proc.kill()
+            await asyncio.to_thread(proc.wait)
+        self._cpu.pop(proc.pid, None)
+        if proc.returncode not in (0, -signal.SIGTERM, -signal.SIGKILL):
+            log.warning(
+                "worker pid %d exited with code %s while stopping", proc.pid, proc.returncode
+            )
+
+    async def get_worker_stats(self) -> list[WorkerStats]:
+        out = []
+        for proc, _ in self._running:
+            try:
+                ps = self._cpu.setdefault(proc.pid, psutil.Process(proc.pid))
+                with ps.oneshot():
+                    cpu = float(ps.cpu_percent(interval=None))
+                    rss = int(ps.memory_info().rss)
+                out.append(WorkerStats(str(proc.pid), f"worker-{proc.pid}", "running", cpu, rss))
+            except psutil.Error:
+                out.append(WorkerStats(str(proc.pid), f"worker-{proc.pid}", "exited", None, None))
+        return out
+
+    async def close(self) -> None:
+        """Stop every worker gracefully (the supervisor is going away with them)."""
+        await self.scale_to(0)
+        await self._stopper.wait()

@@ -1,0 +1,1 @@
+"""Scraping: guarded fetch, extraction, the browser path; nothing here knows NATS."""

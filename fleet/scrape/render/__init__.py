@@ -1,0 +1,1 @@
+"""Rendering with Chromium: when a page needs it (assess, policy), and the pool that does it."""

@@ -1,0 +1,134 @@
+"""One URL in, one ``Page`` out: fetch (guarded), render if the page needs it, extract.
+
+Knows nothing of NATS: the worker role hands it a task and settles what it returns or raises.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Literal, Protocol
+
+from fleet.errors import RenderUnavailable, TransientError
+from fleet.messages import Page, UrlTask
+from fleet.scrape import extract as extraction
+from fleet.scrape.fetch import FetchResult
+from fleet.scrape.render.assess import assess
+from fleet.scrape.render.policy import Plan, RenderPlanning
+from fleet.scrape.render.pool import Rendering
+from fleet.settings import Settings
+from fleet.telemetry import Telemetry
+from fleet.urls import url_id
+
+HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
+
+
+class Fetching(Protocol):
+    async def fetch(self, url: str) -> FetchResult: ...
+
+
+class Scraper:
+    """Fetch, render if needed, extract one URL into a Page; knows nothing of NATS.
+
+    ``renderer`` is None when rendering is off or unavailable; ``policy`` decides in auto
+    mode which pages need the browser (and learns per domain).
+    """
+
+    def __init__(
+        self,
+        fetcher: Fetching,
+        settings: Settings,
+        *,
+        telemetry: Telemetry | None = None,
+        renderer: Rendering | None = None,
+        policy: RenderPlanning | None = None,
+    ) -> None:
+        self._fetcher = fetcher
+        self._settings = settings
+        self._telemetry = telemetry or Telemetry.disabled()
+        self._renderer = renderer
+        self._policy = policy
+
+    async def scrape(self, task: UrlTask, attempt: int) -> Page:
+        started = time.perf_counter()
+        with self._telemetry.fetching(task.url) as fetching:
+            fetched = await self._fetcher.fetch(task.url)
+            fetching.response(fetched.status)
+        fetch_ms = (time.perf_counter() - started) * 1000
+        with self._telemetry.stage("extract"):
+            ex = self._extract(fetched.body, fetched, fetched.content_type, fetched.charset)
+        via: Literal["http", "browser"] = "http"
+        plan = await self._plan(task.url, fetched, ex)
+        if plan.render and self._renderer is None:
+            # Auto without a browser: only pages that need rendering count as unavailable.
+            plan = Plan(False, "borderline" if plan.sample else "render_unavailable")
+        if plan.render and self._renderer is not None:
+            render_started = time.perf_counter()
+            try:
+                with self._telemetry.stage("render"):
+                    rendered = await self._renderer.render(task.url, fetched)
+            except RenderUnavailable:
+                if self._settings.render == "always":
+                    raise
+                plan = Plan(False, "render_unavailable")
+            except TransientError:
+                self._telemetry.rendered("browser", plan.reason, "error", None)
+                if self._settings.render == "always" or attempt < self._settings.max_deliver:
+                    raise
+                # Last attempt in auto mode: the HTTP result beats a dead letter.
+                plan = Plan(False, "render_failed")
+            else:
+                seconds = time.perf_counter() - render_started
+                self._telemetry.rendered("browser", plan.reason, "ok", seconds)
+                with self._telemetry.stage("extract"):
+                    rendered_ex = self._extract(
+                        rendered.html.encode(), fetched, "text/html", "utf-8"
+                    )
+                if plan.sample and self._policy is not None:
+                    await self._policy.record(task.url, len(ex.text), len(rendered_ex.text))
+                ex, via = rendered_ex, "browser"
+        if via == "http":
+            self._telemetry.rendered("http", plan.reason, "ok", None)
+        return Page(
+            id=url_id(ex.canonical_url),
+            url=task.url,
+            final_url=fetched.final_url,
+            canonical_url=ex.canonical_url,
+            status=fetched.status,
+            content_type=fetched.content_type,
+            title=ex.title,
+            description=ex.description,
+            headings=list(ex.headings),
+            text=ex.text,
+            lang=ex.lang,
+            links=list(ex.links),
+            content_hash=ex.content_hash,
+            fetched_at=time.time(),
+            fetch_ms=round(fetch_ms, 1),
+            via=via,
+            via_reason=plan.reason,
+            attempt=attempt,
+        )
+
+    def _extract(
+        self, body: bytes, fetched: FetchResult, content_type: str, charset: str | None
+    ) -> extraction.Extracted:
+        return extraction.extract(
+            body,
+            final_url=fetched.final_url,
+            content_type=content_type,
+            charset=charset,
+            max_links=self._settings.max_links,
+        )
+
+    async def _plan(self, url: str, fetched: FetchResult, ex: extraction.Extracted) -> Plan:
+        mode = self._settings.render
+        if mode == "never":
+            return Plan(False, "render_never")
+        if fetched.content_type not in HTML_TYPES:
+            return Plan(False, "not_html")
+        if mode == "always":
+            return Plan(True, "render_always")
+        assessment = assess(fetched.body, ex.text)
+        if self._policy is None:
+            return Plan(assessment.verdict == "render", assessment.reason)
+        return await self._policy.plan(url, assessment)

@@ -1,0 +1,377 @@
+"""The Meilisearch sink: the official (synchronous) ``meilisearch`` client, run off the
+event loop; a 413 splits the batch, a document the instance refuses is found by bisection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import meilisearch
+import msgspec
+from meilisearch.errors import (
+    MeilisearchApiError,
+    MeilisearchCommunicationError,
+    MeilisearchTimeoutError,
+)
+from meilisearch.models.task import Task
+
+from fleet.errors import ConfigError, SinkUnavailable
+from fleet.messages import Page
+from fleet.sinks.base import Hit, Rejected
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+SEARCHABLE_ATTRIBUTES = ["title", "headings", "description", "text"]
+
+
+DISPLAYED_ATTRIBUTES = [
+    "id",
+    "url",
+    "canonical_url",
+    "host",
+    "title",
+    "description",
+    "headings",
+    "text",
+    "lang",
+    "via",
+    "fetched_at",
+]
+
+
+FILTERABLE_ATTRIBUTES = ["lang", "host", "via"]
+
+
+# Task error codes that blame a document, not the instance: Meilisearch fails the whole task
+# for one bad document, so these are worth bisecting to find it.
+_DOCUMENT_ERROR_CODES = frozenset(
+    {
+        "invalid_document_id",
+        "missing_document_id",
+        "invalid_document_fields",
+        "invalid_document_geo_field",
+        "invalid_document_geojson_field",
+        "invalid_vectors_type",
+        "invalid_vector_dimensions",
+        "max_fields_limit_exceeded",
+    }
+)
+
+
+_CONFIG_ERROR_CODES = frozenset(
+    {
+        "index_primary_key_already_exists",
+        "index_primary_key_multiple_candidates_found",
+        "index_primary_key_no_candidate_found",
+        "invalid_index_uid",
+        "invalid_index_primary_key",
+    }
+)
+
+
+class MeiliDocument(msgspec.Struct, kw_only=True):
+    """The shape sent to Meilisearch; ``id`` is the primary key."""
+
+    id: str
+    url: str
+    canonical_url: str
+    host: str
+    title: str
+    description: str
+    headings: list[str]
+    text: str
+    lang: str
+    via: str
+    fetched_at: float
+
+
+def meili_document(page: Page) -> MeiliDocument:
+    return MeiliDocument(
+        id=page.id,
+        url=page.url,
+        canonical_url=page.canonical_url or page.url,
+        host=(urlsplit(page.url).hostname or "").lower(),
+        title=page.title,
+        description=page.description,
+        headings=list(page.headings),
+        text=page.text,
+        lang=page.lang,
+        via=page.via,
+        fetched_at=page.fetched_at,
+    )
+
+
+_encoder = msgspec.json.Encoder()
+
+
+class MeiliSink:
+    """Meilisearch through the official synchronous client.
+
+    Every client call runs on one dedicated worker thread: the client mutates a shared
+    headers dict per request (Content-Type), so concurrent calls from several threads could
+    send a POST without its Content-Type.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        api_key: str | None,
+        index: str,
+        task_timeout_s: float = 60.0,
+        request_timeout_s: float = 30.0,
+        poll_interval_s: float = 0.05,
+    ) -> None:
+        self.url = url
+        self.index_uid = index
+        self.task_timeout_s = task_timeout_s
+        self._poll_interval_ms = max(1, int(poll_interval_s * 1000))
+        # The key lives only inside the client; it is never logged or put in a message.
+        # requests accepts a float timeout even though the client annotates int.
+        self._client = meilisearch.Client(url, api_key, timeout=request_timeout_s)  # type: ignore[arg-type]
+        self._index = self._client.index(index)
+        self._executor: ThreadPoolExecutor | None = None
+
+    def __repr__(self) -> str:
+        return f"MeiliSink({self.url!r}, index={self.index_uid!r})"
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fleet-meili")
+        call = functools.partial(self._translate_errors, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    def _translate_errors(self, fn: Callable[..., T], *args: Any) -> T:
+        """Map client exceptions onto the fleet error tree (runs on the worker thread)."""
+        try:
+            return fn(*args)
+        except MeilisearchApiError as exc:
+            raise self._api_error(exc) from None
+        except MeilisearchTimeoutError as exc:
+            raise SinkUnavailable(f"Meilisearch at {self.url} timed out: {_short(exc)}") from None
+        except MeilisearchCommunicationError as exc:
+            raise SinkUnavailable(
+                f"cannot reach Meilisearch at {self.url}: {_short(exc)}"
+            ) from None
+        except OSError as exc:
+            # requests' own exceptions (ChunkedEncodingError, a non-JSON 200 body, ...) are
+            # OSErrors the client does not wrap.
+            raise SinkUnavailable(f"Meilisearch at {self.url}: {_short(exc)}") from None
+
+    def _api_error(self, exc: MeilisearchApiError) -> Exception:
+        status = exc.status_code
+        code = exc.code or f"http_{status}"
+        if status in (401, 403):
+            return ConfigError(
+                f"Meilisearch at {self.url} rejected the API key ({code}); set "
+                "FLEET_MEILI_API_KEY to the master key or a key allowed on index "
+                f"{self.index_uid!r}"
+            )
+        if code in _CONFIG_ERROR_CODES:
+            return ConfigError(
+                f"Meilisearch index {self.index_uid!r} cannot be used ({code}): "
+                f"{_short(exc.message)}; check FLEET_MEILI_INDEX"
+            )
+        # 5xx, 429 and anything unexpected: back off and retry rather than dead-letter.
+        return SinkUnavailable(
+            f"Meilisearch at {self.url} answered HTTP {status} ({code}): {_short(exc.message)}"
+        )
+
+    def _wait(self, task_uid: int) -> Task:
+        return self._client.wait_for_task(
+            task_uid,
+            timeout_in_ms=max(1, int(self.task_timeout_s * 1000)),
+            interval_in_ms=self._poll_interval_ms,
+        )
+
+    def _check_task(self, task: Task, what: str) -> None:
+        if task.status == "succeeded":
+            return
+        error = task.error or {}
+        code = str(error.get("code") or task.status)
+        message = f"Meilisearch task {task.uid} ({what}) {task.status}: {code}: " + _short(
+            str(error.get("message", ""))
+        )
+        if code in _CONFIG_ERROR_CODES:
+            raise ConfigError(message + "; check FLEET_MEILI_INDEX")
+        raise SinkUnavailable(message)
+
+    # -- open
+
+    async def open(self, *, readonly: bool = False) -> None:
+        if not readonly:
+            await self._run(self._open_sync)
+
+    def _open_sync(self) -> None:
+        try:
+            info = self._client.get_raw_index(self.index_uid)
+        except MeilisearchApiError as exc:
+            if exc.code != "index_not_found":
+                raise
+            task = self._wait(
+                self._client.create_index(self.index_uid, {"primaryKey": "id"}).task_uid
+            )
+            # Another indexer may have created it between our GET and POST.
+            if task.status != "succeeded" and (task.error or {}).get("code") != (
+                "index_already_exists"
+            ):
+                self._check_task(task, "indexCreation")
+            info = self._client.get_raw_index(self.index_uid)
+        primary_key = info.get("primaryKey")
+        if primary_key not in (None, "id"):
+            raise ConfigError(
+                f"Meilisearch index {self.index_uid!r} has primary key {primary_key!r}, "
+                "fleet needs 'id'; set FLEET_MEILI_INDEX to another index"
+            )
+        current = self._index.get_settings()
+        wanted: dict[str, Any] = {}
+        if list(current.get("searchableAttributes") or []) != SEARCHABLE_ATTRIBUTES:
+            wanted["searchableAttributes"] = SEARCHABLE_ATTRIBUTES
+        if set(current.get("displayedAttributes") or []) != set(DISPLAYED_ATTRIBUTES):
+            wanted["displayedAttributes"] = DISPLAYED_ATTRIBUTES
+        filterable = {_attribute_name(a) for a in current.get("filterableAttributes") or []}
+        if filterable != set(FILTERABLE_ATTRIBUTES):
+            wanted["filterableAttributes"] = FILTERABLE_ATTRIBUTES
+        # Only send settings that differ: an update re-indexes, so do not do it at every start.
+        if wanted:
+            log.info("updating Meilisearch settings of %r: %s", self.index_uid, sorted(wanted))
+            task = self._wait(self._index.update_settings(wanted).task_uid)
+            self._check_task(task, "settingsUpdate")
+
+    # -- upsert
+
+    async def upsert(self, pages: Sequence[Page]) -> list[Rejected]:
+        if not pages:
+            return []
+        return await self._run(self._upsert_sync, list(pages))
+
+    def _upsert_sync(self, pages: list[Page]) -> list[Rejected]:
+        rejected: list[Rejected] = []
+        encoded: list[tuple[str, bytes]] = []
+        for page in pages:
+            try:
+                encoded.append((page.id, _encoder.encode(meili_document(page))))
+            except (UnicodeEncodeError, msgspec.EncodeError) as exc:
+                rejected.append(Rejected(page.id, f"cannot encode document as JSON: {exc}"))
+        if encoded:
+            self._add(encoded, rejected)
+        return rejected
+
+    def _add(self, docs: list[tuple[str, bytes]], rejected: list[Rejected]) -> None:
+        """Add documents (replace semantics) and wait; isolate bad documents by bisection."""
+        body = b"[" + b",".join(doc for _, doc in docs) + b"]"
+        try:
+            info = self._index.add_documents_json(body, primary_key="id")
+        except MeilisearchApiError as exc:
+            if exc.status_code != 413 and exc.code != "payload_too_large":
+                raise
+            if len(docs) == 1:
+                rejected.append(
+                    Rejected(
+                        docs[0][0],
+                        f"document of {len(body)} bytes is larger than Meilisearch's payload "
+                        f"limit: {_short(exc.message)}",
+                    )
+                )
+                return
+            log.debug("payload of %d documents too large, splitting", len(docs))
+            self._bisect(docs, rejected)
+            return
+        task = self._wait(info.task_uid)
+        if task.status == "succeeded":
+            return
+        code = str((task.error or {}).get("code", ""))
+        if task.status == "failed" and _is_document_error(code):
+            if len(docs) == 1:
+                message = str((task.error or {}).get("message", code))
+                rejected.append(Rejected(docs[0][0], f"{code}: {message}"))
+                return
+            log.debug(
+                "task %s failed with %s on %d documents, bisecting", task.uid, code, len(docs)
+            )
+            self._bisect(docs, rejected)
+            return
+        self._check_task(task, "documentAdditionOrUpdate")
+
+    def _bisect(self, docs: list[tuple[str, bytes]], rejected: list[Rejected]) -> None:
+        middle = len(docs) // 2
+        self._add(docs[:middle], rejected)
+        self._add(docs[middle:], rejected)
+
+    # -- read side
+
+    async def search(self, query: str, limit: int) -> list[Hit]:
+        if not query.strip() or limit <= 0:
+            return []
+        return await self._run(self._search_sync, query, limit)
+
+    def _search_sync(self, query: str, limit: int) -> list[Hit]:
+        try:
+            result = self._index.search(
+                query,
+                {
+                    "limit": limit,
+                    "attributesToRetrieve": ["id", "url", "title"],
+                    # Cropped attributes land in _formatted even when not retrieved, so the
+                    # full text never crosses the wire.
+                    "attributesToCrop": ["text"],
+                    "cropLength": 30,
+                },
+            )
+        except MeilisearchApiError as exc:
+            if exc.code == "index_not_found":
+                return []
+            raise
+        hits: list[Hit] = []
+        for hit in result.get("hits", []):
+            formatted = hit.get("_formatted") or {}
+            hits.append(
+                Hit(
+                    url=str(hit.get("url", "")),
+                    title=str(hit.get("title", "")),
+                    snippet=str(formatted.get("text") or ""),
+                )
+            )
+        return hits
+
+    async def count(self) -> int:
+        return await self._run(self._count_sync)
+
+    def _count_sync(self) -> int:
+        try:
+            return int(self._index.get_stats().number_of_documents)
+        except MeilisearchApiError as exc:
+            if exc.code == "index_not_found":
+                return 0
+            raise
+
+    async def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+
+def _is_document_error(code: str) -> bool:
+    return code in _DOCUMENT_ERROR_CODES or code.startswith("invalid_document_")
+
+
+def _attribute_name(value: Any) -> str:
+    # Meilisearch >= 1.14 may report filterable attributes as objects with patterns.
+    if isinstance(value, dict):
+        patterns = value.get("attributePatterns") or []
+        return str(patterns[0]) if patterns else ""
+    return str(value)
+
+
+def _short(value: object, limit: int = 300) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,21 @@
+"""Observability for every role: logs, OpenTelemetry traces and Prometheus metrics.
+
+``logs`` (text or JSON lines), ``metrics`` (one registry and one ``/metrics`` server per
+process), ``tracing`` (the ``Telemetry`` object roles receive, with its hooks). This
+package imports nothing from the roles; the roles import it.
+"""
+
+from fleet.telemetry.logs import JsonFormatter, setup_logging
+from fleet.telemetry.metrics import Metrics
+from fleet.telemetry.tracing import NOOP, Hook, Telemetry, setup_telemetry, tracing_configured
+
+__all__ = [
+    "NOOP",
+    "Hook",
+    "JsonFormatter",
+    "Metrics",
+    "Telemetry",
+    "setup_logging",
+    "setup_telemetry",
+    "tracing_configured",
+]
