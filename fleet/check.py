@@ -4,6 +4,9 @@ Every role needs NATS with JetStream and the three streams; a worker also needs 
 consumer, an indexer its consumer and a reachable sink. The answer is one line naming what
 was checked or what is missing, and an exit code (0 healthy, 1 not). The supervisor is
 asked over HTTP: its own ``/health`` already covers NATS and the Docker engine.
+
+Credentials never appear in the answer: the NATS and sink URLs are shown without their
+user:password (``redact_url``), and the Meilisearch key is never put in a message.
 """
 
 from __future__ import annotations
@@ -15,11 +18,12 @@ from typing import Final
 import aiohttp
 from nats.js.errors import NotFoundError
 
-from fleet.errors import FleetError
+from fleet.errors import FleetError, TransientError
 from fleet.nats.session import connect
 from fleet.nats.streams import INDEXER_CONSUMER, WORKERS_CONSUMER
 from fleet.settings import Settings
 from fleet.sinks import open_sink
+from fleet.urls import redact_url
 
 ROLES: Final = ("nats", "publisher", "worker", "indexer", "supervisor")
 
@@ -34,12 +38,31 @@ class CheckResult:
         return f"{'ok' if self.ok else 'unhealthy'}: {self.role}: {self.detail}"
 
 
-class Unhealthy(Exception):
-    """One reason the role cannot work, phrased for an operator."""
+class Unhealthy(TransientError):
+    """One reason the role cannot work, phrased for an operator.
+
+    Transient: the role may be healthy at the next check (healthchecks are repeated). It
+    never leaves this module: ``check`` turns it into an unhealthy ``CheckResult``.
+    """
+
+    reason = "unhealthy"
+
+
+def _redacted(text: str, settings: Settings) -> str:
+    """``text`` with the configured NATS and sink URLs shown without their credentials.
+
+    Messages from other modules (the sink's errors, its repr) may name a URL as configured;
+    the answer of a healthcheck ends up in `docker inspect`, so it must not carry a password.
+    """
+    for url in {settings.nats_server, settings.sink, settings.sink.rstrip("/")}:
+        if (shown := redact_url(url)) != url:
+            text = text.replace(url, shown)
+    return text
 
 
 async def _check(role: str, settings: Settings) -> list[str]:
     checked: list[str] = []
+    shown = redact_url(settings.nats_server)
     try:
         nc = await connect(settings, name=f"fleet-check-{role}", reconnect=False)
     except FleetError as exc:
@@ -50,10 +73,10 @@ async def _check(role: str, settings: Settings) -> list[str]:
             await js.account_info()
         except Exception as exc:
             raise Unhealthy(
-                f"NATS at {settings.nats_server} has no JetStream ({type(exc).__name__}); "
+                f"NATS at {shown} has no JetStream ({type(exc).__name__}); "
                 "start nats-server with -js"
             ) from None
-        checked.append(f"nats {settings.nats_server} (JetStream)")
+        checked.append(f"nats {shown} (JetStream)")
         if role == "nats":
             return checked
         streams = (settings.urls_stream, settings.results_stream, settings.dlq_stream)
@@ -123,7 +146,7 @@ async def check(role: str, settings: Settings, *, timeout_s: float = 5.0) -> Che
             else:
                 checked = await _check(role, settings)
     except Unhealthy as exc:
-        return CheckResult(role, False, str(exc))
+        return CheckResult(role, False, _redacted(str(exc), settings))
     except TimeoutError:
         return CheckResult(role, False, f"no answer within {timeout_s:g}s")
-    return CheckResult(role, True, "; ".join(checked))
+    return CheckResult(role, True, _redacted("; ".join(checked), settings))

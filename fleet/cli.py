@@ -137,13 +137,6 @@ metrics_option = click.option(
 )
 
 
-def _cap_driver_heap(settings: Settings) -> None:
-    """Playwright starts its driver (node) with this process's environment, the only way
-    in: cap its old space, which otherwise grows lazily (docs/benchmarks.md)."""
-    cap = f"--max-old-space-size={settings.render_driver_heap_mb}"
-    os.environ["NODE_OPTIONS"] = " ".join(filter(None, (os.environ.get("NODE_OPTIONS"), cap)))
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--log-level", default=None, help="DEBUG, INFO, WARNING… [env FLEET_LOG_LEVEL]")
 @click.option(
@@ -176,19 +169,17 @@ def publish(
     telemetry = _telemetry("publish", settings)
 
     async def go() -> dict[str, int]:
-        from fleet.nats.session import connect
-        from fleet.nats.streams import ensure_topology
+        from fleet.nats.session import nats_session
         from fleet.publisher import Publisher, read_url_lines
 
-        nc = await connect(settings, name="fleet-publish", reconnect=False)
-        try:
-            js = nc.jetstream(publish_async_max_pending=2048)
-            await ensure_topology(js, settings)
+        async with nats_session(
+            settings, name="fleet-publish", reconnect=False, publish_async_max_pending=2048
+        ) as session:
             with _open_lines(file) as fh:
                 bar = _progress(file, not as_json)
                 try:
                     publisher = Publisher(
-                        js,
+                        session.js,
                         settings,
                         headers_for=telemetry.publish_headers(settings.urls_subject),
                         counted=telemetry.published,
@@ -203,8 +194,6 @@ def publish(
                     if bar is not None:
                         bar.close()
             return report.as_dict()
-        finally:
-            await nc.drain()
 
     try:
         counts = _guard(lambda: _run(go()))
@@ -243,8 +232,6 @@ def worker(
     )
     from fleet import worker as worker_role
 
-    if settings.render != "never":
-        _cap_driver_heap(settings)
     telemetry = _telemetry("worker", settings)
     try:
         _guard(
@@ -325,13 +312,13 @@ def status(ctx: click.Context, nats_url: str | None, as_json: bool) -> None:
 
     async def go() -> dict[str, Any]:
         from fleet.admin import status as get_status
-        from fleet.nats.session import connect
+        from fleet.nats.session import nats_session
 
-        nc = await connect(settings, name="fleet-status", reconnect=False)
-        try:
-            return await get_status(nc.jetstream(), settings)
-        finally:
-            await nc.close()
+        # No topology: status shows what is there, missing streams included.
+        async with nats_session(
+            settings, name="fleet-status", reconnect=False, topology=False, drain=False
+        ) as session:
+            return await get_status(session.js, settings)
 
     info = _guard(lambda: _run(go()))
     if as_json:
@@ -368,16 +355,13 @@ def dlq_list(ctx: click.Context, nats_url: str | None, limit: int, as_json: bool
 
     async def go() -> list[dict[str, Any]]:
         from fleet.admin import list_dead_letters
-        from fleet.nats.session import connect
-        from fleet.nats.streams import ensure_topology
+        from fleet.nats.session import nats_session
 
-        nc = await connect(settings, name="fleet-dlq", reconnect=False)
-        try:
-            js = nc.jetstream()
-            await ensure_topology(js, settings)
-            return [d.as_dict() for d in await list_dead_letters(js, settings, limit=limit)]
-        finally:
-            await nc.close()
+        async with nats_session(
+            settings, name="fleet-dlq", reconnect=False, drain=False
+        ) as session:
+            letters = await list_dead_letters(session.js, settings, limit=limit)
+            return [d.as_dict() for d in letters]
 
     letters = _guard(lambda: _run(go()))
     if as_json:
@@ -400,16 +384,10 @@ def dlq_replay(ctx: click.Context, nats_url: str | None, reason: str | None, as_
 
     async def go() -> int:
         from fleet.admin import replay_dead_letters
-        from fleet.nats.session import connect
-        from fleet.nats.streams import ensure_topology
+        from fleet.nats.session import nats_session
 
-        nc = await connect(settings, name="fleet-dlq", reconnect=False)
-        try:
-            js = nc.jetstream()
-            await ensure_topology(js, settings)
-            return await replay_dead_letters(js, settings, reason=reason)
-        finally:
-            await nc.drain()
+        async with nats_session(settings, name="fleet-dlq", reconnect=False) as session:
+            return await replay_dead_letters(session.js, settings, reason=reason)
 
     count = _guard(lambda: _run(go()))
     click.echo(json.dumps({"replayed": count}) if as_json else f"replayed {count} dead letter(s)")

@@ -24,7 +24,7 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from fleet.errors import FleetError, PermanentError, TransientError
+from fleet.errors import PermanentError, TransientError, error_reason
 from fleet.messages import DeadLetter, dead_letter_encoder, trace_headers, url_task_decoder
 from fleet.nats.streams import WORKERS_CONSUMER, JsPublish
 from fleet.settings import Settings
@@ -55,10 +55,6 @@ def backoff_delay(attempt: int, base_s: float, max_s: float, jitter: float = 0.2
     growth: int = 2 ** min(30, max(0, attempt - 1))
     delay = min(max_s, base_s * growth)
     return delay * (1 + random.uniform(-jitter, jitter))
-
-
-def error_reason(error: BaseException) -> str:
-    return error.reason if isinstance(error, FleetError) else "internal_error"
 
 
 def decide(
@@ -101,6 +97,12 @@ class JetStreamMsg(Protocol):
 
 
 class Settler:
+    """Acks, naks and terms the messages of one stage (``worker`` or ``indexer``).
+
+    ``settle`` carries out the decision for a handler's outcome; ``release`` hands back a
+    message whose handling was cut short; ``dead_letter`` writes one dead letter.
+    """
+
     def __init__(
         self,
         js: JsPublish,
@@ -177,6 +179,17 @@ class Settler:
             # The connection is down: the server redelivers after AckWait, nothing is lost.
             log.warning("could not %s %s: %s", decision.action.value, url, exc, extra={"url": url})
         return decision
+
+    async def release(self, msg: JetStreamMsg) -> None:
+        """Hand ``msg`` back for immediate redelivery, without counting a failure.
+
+        For a role that stops with work in hand (a drain out of time, a batch held while the
+        sink is down): no delay, no dead letter, no log of a retry, since the attempt did not
+        fail (the server still counts the delivery towards max_deliver). Errors are ignored:
+        without a connection the server redelivers after AckWait.
+        """
+        with contextlib.suppress(Exception):
+            await msg.nak()
 
     async def dead_letter(self, letter: DeadLetter, seq: int) -> bool:
         try:

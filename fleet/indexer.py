@@ -21,8 +21,8 @@ from nats.js import JetStreamContext
 from fleet.disposition import Settler, backoff_delay
 from fleet.errors import BadMessage, PermanentError, SinkUnavailable
 from fleet.messages import Page, page_decoder
-from fleet.nats.session import connect
-from fleet.nats.streams import INDEXER_CONSUMER, ensure_topology, pull
+from fleet.nats.session import nats_session
+from fleet.nats.streams import INDEXER_CONSUMER, pull
 from fleet.settings import Settings
 from fleet.sinks import Sink
 from fleet.telemetry import Hook, Telemetry
@@ -153,8 +153,7 @@ class Indexer:
                 log.warning("sink unavailable (%s); retrying in %.1fs, nothing acked", exc, delay)
             if not await self._hold(msgs, delay, stop):
                 for msg in msgs:
-                    with contextlib.suppress(Exception):
-                        await msg.nak()
+                    await self._settler.release(msg)
                 return None
 
     async def _heartbeat_while(self, work: Awaitable[T], msgs: list[Msg]) -> T:
@@ -194,10 +193,7 @@ async def serve(
     settings: Settings, stop: asyncio.Event, sink: Sink, telemetry: Telemetry | None = None
 ) -> int:
     """Run one indexer until ``stop``; returns the number of documents it indexed."""
-    nc = await connect(settings, name="fleet-indexer")
-    try:
-        js = nc.jetstream()
-        await ensure_topology(js, settings)
+    async with nats_session(settings, name="fleet-indexer") as session:
         attempt = 0
         while not stop.is_set():
             try:
@@ -209,9 +205,6 @@ async def serve(
                 log.warning("sink unavailable at start (%s); retrying in %.1fs", exc, delay)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=delay)
-        indexer = Indexer(js, sink, settings, telemetry=telemetry)
+        indexer = Indexer(session.js, sink, settings, telemetry=telemetry)
         await indexer.run(stop)
         return indexer.indexed
-    finally:
-        with contextlib.suppress(Exception):
-            await nc.drain()

@@ -17,7 +17,7 @@ from typing import Protocol
 
 from nats.js.api import PubAck
 
-from fleet.errors import FleetError, InvalidUrl
+from fleet.errors import InvalidUrl, TransientError
 from fleet.messages import UrlTask, url_task_encoder
 from fleet.nats.streams import JsPublish
 from fleet.settings import Settings
@@ -58,8 +58,17 @@ class PublishReport:
         return {"published": self.published, "duplicates": self.duplicates, "invalid": self.invalid}
 
 
-class PublishFailed(FleetError):
+class PublishFailed(TransientError):
+    """Some URLs were not acknowledged by JetStream after the retries (``failed`` of them).
+
+    Transient: re-running the same publish is safe (dedup) and finishes the job.
+    """
+
     reason = "publish_failed"
+
+    def __init__(self, message: str, *, failed: int) -> None:
+        super().__init__(message)
+        self.failed = failed
 
 
 def read_url_lines(lines: Iterable[str]) -> Iterable[tuple[int, str]]:
@@ -129,23 +138,14 @@ class Publisher:
         if report.failed:
             raise PublishFailed(
                 f"{report.failed} URL(s) were not acknowledged by JetStream after "
-                f"{PUBLISH_RETRIES} tries; re-run the same command (dedup makes it safe)"
+                f"{PUBLISH_RETRIES} tries; re-run the same command (dedup makes it safe)",
+                failed=report.failed,
             )
         return report
 
-    async def publish_task(self, task: UrlTask, *, msg_id: str | None = None) -> PubAck:
-        """Publish one prepared task and wait for its ack (used by DLQ replay)."""
-        headers = self._headers(task, msg_id)
-        return await self._js.publish(
-            self._settings.urls_subject,
-            url_task_encoder.encode(task),
-            stream=self._settings.urls_stream,
-            headers=headers,
-        )
-
-    def _headers(self, task: UrlTask, msg_id: str | None = None) -> dict[str, str]:
+    def _headers(self, task: UrlTask) -> dict[str, str]:
         headers = dict(self._headers_for(task)) if self._headers_for else {}
-        headers["Nats-Msg-Id"] = msg_id or task.id
+        headers["Nats-Msg-Id"] = task.id
         return headers
 
     async def _send(self, url: str, source: str | None) -> _Pending:

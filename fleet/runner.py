@@ -6,18 +6,14 @@ file, waits until the URLs work queue is empty and the indexer has acked every r
 stops everything.
 
 With ``autoscale`` (`fleet run --autoscale`), the supervisor's policy and its local backend
-(`fleet/scaling.py`) start and stop the worker processes on the queue's lag instead.
+(`fleet/scaling/local.py`) start and stop the worker processes on the queue's lag instead.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -25,13 +21,14 @@ from typing import Any
 from nats.js import JetStreamContext
 
 from fleet.admin import dead_letter_counts
-from fleet.errors import FleetError
+from fleet.errors import TransientError
 from fleet.nats.server import EmbeddedNats
-from fleet.nats.session import connect
-from fleet.nats.streams import INDEXER_CONSUMER, ensure_topology
+from fleet.nats.session import nats_session
+from fleet.nats.streams import INDEXER_CONSUMER
 from fleet.publisher import Progress, Publisher
 from fleet.scaling.local import LocalBackend
 from fleet.settings import Settings
+from fleet.spawn import RoleProcess, spawn_role, stop_all
 from fleet.supervisor import JetStreamLag, Policy, Supervisor
 from fleet.telemetry import Telemetry
 
@@ -40,12 +37,28 @@ log = logging.getLogger(__name__)
 POLL_S = 0.2
 
 
-class RunTimeout(FleetError):
+class RunTimeout(TransientError):
+    """`fleet run` was not done after ``timeout_s``; nothing is lost, a re-run resumes."""
+
     reason = "run_timeout"
 
+    def __init__(self, message: str, *, timeout_s: float) -> None:
+        super().__init__(message)
+        self.timeout_s = timeout_s
 
-class RoleCrashed(FleetError):
+
+class RoleCrashed(TransientError):
+    """Role child processes (``roles``, described) exited during `fleet run`.
+
+    Transient: un-acked URLs stay in their stream, so a re-run resumes; the roles' own
+    stderr says why they exited.
+    """
+
     reason = "role_crashed"
+
+    def __init__(self, message: str, *, roles: list[str]) -> None:
+        super().__init__(message)
+        self.roles = roles
 
 
 @dataclasses.dataclass
@@ -75,40 +88,22 @@ class RunSummary:
 
 
 class RoleProcesses:
-    """Child processes running `fleet worker` / `fleet indexer`, stopped with SIGTERM."""
+    """Child processes running `fleet worker` / `fleet indexer`, stopped together."""
 
     def __init__(self, env: Mapping[str, str]) -> None:
         self._env = dict(env)
-        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.procs: list[RoleProcess] = []
 
-    def spawn(self, role: str, *args: str) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "fleet", role, *args],
-            env=self._env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-        )
-        self.procs.append((role, proc))
+    def spawn(self, role: str, *args: str) -> RoleProcess:
+        proc = spawn_role(role, args, env=self._env)
+        self.procs.append(proc)
         return proc
 
     def crashed(self) -> list[str]:
-        return [
-            f"{role} (pid {p.pid}, exit {p.returncode})"
-            for role, p in self.procs
-            if p.poll() not in (None, 0)
-        ]
+        return [p.describe() for p in self.procs if p.crashed]
 
     def stop(self, grace_s: float) -> None:
-        for _, proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        for _, proc in self.procs:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_all(self.procs, grace_s)
 
 
 async def _drained(js: JetStreamContext, settings: Settings) -> bool:
@@ -131,6 +126,26 @@ async def _drained(js: JetStreamContext, settings: Settings) -> bool:
 async def _counts(js: JetStreamContext, settings: Settings) -> tuple[int, dict[str, int]]:
     results = await js.stream_info(settings.results_stream)
     return results.state.last_seq, await dead_letter_counts(js, settings)
+
+
+async def _wait_done(
+    js: JetStreamContext,
+    settings: Settings,
+    *,
+    deadline: float,
+    crashed: Callable[[], list[str]],
+) -> None:
+    """Until `_drained`; raises when a role process crashed or ``deadline`` passed."""
+    while not await _drained(js, settings):
+        if roles := crashed():
+            raise RoleCrashed(f"role process(es) exited: {', '.join(roles)}", roles=roles)
+        if time.monotonic() > deadline:
+            raise RunTimeout(
+                f"not done after {settings.run_timeout_s:.0f}s; raise FLEET_RUN_TIMEOUT_S "
+                "or check `fleet status`",
+                timeout_s=settings.run_timeout_s,
+            )
+        await asyncio.sleep(POLL_S)
 
 
 def _metrics_args(base_port: int, offset: int) -> tuple[str, ...]:
@@ -171,57 +186,52 @@ async def run_pipeline(
     summary = RunSummary()
     started = time.monotonic()
     try:
-        nc = await connect(settings, name="fleet-run")
-        try:
-            js = nc.jetstream(publish_async_max_pending=2048)
-            await ensure_topology(js, settings)
-            results_before, dlq_before = await _counts(js, settings)
-            # One metrics port per child: the indexer's, then one per worker.
-            port = settings.metrics_port
-            children.spawn("indexer", *_metrics_args(port, 0))
-            if scaler is not None and autoscale is not None:
-                supervisor = Supervisor(
-                    autoscale,
-                    JetStreamLag(settings, js=js),
-                    scaler,
-                    interval_s=settings.supervisor_interval_s,
-                )
-                scaling = asyncio.create_task(supervisor.run(stop_scaling))
-            else:
-                for n in range(workers):
-                    children.spawn("worker", *_metrics_args(port, 1 + n))
-            publisher = Publisher(
-                js, settings, headers_for=telemetry.publish_headers(settings.urls_subject)
-            )
-            report = await publisher.publish_urls(
-                lines, on_invalid=on_invalid, progress=progress, source=source
-            )
-            summary.published, summary.duplicates = report.published, report.duplicates
-            summary.invalid = report.invalid
-            deadline = started + settings.run_timeout_s
-            while not await _drained(js, settings):
-                if crashed := children.crashed() + (scaler.crashed if scaler else []):
-                    raise RoleCrashed(f"role process(es) exited: {', '.join(crashed)}")
-                if time.monotonic() > deadline:
-                    raise RunTimeout(
-                        f"not done after {settings.run_timeout_s:.0f}s; raise FLEET_RUN_TIMEOUT_S "
-                        "or check `fleet status`"
+        async with nats_session(
+            settings, name="fleet-run", publish_async_max_pending=2048
+        ) as session:
+            js = session.js
+            try:
+                results_before, dlq_before = await _counts(js, settings)
+                # One metrics port per child: the indexer's, then one per worker.
+                port = settings.metrics_port
+                children.spawn("indexer", *_metrics_args(port, 0))
+                if scaler is not None and autoscale is not None:
+                    supervisor = Supervisor(
+                        autoscale,
+                        JetStreamLag(settings, js=js),
+                        scaler,
+                        interval_s=settings.supervisor_interval_s,
                     )
-                await asyncio.sleep(POLL_S)
-            summary.seconds = time.monotonic() - started
-            results_after, dlq_after = await _counts(js, settings)
-            new_dl = {k: v - dlq_before.get(k, 0) for k, v in dlq_after.items()}
-            summary.dead_lettered = sum(new_dl.values())
-            summary.indexed = results_after - results_before - new_dl.get("indexer", 0)
-            summary.completed = True
-        finally:
-            if scaling is not None:
-                stop_scaling.set()
-                await scaling
-            if scaler is not None:
-                await scaler.close()
-            with contextlib.suppress(Exception):
-                await nc.drain()
+                    scaling = asyncio.create_task(supervisor.run(stop_scaling))
+                else:
+                    for n in range(workers):
+                        children.spawn("worker", *_metrics_args(port, 1 + n))
+                publisher = Publisher(
+                    js, settings, headers_for=telemetry.publish_headers(settings.urls_subject)
+                )
+                report = await publisher.publish_urls(
+                    lines, on_invalid=on_invalid, progress=progress, source=source
+                )
+                summary.published, summary.duplicates = report.published, report.duplicates
+                summary.invalid = report.invalid
+                await _wait_done(
+                    js,
+                    settings,
+                    deadline=started + settings.run_timeout_s,
+                    crashed=lambda: children.crashed() + (scaler.crashed if scaler else []),
+                )
+                summary.seconds = time.monotonic() - started
+                results_after, dlq_after = await _counts(js, settings)
+                new_dl = {k: v - dlq_before.get(k, 0) for k, v in dlq_after.items()}
+                summary.dead_lettered = sum(new_dl.values())
+                summary.indexed = results_after - results_before - new_dl.get("indexer", 0)
+                summary.completed = True
+            finally:
+                if scaling is not None:
+                    stop_scaling.set()
+                    await scaling
+                if scaler is not None:
+                    await scaler.close()
     finally:
         # Blocking wait is fine here: nothing else runs on this loop any more.
         children.stop(settings.drain_timeout_s + 5)

@@ -11,13 +11,17 @@ import types
 from collections.abc import Mapping
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
+from fleet.errors import ConfigError
+
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 DEFAULT_SINK = "sqlite:///fleet.db"
 ENV_PREFIX = "FLEET_"
 
 
-class SettingsError(ValueError):
+class SettingsError(ConfigError):
     """A setting has a value fleet cannot use; the message names the variable and the fix."""
+
+    reason = "invalid_setting"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

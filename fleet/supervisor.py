@@ -2,13 +2,14 @@
 
 Every interval it reads the lag of the workers' consumer (``num_pending`` +
 ``num_ack_pending``), asks the pure policy (`decide`) how many workers that needs, and has
-a backend (`fleet/scaling.py`: Docker containers or local processes) start or gracefully
+a backend (`fleet/scaling/`: Docker containers or local processes) start or gracefully
 stop workers. It scales up at once (at most ``max_step`` at a time) and down only when
 the lag has stayed low for the whole cooldown: the stabilisation window of Kubernetes'
 HPA and KEDA, which scale down to the highest recommendation seen over the window.
 
 HTTP: ``/health`` (NATS and the backend, as JSON; 503 when either is down), ``/metrics``
-(Prometheus, its own registry) and ``/workers`` (each worker's state, CPU and memory).
+(Prometheus: `fleet.telemetry.metrics.SupervisorMetrics`) and ``/workers`` (each worker's
+state, CPU and memory).
 """
 
 from __future__ import annotations
@@ -23,21 +24,14 @@ from collections.abc import Callable
 from typing import Any, Final, Protocol
 
 from aiohttp import web
-from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    generate_latest,
-)
 
-from fleet.nats.session import connect
+from fleet.nats.session import nats_session
 from fleet.nats.streams import WORKERS_CONSUMER
 from fleet.scaling.base import Backend
 from fleet.settings import Settings
+from fleet.telemetry.metrics import SupervisorMetrics
 
 log = logging.getLogger(__name__)
 
@@ -175,13 +169,15 @@ class JetStreamLag:
     ) -> None:
         self._settings = settings
         self._js = js  # given: a connection owned by the caller (fleet run)
-        self._nc: NATS | None = None
+        self._session = contextlib.AsyncExitStack()  # else the one opened here
         self._timeout_s = timeout_s
 
     async def lag(self) -> int:
         if self._js is None:
-            self._nc = await connect(self._settings, name="fleet-supervisor")
-            self._js = self._nc.jetstream()
+            session = await self._session.enter_async_context(
+                nats_session(self._settings, name="fleet-supervisor", topology=False, drain=False)
+            )
+            self._js = session.js
         try:
             async with asyncio.timeout(self._timeout_s):
                 info = await self._js.consumer_info(self._settings.urls_stream, WORKERS_CONSUMER)
@@ -190,60 +186,7 @@ class JetStreamLag:
         return int((info.num_pending or 0) + (info.num_ack_pending or 0))
 
     async def close(self) -> None:
-        if self._nc is not None:
-            with contextlib.suppress(Exception):
-                await self._nc.close()
-
-
-# --------------------------------------------------------------------------------------
-# Metrics
-
-
-class SupervisorMetrics:
-    """Prometheus metrics in the supervisor's own registry (never the global one)."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.lag = Gauge(
-            "fleet_supervisor_lag", "Pending + unacked URLs of the workers' consumer.", registry=r
-        )
-        self.desired = Gauge(
-            "fleet_supervisor_replicas_desired", "Workers the policy asks for.", registry=r
-        )
-        self.actual = Gauge(
-            "fleet_supervisor_replicas_actual", "Workers running or starting.", registry=r
-        )
-        self.wanted = Gauge(
-            "fleet_supervisor_replicas_wanted",
-            "Workers the current lag alone asks for (before stabilisation).",
-            registry=r,
-        )
-        self.events = Counter(
-            "fleet_supervisor_scale_events",
-            "Scale decisions carried out, by direction.",
-            ["direction"],
-            registry=r,
-        )
-        self.errors = Counter(
-            "fleet_supervisor_errors",
-            "Failed ticks by dependency (nats, backend).",
-            ["dependency"],
-            registry=r,
-        )
-        self.up = Gauge(
-            "fleet_supervisor_dependency_up",
-            "1 when the dependency answered at the last tick.",
-            ["dependency"],
-            registry=r,
-        )
-        for direction in (UP, DOWN):
-            self.events.labels(direction)
-        for dep in ("nats", "backend"):
-            self.errors.labels(dep)
-
-    def render(self) -> tuple[bytes, str]:
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        await self._session.aclose()
 
 
 # --------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""URL normalisation and stable ids, shared by the publisher, the worker and the indexer."""
+"""URL normalisation and stable ids, shared by the publisher, the worker and the indexer;
+and credentials kept out of shown URLs."""
 
 from __future__ import annotations
 
@@ -58,7 +59,11 @@ def url_id(normalized_url: str) -> str:
     return hashlib.blake2b(normalized_url.encode(), digest_size=16).hexdigest()
 
 
-def host_port(url: str) -> tuple[str, int]:
+def redact_url(url: str) -> str:
+    """The URL without its user:password, for messages and logs."""
     parts = urlsplit(url)
-    port = parts.port or _DEFAULT_PORTS.get(parts.scheme, 80)
-    return (parts.hostname or "", port)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"***@{host}:{parts.port}" if parts.port else f"***@{host}"
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -21,10 +21,11 @@ from fleet.disposition import MaxDeliveriesReaper, Settler
 from fleet.errors import BadMessage, RenderUnavailable, TransientError
 from fleet.messages import Page, page_encoder, url_task_decoder
 from fleet.nats.kv import KvDecisionStore, render_bucket
-from fleet.nats.session import connect
-from fleet.nats.streams import WORKERS_CONSUMER, ensure_topology, pull
+from fleet.nats.session import nats_session
+from fleet.nats.streams import WORKERS_CONSUMER, pull
 from fleet.scrape.fetch import Fetcher
 from fleet.scrape.proxy import GuardedProxy
+from fleet.scrape.render.chromium import cap_driver_heap
 from fleet.scrape.render.policy import RenderPolicy
 from fleet.scrape.render.pool import BrowserPool
 from fleet.scrape.scraper import Scraper
@@ -179,8 +180,7 @@ class Worker:
                     self._on_page(page)
             except asyncio.CancelledError:
                 # Drain ran out of time: hand the URL back at once for another worker.
-                with contextlib.suppress(Exception):
-                    await msg.nak()
+                await self._settler.release(msg)
                 raise
             except Exception as exc:
                 error = exc
@@ -209,6 +209,7 @@ async def _start_browser(
     """The worker's browser pool, or None (render=never, or auto without a browser)."""
     if settings.render == "never":
         return None
+    cap_driver_heap(settings)  # before Playwright's driver starts: it inherits the env
     # The browser's own fetcher (its connection pool apart from the pages'), behind the
     # proxy every browser connection goes through.
     fetcher = await stack.enter_async_context(Fetcher(settings))
@@ -229,10 +230,8 @@ async def _start_browser(
 async def _serve(
     settings: Settings, stop: asyncio.Event, telemetry: Telemetry | None, pool: BrowserPool | None
 ) -> int:
-    nc = await connect(settings, name="fleet-worker")
-    try:
-        js = nc.jetstream()
-        await ensure_topology(js, settings)
+    async with nats_session(settings, name="fleet-worker") as session:
+        nc, js = session.nc, session.js
         policy = None
         if settings.render == "auto":
             policy = RenderPolicy(KvDecisionStore(await render_bucket(js, settings)))
@@ -258,6 +257,3 @@ async def _serve(
             finally:
                 await reaper.stop()
             return worker.processed
-    finally:
-        with contextlib.suppress(Exception):
-            await nc.drain()

@@ -6,6 +6,7 @@ In CI (CI set) a missing server binary fails the test; locally it skips.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -19,7 +20,9 @@ import pytest
 
 from fleet.errors import ConfigError
 from fleet.nats.server import EmbeddedNats, find_nats_server
+from fleet.scrape.render.chromium import chromium_executable
 from fleet.settings import Settings
+from tests.docker_helpers import docker_available
 from tests.site import LoopbackSite
 
 IN_CI = bool(os.environ.get("CI"))
@@ -45,6 +48,21 @@ def nats_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture(scope="module")
+def docker_ready() -> None:
+    """A Docker engine with the compose plugin (fails in CI, skips locally without one)."""
+    need("a Docker engine with the compose plugin", docker_available())
+
+
+def need_browser() -> None:
+    """Playwright and a Chromium to drive (fails in CI, skips locally without them)."""
+    path = chromium_executable(Settings())
+    ok = importlib.util.find_spec("playwright") is not None and (
+        path is None or Path(path).exists()
+    )
+    need("Playwright and Chromium", ok)
 
 
 @pytest.fixture

@@ -12,8 +12,9 @@ from typing import Any
 import nats
 
 from fleet.admin import status
+from fleet.messages import Page, page_decoder
 from fleet.settings import Settings
-from tests.conftest import fleet_cli
+from tests.conftest import fleet_cli, wait_for
 
 
 async def get_status(settings: Settings) -> dict[str, Any]:
@@ -75,3 +76,27 @@ def cli_json(settings: Settings, *args: str) -> Any:
 def write_urls(path: Path, urls: list[str]) -> Path:
     path.write_text("\n".join(urls) + "\n")
     return path
+
+
+async def result_pages(settings: Settings) -> dict[str, Page]:
+    """Every result in the results stream, by URL (the indexer does not keep via_reason)."""
+    nc = await nats.connect(settings.nats_server)
+    try:
+        js = nc.jetstream()
+        info = await js.stream_info(settings.results_stream)
+        out: dict[str, Page] = {}
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            raw = await js.get_msg(settings.results_stream, seq)
+            page = page_decoder.decode(raw.data or b"")
+            out[page.url] = page
+        return out
+    finally:
+        await nc.close()
+
+
+async def wait_indexed(settings: Settings, urls: list[str], timeout: float = 90) -> None:
+    async def done() -> bool:
+        return len(indexed_urls(settings)) == len(urls) and await drained(settings)
+
+    await wait_for(done, timeout=timeout, interval=0.2)
+    assert set(indexed_urls(settings).values()) == {1}

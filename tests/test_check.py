@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
 import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 
 import nats
+import pytest
 
-from fleet.check import check
+from fleet.check import ROLES, check
+from fleet.errors import ConfigError
 from fleet.nats.server import EmbeddedNats, find_nats_server
 from fleet.nats.streams import ensure_topology
 from fleet.settings import Settings
 from fleet.sinks import open_sink
-from tests.conftest import fleet_cli
+from tests.conftest import fleet_cli, need
+from tests.fakes.meili import FakeMeili
+
+NATS_PASSWORD = "s3cret-nats-pw"
+MEILI_KEY = "meili-master-key-k3y"
 
 
 def _free_port() -> int:
@@ -130,3 +139,120 @@ def test_cli_exit_codes(settings: Settings, nats_server: EmbeddedNats) -> None:
         check=False,
     )
     assert usage.returncode == 2
+
+
+@pytest.fixture
+def auth_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
+    """A nats-server that wants user admin / NATS_PASSWORD."""
+    try:
+        find_nats_server()
+    except ConfigError:
+        need("nats-server", False)
+    with EmbeddedNats(str(tmp_path / "js"), user="admin", password=NATS_PASSWORD) as server:
+        yield server
+
+
+@pytest.fixture
+def keyed_meili() -> Iterator[FakeMeili]:
+    fake = FakeMeili(master_key=MEILI_KEY)
+    fake.start_in_thread()
+    try:
+        yield fake
+    finally:
+        fake.stop_thread()
+
+
+async def _check_roles(
+    settings: Settings, roles: tuple[str, ...] = ROLES
+) -> dict[tuple[str, bool], tuple[int, str]]:
+    """`fleet check ROLE [--json]` for each role: (role, json) → (exit code, stdout+stderr)."""
+    env = {**os.environ, **settings.to_env()}
+    env.pop("FLEET_ROLE", None)
+    slots = asyncio.Semaphore(4)  # a shared 2-core machine
+
+    async def one(role: str, as_json: bool) -> tuple[int, str]:
+        async with slots:
+            proc = await asyncio.create_subprocess_exec(
+                *fleet_cli(),
+                "check",
+                role,
+                "--timeout",
+                "10",
+                *(["--json"] if as_json else []),
+                env=env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+        assert proc.returncode is not None
+        return proc.returncode, out.decode() + err.decode()
+
+    keys = [(role, as_json) for role in roles for as_json in (False, True)]
+    answers = await asyncio.gather(*(one(role, as_json) for role, as_json in keys))
+    return dict(zip(keys, answers, strict=True))
+
+
+def _assert_no_secret(
+    answers: dict[tuple[str, bool], tuple[int, str]], secrets: tuple[str, ...]
+) -> None:
+    for (role, as_json), (_, output) in answers.items():
+        for secret in secrets:
+            assert secret not in output, (role, as_json, output)
+
+
+def _exit_codes(answers: dict[tuple[str, bool], tuple[int, str]]) -> dict[str, set[int]]:
+    codes: dict[str, set[int]] = {}
+    for (role, _), (code, _) in answers.items():
+        codes.setdefault(role, set()).add(code)
+    return codes
+
+
+async def test_credentials_never_in_check_output(
+    auth_nats: EmbeddedNats, keyed_meili: FakeMeili, tmp_path: Path
+) -> None:
+    assert NATS_PASSWORD in auth_nats.url
+    settings = Settings(
+        nats_url=auth_nats.url,
+        sink=keyed_meili.url,
+        meili_api_key=MEILI_KEY,
+        supervisor_port=_free_port(),  # no supervisor: its check fails
+    )
+    secrets = (NATS_PASSWORD, MEILI_KEY)
+
+    # Reachable, but nothing created yet: the roles name what is missing.
+    answers = await _check_roles(settings, ("publisher", "worker", "indexer"))
+    _assert_no_secret(answers, secrets)
+    assert _exit_codes(answers) == {"publisher": {1}, "worker": {1}, "indexer": {1}}
+    assert "stream FLEET_URLS is missing" in answers[("worker", True)][1]
+
+    # Topology and index exist: every role but the (absent) supervisor is healthy.
+    await _create_topology(settings)
+    store = open_sink(settings)
+    await store.open()
+    await store.close()
+    answers = await _check_roles(settings)
+    _assert_no_secret(answers, secrets)
+    assert "nats://***@127.0.0.1" in answers[("nats", False)][1]
+    assert _exit_codes(answers) == {
+        "nats": {0},
+        "publisher": {0},
+        "worker": {0},
+        "indexer": {0},
+        "supervisor": {1},
+    }
+    assert json.loads(answers[("indexer", True)][1])["ok"] is True
+
+    # A wrong Meilisearch key: the indexer's check fails on the sink, naming the variable.
+    wrong_key = "wrong-meili-key-w0rng"
+    answers = await _check_roles(settings.replace(meili_api_key=wrong_key), ("indexer",))
+    _assert_no_secret(answers, (*secrets, wrong_key))
+    assert _exit_codes(answers) == {"indexer": {1}}
+    assert "FLEET_MEILI_API_KEY" in answers[("indexer", False)][1]
+
+    # A wrong NATS password: every role fails, and says so with the URL redacted.
+    wrong_password = "wrong-nats-pw-w0rng"
+    bad_url = auth_nats.url.replace(NATS_PASSWORD, wrong_password)
+    answers = await _check_roles(settings.replace(nats_url=bad_url))
+    _assert_no_secret(answers, (*secrets, wrong_password))
+    assert _exit_codes(answers) == {role: {1} for role in ROLES}
+    assert "cannot reach NATS at nats://***@127.0.0.1" in answers[("worker", True)][1]

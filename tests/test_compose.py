@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import time
 import urllib.request
@@ -20,39 +19,18 @@ from typing import Any
 import pytest
 
 from fleet.settings import ENV_PREFIX, Settings
-from tests.conftest import need
+from tests.docker_helpers import DOCKER, ROOT, ensure_images
 
-ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_DIR = ROOT / "compose"
 BASE = COMPOSE_DIR / "docker-compose.yml"
 CI = COMPOSE_DIR / "docker-compose.ci.yml"
 DEV = COMPOSE_DIR / "docker-compose.dev.yml"
 PROJECT = "fleet-test"
 MEILI_KEY = "ci-master-key-0123456789abcdef"
-IMAGES = (
-    "fleet:local",
-    "fleet-browser:local",
-    "fleet-dev:local",
-    "fleet-ci-nats:local",
-    "fleet-ci-fakes:local",
-)
-DOCKER = os.environ.get("FLEET_TEST_DOCKER", "docker")
 
 
 def _run(*args: str, timeout: float = 120, **kw: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False, **kw)
-
-
-def _docker_ready() -> bool:
-    if shutil.which(DOCKER) is None:
-        return False
-    try:
-        return (
-            _run(DOCKER, "info", timeout=30).returncode == 0
-            and _run(DOCKER, "compose", "version", timeout=30).returncode == 0
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return False
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -110,11 +88,6 @@ def test_env_example_documents_every_setting() -> None:
 # -- with an engine
 
 
-@pytest.fixture(scope="module")
-def docker_ready() -> None:
-    need("a Docker engine with the compose plugin", _docker_ready())
-
-
 @pytest.mark.docker
 def test_compose_config_validates(docker_ready: None) -> None:
     for files in ((BASE,), (BASE, CI), (BASE, DEV)):
@@ -153,20 +126,6 @@ def test_compose_config_validates(docker_ready: None) -> None:
     assert set(supervisor["depends_on"]) == {"nats", "docker-proxy"}
 
 
-def _ensure_images() -> None:
-    missing = [i for i in IMAGES if _run(DOCKER, "image", "inspect", i).returncode != 0]
-    if not missing:
-        return
-    base = os.environ.get("BASE_IMAGE") or (
-        "fleet-base:local" if shutil.which("mmdebstrap") else "python:3.12-slim-bookworm"
-    )
-    build_docker = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else DOCKER
-    proc = _run(
-        "make", "ci-images", f"DOCKER={build_docker}", f"BASE_IMAGE={base}", cwd=ROOT, timeout=1800
-    )
-    assert proc.returncode == 0, f"make ci-images failed:\n{proc.stdout[-3000:]}\n{proc.stderr}"
-
-
 def _down() -> subprocess.CompletedProcess[str]:
     return _run(
         *compose(
@@ -187,7 +146,7 @@ def _down() -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def stack(docker_ready: None) -> Iterator[None]:
-    _ensure_images()
+    ensure_images()
     _down()  # a crashed earlier run must not leak into this one
     try:
         _check(compose("up", "-d", "--no-build", "--wait", "--wait-timeout", "180"), timeout=300)
@@ -363,7 +322,7 @@ def _supervisor_scales_the_worker_service(
 @pytest.mark.docker
 @pytest.mark.timeout(600)
 def test_dev_override_runs_bind_mounted_source_and_reloads(docker_ready: None) -> None:
-    _ensure_images()
+    ensure_images()
     files = (BASE, CI, DEV)
     project = f"{PROJECT}-dev"
     down = compose(

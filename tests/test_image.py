@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import need
-from tests.test_compose import DOCKER, _ensure_images, docker_ready
+from tests.docker_helpers import DOCKER, ensure_images
 
 # No registry for the Ryuk reaper image here; every container is removed in a finally block.
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
@@ -25,15 +25,13 @@ from testcontainers.core.container import DockerContainer
 from testcontainers.core.network import Network
 from testcontainers.core.wait_strategies import HealthcheckWaitStrategy, LogMessageWaitStrategy
 
-__all__ = ["docker_ready"]  # the fixture, re-exported for this module's tests
-
 IMAGE = "fleet:local"
 SECONDS = 1_000_000_000  # the Docker API counts health intervals in nanoseconds
 
 
 @pytest.fixture(scope="module")
 def images(docker_ready: None) -> None:
-    _ensure_images()
+    ensure_images()
 
 
 @pytest.fixture

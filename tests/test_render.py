@@ -3,7 +3,6 @@ the whole pipeline (real nats-server, worker and indexer processes, real Chromiu
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -18,7 +17,6 @@ from fleet.messages import (
     Page,
     RenderDecision,
     UrlTask,
-    page_decoder,
     render_decision_decoder,
     render_decision_encoder,
 )
@@ -26,24 +24,20 @@ from fleet.nats.kv import KvDecisionStore, learned_domains, render_bucket
 from fleet.scrape import extract
 from fleet.scrape.fetch import FetchResult
 from fleet.scrape.render.assess import Assessment, assess, domain_of, rendering_helped
-from fleet.scrape.render.chromium import chromium_executable
 from fleet.scrape.render.policy import MemoryDecisionStore, RenderPolicy
 from fleet.scrape.render.pool import Rendered
 from fleet.scrape.scraper import Scraper
 from fleet.settings import Settings
 from fleet.telemetry import Metrics, Telemetry
-from tests.conftest import Roles, need, wait_for
-from tests.pipeline_helpers import cli, cli_json, drained, indexed_urls, write_urls
+from tests.conftest import Roles, need_browser
+from tests.pipeline_helpers import (
+    cli,
+    cli_json,
+    result_pages,
+    wait_indexed,
+    write_urls,
+)
 from tests.site import SPA_SHELL, LoopbackSite, borderline_html, js_page_html, page_html
-
-
-def need_browser() -> None:
-    path = chromium_executable(Settings())
-    ok = importlib.util.find_spec("playwright") is not None and (
-        path is None or Path(path).exists()
-    )
-    need("Playwright and Chromium", ok)
-
 
 # --------------------------------------------------------------------------------------
 # The heuristic: a pure function over the HTTP body and its extracted text
@@ -283,30 +277,6 @@ async def test_render_failure_is_retried_then_falls_back_to_http_on_the_last_att
 
 # --------------------------------------------------------------------------------------
 # The pipeline: real nats-server, worker and indexer processes, real Chromium
-
-
-async def result_pages(settings: Settings) -> dict[str, Page]:
-    """Every result in the results stream, by URL (the indexer does not keep via_reason)."""
-    nc = await nats.connect(settings.nats_server)
-    try:
-        js = nc.jetstream()
-        info = await js.stream_info(settings.results_stream)
-        out: dict[str, Page] = {}
-        for seq in range(info.state.first_seq, info.state.last_seq + 1):
-            raw = await js.get_msg(settings.results_stream, seq)
-            page = page_decoder.decode(raw.data or b"")
-            out[page.url] = page
-        return out
-    finally:
-        await nc.close()
-
-
-async def wait_indexed(settings: Settings, urls: list[str], timeout: float = 90) -> None:
-    async def done() -> bool:
-        return len(indexed_urls(settings)) == len(urls) and await drained(settings)
-
-    await wait_for(done, timeout=timeout, interval=0.2)
-    assert set(indexed_urls(settings).values()) == {1}
 
 
 async def test_auto_mode_renders_only_what_needs_it(

@@ -12,13 +12,11 @@ import os
 
 import pytest
 
-from tests.test_compose import _ensure_images, docker_ready
+from tests.docker_helpers import ensure_images
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
 from testcontainers.core.container import DockerContainer
-
-__all__ = ["docker_ready"]
 
 SCRIPT = """
 import asyncio, os
@@ -46,7 +44,7 @@ asyncio.run(main())
 
 @pytest.fixture(scope="module")
 def images(docker_ready: None) -> None:
-    _ensure_images()
+    ensure_images()
 
 
 @pytest.mark.docker

@@ -27,10 +27,16 @@ from fleet.scrape.render.chromium import (
 from fleet.scrape.render.pool import GC_EVERY, PAGE_REUSE_LIMIT, BrowserPool, _Session, _Tab
 from fleet.settings import Settings
 from fleet.telemetry import Metrics, Telemetry
-from tests.conftest import Roles, wait_for
-from tests.pipeline_helpers import cli_json, get_status, indexed_urls, write_urls
+from tests.conftest import Roles, need_browser, wait_for
+from tests.pipeline_helpers import (
+    cli_json,
+    get_status,
+    indexed_urls,
+    result_pages,
+    wait_indexed,
+    write_urls,
+)
 from tests.site import LoopbackSite
-from tests.test_render import need_browser, result_pages, wait_indexed
 
 
 def site_settings(site: LoopbackSite, **overrides: object) -> Settings:
@@ -276,8 +282,8 @@ async def test_crash_fails_the_page_as_transient_and_the_pool_recovers(
     assert "spaword1" in await rig.render_text(site.url("/spa/1"))
     victim = rig.pool.browser_pid
     assert victim is not None
-    if binary is not None:
-        assert psutil.Process(victim).exe() == os.path.realpath(binary)  # not the shell
+    # The browser itself, not a shell wrapping it (whichever Debian package is installed).
+    assert Path(psutil.Process(victim).exe()).name.startswith("chromium")
     # A page waiting on the slow API when the browser dies.
     pending = asyncio.create_task(rig.render_text(site.url("/spa-slow/2")))
     await asyncio.sleep(0.3)

@@ -41,9 +41,9 @@ from fleet.scaling.docker import (
 from fleet.settings import Settings
 from fleet.supervisor import Policy
 from tests.conftest import Roles, wait_for
+from tests.docker_helpers import ensure_images
 from tests.pipeline_helpers import get_status, indexed_urls
-from tests.test_compose import _ensure_images, docker_ready
-from tests.test_supervisor_local import BURST, burst_scenario
+from tests.scaling_helpers import BURST, burst_scenario
 
 # No registry for the Ryuk reaper image here; every container is removed in a finally block.
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
@@ -52,8 +52,6 @@ import docker
 from testcontainers.core.container import DockerContainer
 from testcontainers.core.network import Network
 from testcontainers.core.wait_strategies import LogMessageWaitStrategy
-
-__all__ = ["docker_ready"]  # the fixture, re-exported for this module's tests
 
 IMAGE = "fleet:local"
 SERVICE = "worker"
@@ -76,7 +74,7 @@ class Infra:
 
 @pytest.fixture(scope="module")
 def infra(docker_ready: None) -> Iterator[Infra]:
-    _ensure_images()
+    ensure_images()
     network = Network()
     network.create()
     nats = (

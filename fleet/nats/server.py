@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 from fleet.errors import ConfigError
 
@@ -50,11 +51,23 @@ def _die_with_parent() -> None:
 
 
 class EmbeddedNats:
-    """Start/stop/restart one nats-server with JetStream and file storage."""
+    """Start/stop/restart one nats-server with JetStream and file storage.
+
+    With ``user`` and ``password`` the server requires them (``--user``/``--pass``) and
+    ``url`` carries them: show it through ``redact_url``.
+    """
 
     def __init__(
-        self, store_dir: str | None = None, port: int = -1, *, ready_timeout_s: float = 20.0
+        self,
+        store_dir: str | None = None,
+        port: int = -1,
+        *,
+        ready_timeout_s: float = 20.0,
+        user: str | None = None,
+        password: str | None = None,
     ) -> None:
+        if (user is None) != (password is None):
+            raise ConfigError("EmbeddedNats needs both user and password, or neither")
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if store_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="fleet-nats-")
@@ -62,12 +75,16 @@ class EmbeddedNats:
         self.store_dir = store_dir
         self.port = port
         self._ready_timeout_s = ready_timeout_s
+        self._auth = (user, password) if user is not None and password is not None else None
         self._proc: subprocess.Popen[str] | None = None
         self._log: list[str] = []
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        if self._auth is None:
+            return f"nats://127.0.0.1:{self.port}"
+        user, password = (quote(part, safe="") for part in self._auth)
+        return f"nats://{user}:{password}@127.0.0.1:{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -84,6 +101,8 @@ class EmbeddedNats:
             "-sd",
             self.store_dir,
         ]
+        if self._auth is not None:
+            cmd += ["--user", self._auth[0], "--pass", self._auth[1]]
         self._log = []
         self._proc = subprocess.Popen(
             cmd,

@@ -4,29 +4,30 @@ and one session (connect, JetStream, topology, drain) that every command and rol
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
-from urllib.parse import urlsplit, urlunsplit
+from collections.abc import AsyncIterator
 
 import nats
 from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
 
 from fleet.errors import ConfigError
+from fleet.nats.streams import ensure_topology
 from fleet.settings import Settings
+from fleet.urls import redact_url
 
 log = logging.getLogger(__name__)
 
 
-def redact_url(url: str) -> str:
-    """The URL without its user:password, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"***@{host}:{parts.port}" if parts.port else f"***@{host}"
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 class NatsUnavailable(ConfigError):
+    """NATS cannot be reached at start-up; the message names the (redacted) URL and the fix.
+
+    A ConfigError: a wrong URL or a server not started is fixed by the operator (CLI exit
+    code 2). Once connected, roles reconnect by themselves and never raise it.
+    """
+
     reason = "nats_unavailable"
 
 
@@ -76,3 +77,44 @@ async def connect(settings: Settings, *, name: str, reconnect: bool = True) -> N
     if reconnect:
         nc.options["max_reconnect_attempts"] = -1
     return nc
+
+
+@dataclasses.dataclass(frozen=True)
+class NatsSession:
+    """An open connection and its JetStream context."""
+
+    nc: NATS
+    js: JetStreamContext
+
+
+@contextlib.asynccontextmanager
+async def nats_session(
+    settings: Settings,
+    *,
+    name: str,
+    reconnect: bool = True,
+    topology: bool = True,
+    drain: bool = True,
+    publish_async_max_pending: int | None = None,
+) -> AsyncIterator[NatsSession]:
+    """Connect (see `connect`), open JetStream, with ``topology`` create or check the
+    streams and consumers (`ensure_topology`), and at the end drain the connection (its
+    pending publishes and acks go out) or, with ``drain=False``, just close it.
+
+    ``reconnect=False`` for one-shot commands: an outage then fails them rather than
+    leaving them waiting. A failure to drain or close is not the caller's error: logged.
+    """
+    nc = await connect(settings, name=name, reconnect=reconnect)
+    try:
+        opts: dict[str, int] = {}
+        if publish_async_max_pending is not None:
+            opts["publish_async_max_pending"] = publish_async_max_pending
+        js = nc.jetstream(**opts)
+        if topology:
+            await ensure_topology(js, settings)
+        yield NatsSession(nc, js)
+    finally:
+        try:
+            await (nc.drain() if drain else nc.close())
+        except Exception as exc:
+            log.debug("closing the NATS connection %s failed: %r", name, exc)

@@ -31,8 +31,8 @@ from nats.js.api import (
 from nats.js.errors import FetchTimeoutError, NotFoundError, ServiceUnavailableError
 
 from fleet.errors import ConfigError
-from fleet.nats.session import redact_url
 from fleet.settings import Settings
+from fleet.urls import redact_url
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ import dataclasses
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
-from fleet.errors import FleetError
+from fleet.errors import TransientError
 
 
-class BackendError(FleetError):
+class BackendError(TransientError):
     """The backend cannot list, start or stop workers right now (retried next interval)."""
 
     reason = "backend_unavailable"

@@ -4,19 +4,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import signal
-import subprocess
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import psutil
 
 from fleet.scaling.base import Replica, Stopper, WorkerStats
+from fleet.spawn import RoleProcess, spawn_role
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +37,7 @@ class LocalBackend:
         self._args = tuple(args)
         self._python = python
         self._grace_s = stop_grace_s
-        self._running: list[tuple[subprocess.Popen[bytes], float]] = []
+        self._running: list[RoleProcess] = []
         self._stopper = Stopper()
         self.crashed: list[str] = []  # workers that exited on their own with a non-zero code
         self._cpu: dict[int, Any] = {}  # psutil.Process per pid: cpu_percent needs history
@@ -49,20 +47,19 @@ class LocalBackend:
 
     def _reap(self) -> None:
         alive = []
-        for proc, started in self._running:
+        for proc in self._running:
             code = proc.poll()
             if code is None:
-                alive.append((proc, started))
+                alive.append(proc)
             elif code != 0:
-                self.crashed.append(f"worker (pid {proc.pid}, exit {code})")
+                self.crashed.append(proc.describe())
                 log.warning("worker pid %d exited with code %d", proc.pid, code)
         self._running = alive
 
     async def replicas(self) -> list[Replica]:
         self._reap()
         return [
-            Replica(str(p.pid), f"worker-{p.pid}", started, "running")
-            for p, started in self._running
+            Replica(str(p.pid), f"worker-{p.pid}", p.started_at, "running") for p in self._running
         ]
 
     async def scale_to(self, n: int) -> None:
@@ -70,39 +67,24 @@ class LocalBackend:
         while len(self._running) < n:
             self._spawn()
         while len(self._running) > n:
-            proc, _ = self._running.pop()  # newest first
+            proc = self._running.pop()  # newest first
             self._stopper.start(str(proc.pid), functools.partial(self._stop, proc))
 
     def _spawn(self) -> None:
-        # Popen returns as soon as the child is forked: quick enough for the event loop.
-        proc = subprocess.Popen(
-            [self._python, "-m", "fleet", "worker", *self._args],
-            env=self._env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-        )
-        self._running.append((proc, time.time()))
+        proc = spawn_role("worker", self._args, env=self._env, python=self._python)
+        self._running.append(proc)
         log.info("started worker pid %d", proc.pid)
 
-    async def _stop(self, proc: subprocess.Popen[bytes]) -> None:
+    async def _stop(self, proc: RoleProcess) -> None:
         log.info("stopping worker pid %d (SIGTERM, grace %.0fs)", proc.pid, self._grace_s)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.to_thread(proc.wait, self._grace_s)
-        except subprocess.TimeoutExpired:
-            log.warning("worker pid %d still running after %.0fs; killing", proc.pid, self._grace_s)
-            proc.kill()
-            await asyncio.to_thread(proc.wait)
+        code = await proc.stop_async(self._grace_s)
         self._cpu.pop(proc.pid, None)
-        if proc.returncode not in (0, -signal.SIGTERM, -signal.SIGKILL):
-            log.warning(
-                "worker pid %d exited with code %s while stopping", proc.pid, proc.returncode
-            )
+        if code not in (0, -signal.SIGTERM, -signal.SIGKILL):
+            log.warning("worker pid %d exited with code %s while stopping", proc.pid, code)
 
     async def get_worker_stats(self) -> list[WorkerStats]:
         out = []
-        for proc, _ in self._running:
+        for proc in self._running:
             try:
                 ps = self._cpu.setdefault(proc.pid, psutil.Process(proc.pid))
                 with ps.oneshot():

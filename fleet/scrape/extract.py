@@ -218,36 +218,41 @@ class _LinkResolver:
                 return None
             return f"{self._origin}{self._base_path}{suffix}"
         if first == "h" and (match := _FAST_ABS_RE.match(path)) is not None:
-            if ";" in path:
-                return None
-            return f"{match[1]}://{match[2]}{match[3] or '/'}{suffix}"
+            return None if ";" in path else f"{match[1]}://{match[2]}{match[3] or '/'}{suffix}"
+        return self._fast_relative(path, suffix)
+
+    def _fast_relative(self, path: str, suffix: str) -> str | None:
+        """A relative path ("a/b", "./a", "../../a") against the base directory."""
         base_dir = self._base_dir
         if base_dir is None or ":" in path or ";" in path or "//" in path:
             return None
         if path[0] == ".":
-            # Leading "./" and "../" (very common in static sites): climb the base
-            # directory, never above the root, as urljoin does.
-            ups = 0
-            while True:
-                if path.startswith("../"):
-                    ups += 1
-                    path = path[3:]
-                elif path.startswith("./"):
-                    path = path[2:]
-                elif path == "..":
-                    ups += 1
-                    path = ""
-                elif path == ".":
-                    path = ""
-                else:
-                    break
+            path, ups = _strip_dot_segments(path)
             if ups:
-                dirs = self._base_dirs
-                kept = dirs[: max(0, len(dirs) - ups)]
+                # Climb the base directory, never above the root, as urljoin does.
+                kept = self._base_dirs[: max(0, len(self._base_dirs) - ups)]
                 base_dir = f"/{'/'.join(kept)}/" if kept else "/"
         if path.startswith(".") or "/." in path:
             return None
         return f"{self._origin}{base_dir}{path}{suffix}"
+
+
+def _strip_dot_segments(path: str) -> tuple[str, int]:
+    """Leading "./" and "../" (very common in static sites) off ``path``, and how many
+    directories the "../" climb."""
+    ups = 0
+    while True:
+        if path.startswith("../"):
+            ups += 1
+            path = path[3:]
+        elif path.startswith("./"):
+            path = path[2:]
+        elif path == "..":
+            return "", ups + 1
+        elif path == ".":
+            return "", ups
+        else:
+            return path, ups
 
 
 def _lang(tree: LexborHTMLParser) -> str:

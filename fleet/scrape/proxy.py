@@ -30,7 +30,7 @@ from typing import Final, Protocol, Self
 from aiohttp.abc import AbstractResolver
 from yarl import URL
 
-from fleet.errors import BlockedAddress, FleetError, InvalidUrl
+from fleet.errors import BlockedAddress, FleetError, InvalidUrl, PermanentError
 from fleet.scrape.fetch import FetchResult
 from fleet.scrape.netguard import GuardedResolver, HostPolicy, check_url
 from fleet.settings import Settings
@@ -77,7 +77,15 @@ class GuardedRequesting(Protocol):
     ) -> FetchResult: ...
 
 
-class _Refused(Exception):
+class _Refused(PermanentError):
+    """The proxy answers the browser's request with ``status`` instead of forwarding it.
+
+    Private: it never leaves the proxy (the browser sees the status, the page's outcome
+    comes from the render). Permanent: the same request would be refused again.
+    """
+
+    reason = "proxy_refused"
+
     def __init__(self, status: int, why: str) -> None:
         super().__init__(why)
         self.status = status
@@ -289,8 +297,7 @@ class GuardedProxy:
             except (BlockedAddress, InvalidUrl) as exc:
                 raise _Refused(403, str(exc)) from None
             except FleetError as exc:
-                reason = getattr(exc, "reason", "")
-                raise _Refused(504 if reason == "timeout" else 502, str(exc)) from None
+                raise _Refused(504 if exc.reason == "timeout" else 502, str(exc)) from None
             response_headers = res.headers
         body = b"" if method == "HEAD" else res.body
         lines = [f"HTTP/1.1 {res.status} {_reason(res.status)}"]

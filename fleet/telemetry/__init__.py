@@ -6,7 +6,7 @@ package imports nothing from the roles; the roles import it.
 """
 
 from fleet.telemetry.logs import JsonFormatter, setup_logging
-from fleet.telemetry.metrics import Metrics
+from fleet.telemetry.metrics import Metrics, SupervisorMetrics, render_metrics
 from fleet.telemetry.tracing import NOOP, Hook, Telemetry, setup_telemetry, tracing_configured
 
 __all__ = [
@@ -14,7 +14,9 @@ __all__ = [
     "Hook",
     "JsonFormatter",
     "Metrics",
+    "SupervisorMetrics",
     "Telemetry",
+    "render_metrics",
     "setup_logging",
     "setup_telemetry",
     "tracing_configured",

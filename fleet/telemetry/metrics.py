@@ -1,12 +1,13 @@
 """Prometheus metrics: one ``CollectorRegistry`` per process (no global registry) holding
 every role's metrics, served by one ``/metrics`` server.
+
+``Metrics`` are the pipeline roles' (publisher, worker, indexer: ``Telemetry.serve_metrics``),
+``SupervisorMetrics`` the supervisor's (its HTTP port serves them with ``render_metrics``).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
-
-from fleet.errors import PermanentError, TransientError
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -90,9 +91,63 @@ class Metrics:
         )
 
 
-def error_class(error: BaseException) -> str:
-    if isinstance(error, PermanentError):
-        return "permanent"
-    if isinstance(error, TransientError):
-        return "transient"
-    return "internal"
+class SupervisorMetrics:
+    """The supervisor's Prometheus metrics, in its process's registry (never the global one).
+
+    Served by the supervisor's own HTTP port beside /health and /workers (`render`)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge
+
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.lag = Gauge(
+            "fleet_supervisor_lag", "Pending + unacked URLs of the workers' consumer.", registry=r
+        )
+        self.desired = Gauge(
+            "fleet_supervisor_replicas_desired", "Workers the policy asks for.", registry=r
+        )
+        self.actual = Gauge(
+            "fleet_supervisor_replicas_actual", "Workers running or starting.", registry=r
+        )
+        self.wanted = Gauge(
+            "fleet_supervisor_replicas_wanted",
+            "Workers the current lag alone asks for (before stabilisation).",
+            registry=r,
+        )
+        self.events = Counter(
+            "fleet_supervisor_scale_events",
+            "Scale decisions carried out, by direction.",
+            ["direction"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "fleet_supervisor_errors",
+            "Failed ticks by dependency (nats, backend).",
+            ["dependency"],
+            registry=r,
+        )
+        self.up = Gauge(
+            "fleet_supervisor_dependency_up",
+            "1 when the dependency answered at the last tick.",
+            ["dependency"],
+            registry=r,
+        )
+        # Every series from the start, at 0, so rate() and alerts see them before the first
+        # event (directions as in the supervisor's Decision.direction).
+        for direction in ("up", "down"):
+            self.events.labels(direction)
+        for dep in ("nats", "backend"):
+            self.errors.labels(dep)
+
+    def render(self) -> tuple[bytes, str]:
+        """``/metrics`` body and Content-Type."""
+        return render_metrics(self.registry)
+
+
+def render_metrics(registry: CollectorRegistry) -> tuple[bytes, str]:
+    """A registry in Prometheus' text format, with its Content-Type: for a ``/metrics``
+    route on a role's own HTTP server (``Telemetry.serve_metrics`` needs none)."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    return generate_latest(registry), CONTENT_TYPE_LATEST

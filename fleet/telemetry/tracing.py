@@ -29,7 +29,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
-from fleet.errors import FleetError
+from fleet.errors import HttpStatusError, error_class, error_reason
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from opentelemetry.propagators.textmap import TextMapPropagator
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.util.types import Attributes
-from fleet.telemetry.metrics import Metrics, error_class
+from fleet.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +47,6 @@ MESSAGING_SYSTEM = "nats"
 
 # Standard variables that turn tracing on (read by the CLI, acted on by the OTel SDK).
 OTLP_ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-
-
-def _error_reason(error: BaseException) -> str:
-    return error.reason if isinstance(error, FleetError) else "internal_error"
 
 
 class MessageLike(Protocol):
@@ -306,8 +302,8 @@ def setup_telemetry(role: str, *, tracing: bool, metrics_port: int = 0) -> Telem
 
 def _record_error(span: trace.Span, error: BaseException) -> None:
     span.record_exception(error)
-    span.set_status(Status(StatusCode.ERROR, f"{_error_reason(error)}: {error}"[:500]))
-    span.set_attribute("error.type", _error_reason(error))
+    span.set_status(Status(StatusCode.ERROR, f"{error_reason(error)}: {error}"[:500]))
+    span.set_attribute("error.type", error_reason(error))
 
 
 class _Span(Hook):
@@ -385,9 +381,8 @@ class _Fetching(Hook):
         if metrics is not None:
             metrics.fetch_seconds.observe(time.perf_counter() - self._started)
         if self._span is not None:
-            reason = _error_reason(exc) if exc is not None else ""
-            if reason.startswith("http_") and reason[5:].isdigit():
-                self._span.span.set_attribute("http.response.status_code", int(reason[5:]))
+            if isinstance(exc, HttpStatusError):
+                self._span.span.set_attribute("http.response.status_code", exc.status)
             self._span.__exit__(exc_type, exc, tb)
 
 
@@ -437,7 +432,7 @@ def _count_outcome(
     dead_letter: bool,
 ) -> None:
     if error is not None:
-        metrics.errors.labels(stage, error_class(error), _error_reason(error)).inc()
+        metrics.errors.labels(stage, error_class(error), error_reason(error)).inc()
     if action == "term" and dead_letter:
         metrics.dead_letters.labels(stage, reason).inc()
     if stage == "worker":

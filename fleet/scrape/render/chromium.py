@@ -17,9 +17,15 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 
-# Debian's Chromium, in order of preference (see chromium_executable). The headless shell's
-# binary itself: its /usr/bin wrapper is a shell that runs it as a child, not exec'd.
-DEBIAN_CHROMIUMS: Final = ("/usr/lib/chromium/chromium-headless-shell", "/usr/bin/chromium")
+# Debian's Chromium, in order of preference (see chromium_executable): the binaries
+# themselves, not their /usr/bin wrappers (the headless shell's runs it as a child without
+# exec, so a kill of the "browser" would hit the shell; the full browser's adds the flags of
+# /etc/chromium.d). The wrapper only if the binary is not where Debian puts it.
+DEBIAN_CHROMIUMS: Final = (
+    "/usr/lib/chromium/chromium-headless-shell",
+    "/usr/lib/chromium/chromium",
+    "/usr/bin/chromium",
+)
 
 
 # Playwright's default --disable-features (playwright-core chromiumSwitches.ts, 1.65).
@@ -81,6 +87,21 @@ def chromium_executable(settings: Settings) -> str | None:
     if settings.chromium_path:
         return settings.chromium_path
     return next((path for path in DEBIAN_CHROMIUMS if Path(path).exists()), None)
+
+
+def cap_driver_heap(settings: Settings) -> None:
+    """Cap the old space of Playwright's driver (node) at ``render_driver_heap_mb``: left
+    alone its heap grows lazily by ~70 MB before its first major collection
+    (docs/benchmarks.md).
+
+    Playwright starts its driver with a copy of this process's environment and takes no
+    environment of its own (playwright/_impl/_driver.py, ``get_driver_env``), so this
+    process's NODE_OPTIONS is the only way in. The worker role calls this once at start-up,
+    before its browser pool; nothing else in a worker runs node. Idempotent."""
+    cap = f"--max-old-space-size={settings.render_driver_heap_mb}"
+    current = os.environ.get("NODE_OPTIONS", "")
+    if cap not in current.split():
+        os.environ["NODE_OPTIONS"] = " ".join(filter(None, (current, cap)))
 
 
 RENDER_FIX: Final = (
