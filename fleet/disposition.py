@@ -8,6 +8,7 @@ silently gone: if the dead letter cannot be written, the message is nak'ed inste
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import enum
@@ -18,15 +19,13 @@ import time
 from collections.abc import Callable
 from typing import Literal, Protocol
 
-from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from fleet.errors import PermanentError, TransientError, error_reason
 from fleet.messages import DeadLetter, dead_letter_encoder, trace_headers, url_task_decoder
-from fleet.nats.streams import WORKERS_CONSUMER, JsPublish
+from fleet.nats.streams import REAPER_CONSUMER, JsPublish, pull
 from fleet.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,6 +34,8 @@ RETRY_AFTER_CAP_S = 3600.0
 
 
 class Action(enum.Enum):
+    """What becomes of a JetStream message once its handler is done."""
+
     ACK = "ack"
     NAK = "nak"
     TERM = "term"
@@ -42,6 +43,8 @@ class Action(enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class Decision:
+    """``decide``'s verdict: the action, the nak delay, the reason, and whether to dead-letter."""
+
     action: Action
     delay_s: float = 0.0
     reason: str = ""
@@ -90,10 +93,17 @@ class JetStreamMsg(Protocol):
     data: bytes
     headers: dict[str, str] | None
 
-    async def ack(self) -> None: ...
-    async def nak(self, delay: float | None = None) -> None: ...
-    async def term(self) -> None: ...
-    async def in_progress(self) -> None: ...
+    async def ack(self) -> None:
+        """Mark the message handled; a work-queue stream then drops it."""
+
+    async def nak(self, delay: float | None = None) -> None:
+        """Ask for redelivery after ``delay`` seconds (``None``: at once)."""
+
+    async def term(self) -> None:
+        """Stop redelivery for good; the server will not send the message again."""
+
+    async def in_progress(self) -> None:
+        """Restart the AckWait timer: the handler is still working on it."""
 
 
 class Settler:
@@ -117,6 +127,7 @@ class Settler:
         self._max_deliver = max_deliver
 
     def decide(self, error: BaseException | None, attempt: int) -> Decision:
+        """``decide`` with this stage's ``max_deliver`` and the settings' backoff."""
         return decide(
             error,
             attempt=attempt,
@@ -135,6 +146,13 @@ class Settler:
         item_id: str,
         seq: int,
     ) -> Decision:
+        """Carry out the decision for ``error`` on ``msg`` and return it.
+
+        Ack, nak with a delay, or write the dead letter and term. If the dead letter cannot be
+        written the message is nak'ed instead and the returned decision is a NAK with reason
+        ``dead_letter_failed``. A failed ack/nak/term is logged, not raised: the connection is down
+        and the server redelivers after AckWait.
+        """
         decision = self.decide(error, attempt)
         try:
             if decision.action is Action.ACK:
@@ -180,8 +198,14 @@ class Settler:
             log.warning("could not %s %s: %s", decision.action.value, url, exc, extra={"url": url})
         return decision
 
-    async def release(self, msg: JetStreamMsg) -> None:
-        """Hand ``msg`` back for immediate redelivery, without counting a failure.
+    async def done(self, msg: JetStreamMsg) -> None:
+        """Ack a message fully handled outside ``settle`` (a reaped advisory). Errors are
+        ignored: the message is then redelivered, and handling it again is harmless."""
+        with contextlib.suppress(Exception):
+            await msg.ack()
+
+    async def release(self, msg: JetStreamMsg, delay_s: float = 0.0) -> None:
+        """Hand ``msg`` back for redelivery (after ``delay_s``), without counting a failure.
 
         For a role that stops with work in hand (a drain out of time, a batch held while the
         sink is down): no delay, no dead letter, no log of a retry, since the attempt did not
@@ -189,9 +213,14 @@ class Settler:
         without a connection the server redelivers after AckWait.
         """
         with contextlib.suppress(Exception):
-            await msg.nak()
+            await msg.nak(delay=delay_s or None)
 
     async def dead_letter(self, letter: DeadLetter, seq: int) -> bool:
+        """Publish ``letter`` to the dead-letter stream; False (logged) if it could not be written.
+
+        The dedup id is built from the stage, the item id and ``seq`` (the stream sequence), so a
+        retry, or the reaper after a lost term, does not write the same letter twice.
+        """
         try:
             await self._js.publish(
                 f"{self._settings.dlq_subject}.{self._stage}",
@@ -213,16 +242,18 @@ class MaxDeliveriesReaper:
 
     That happens when a worker crashes or is stopped during a URL's last attempt: the server
     will not deliver it again and a work-queue stream would keep it for ever. The server
-    announces it with a MAX_DELIVERIES advisory; one worker (queue group) takes the message
-    out of the stream into the dead-letter stream. Dedup ids match the settler's, so a
-    dead letter is never written twice.
+    announces it with a MAX_DELIVERIES advisory, which the advisories stream keeps
+    (``fleet.nats.streams.topology``), so one connected later still gets it. Every worker
+    runs a reaper on the shared durable ``reaper`` consumer: one of them takes each
+    advisory, moves the URL into the dead-letter stream, and acks the advisory only then.
+    Dedup ids match the settler's, so a dead letter is never written twice.
     """
 
-    QUEUE = "fleet-reaper"
+    BATCH = 16
+    RETRY_S = 5.0
 
     def __init__(
         self,
-        nc: NATS,
         js: JetStreamContext,
         settler: Settler,
         settings: Settings,
@@ -230,38 +261,52 @@ class MaxDeliveriesReaper:
         on_dead_letter: Callable[[str, str], None] | None = None,
     ):
         self._on_dead_letter = on_dead_letter
-        self._nc = nc
         self._js = js
         self._settler = settler
         self._settings = settings
-        self._sub: Subscription | None = None
-
-    @property
-    def subject(self) -> str:
-        return (
-            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES."
-            f"{self._settings.urls_stream}.{WORKERS_CONSUMER}"
-        )
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._sub = await self._nc.subscribe(self.subject, queue=self.QUEUE, cb=self._on_advisory)
+        """Bind the ``reaper`` consumer and handle advisories in the background."""
+        sub = await self._js.pull_subscribe_bind(
+            durable=REAPER_CONSUMER, stream=self._settings.advisories_stream
+        )
+        self._task = asyncio.create_task(self._run(sub), name="max-deliveries-reaper")
 
     async def stop(self) -> None:
-        if self._sub is not None:
+        """Stop pulling; an advisory being handled finishes (or goes back unacked)."""
+        self._stop.set()
+        if self._task is not None:
             with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
+                await self._task
 
-    async def _on_advisory(self, msg: Msg) -> None:
+    async def _run(self, sub: JetStreamContext.PullSubscription) -> None:
+        stream = self._settings.advisories_stream
+        while not self._stop.is_set():
+            for msg in await pull(sub, self.BATCH, self._stop, stream=stream):
+                try:
+                    done = await self._on_advisory(msg)
+                except Exception as exc:  # a bug must not stop the reaper: retried later
+                    log.warning("could not handle max-deliveries advisory: %s", exc)
+                    done = False
+                if done:
+                    await self._settler.done(msg)
+                else:
+                    await self._settler.release(msg, self.RETRY_S)
+
+    async def _on_advisory(self, msg: Msg) -> bool:
+        """Dead-letter the URL an advisory names; False when it should be tried again."""
         try:
             advisory = json.loads(msg.data)
             seq = int(advisory["stream_seq"])
             deliveries = int(advisory.get("deliveries") or self._settings.max_deliver)
             raw = await self._js.get_msg(self._settings.urls_stream, seq)
         except NotFoundError:
-            return  # acked or dead-lettered meanwhile
-        except Exception as exc:
-            log.warning("could not handle max-deliveries advisory: %s", exc)
-            return
+            return True  # acked or dead-lettered meanwhile
+        except (KeyError, ValueError) as exc:
+            log.warning("dropping a malformed max-deliveries advisory: %s", exc)
+            return True
         data = raw.data or b""
         try:
             task = url_task_decoder.decode(data)
@@ -279,14 +324,16 @@ class MaxDeliveriesReaper:
             payload=data,
             trace_headers=trace_headers(raw.headers),
         )
-        if await self._settler.dead_letter(letter, seq):
-            if self._on_dead_letter is not None:
-                self._on_dead_letter("worker", letter.reason)
-            with contextlib.suppress(NotFoundError):
-                await self._js.delete_msg(self._settings.urls_stream, seq)
-            log.warning(
-                "dead-lettered %s after %d deliveries without an ack",
-                url,
-                deliveries,
-                extra={"url": url},
-            )
+        if not await self._settler.dead_letter(letter, seq):
+            return False
+        if self._on_dead_letter is not None:
+            self._on_dead_letter("worker", letter.reason)
+        with contextlib.suppress(NotFoundError):
+            await self._js.delete_msg(self._settings.urls_stream, seq)
+        log.warning(
+            "dead-lettered %s after %d deliveries without an ack",
+            url,
+            deliveries,
+            extra={"url": url},
+        )
+        return True

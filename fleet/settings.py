@@ -26,6 +26,13 @@ class SettingsError(ConfigError):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Settings:
+    """Every knob of every role, with its default; frozen, so a role cannot change it under another.
+
+    Each field ``x`` is read from ``FLEET_X`` (``from_env``); units are in the names (``_s``,
+    ``_mb``, ``_bytes``). Build it with ``from_env`` or ``replace``, which validate;
+    constructing it directly does not.
+    """
+
     # NATS. None means "not configured": `fleet run` then starts a private server.
     nats_url: str | None = None
     nats_connect_timeout_s: float = 2.0
@@ -102,19 +109,28 @@ class Settings:
 
     @property
     def nats_server(self) -> str:
+        """The NATS URL to connect to: ``nats_url``, or the local default when not configured."""
         return self.nats_url or DEFAULT_NATS_URL
 
     @property
     def urls_stream(self) -> str:
+        """JetStream stream of the URL tasks (a work queue the workers consume)."""
         return f"{self.stream_prefix}_URLS"
 
     @property
     def results_stream(self) -> str:
+        """JetStream stream of the scraped pages, consumed by the indexer."""
         return f"{self.stream_prefix}_RESULTS"
 
     @property
     def dlq_stream(self) -> str:
+        """JetStream stream of the dead letters of both stages."""
         return f"{self.stream_prefix}_DLQ"
+
+    @property
+    def advisories_stream(self) -> str:
+        """JetStream stream that keeps the server's MAX_DELIVERIES advisories for the reaper."""
+        return f"{self.stream_prefix}_ADVISORIES"
 
     @property
     def render_bucket(self) -> str:
@@ -123,14 +139,17 @@ class Settings:
 
     @property
     def urls_subject(self) -> str:
+        """Subject the URL tasks are published on."""
         return f"{self.subject_prefix}.urls"
 
     @property
     def results_subject(self) -> str:
+        """Subject the workers publish scraped pages on."""
         return f"{self.subject_prefix}.results"
 
     @property
     def dlq_subject(self) -> str:
+        """Prefix of the dead-letter subjects (``.worker`` or ``.indexer`` is appended)."""
         return f"{self.subject_prefix}.dlq"
 
     def replace(self, **overrides: Any) -> Settings:
@@ -159,6 +178,10 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Read ``FLEET_<FIELD>`` variables from ``env`` (empty counts as unset), then validate.
+
+        Raises ``SettingsError`` naming the variable when a value does not parse or is out of range.
+        """
         hints = get_type_hints(cls)
         values: dict[str, Any] = {}
         for field in dataclasses.fields(cls):
@@ -172,6 +195,7 @@ class Settings:
         return settings
 
     def validate(self) -> None:
+        """Raise ``SettingsError`` for an unusable value; the message names the variable and fix."""
         positive = {
             "max_deliver": self.max_deliver,
             "ack_wait_s": self.ack_wait_s,

@@ -68,6 +68,12 @@ def _replace(page: Page, **changes: object) -> Page:
 
 
 class Worker:
+    """Pulls URL tasks, scrapes them, publishes each page to the results stream, then settles.
+
+    At most ``worker_concurrency`` URLs are in hand at once; the URL is acked only after the
+    page's PubAck, so a crash loses nothing. ``processed`` counts the pages published.
+    """
+
     def __init__(
         self,
         js: JetStreamContext,
@@ -89,6 +95,11 @@ class Worker:
         self.processed = 0
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Work until ``stop`` is set, then drain.
+
+        In-flight URLs get ``drain_timeout_s`` to finish; those still running are cancelled and
+        handed back for immediate redelivery to another worker.
+        """
         sub = await self._js.pull_subscribe_bind(
             durable=WORKERS_CONSUMER, stream=self._settings.urls_stream
         )
@@ -245,7 +256,6 @@ async def _serve(
                 telemetry=telemetry,
             )
             reaper = MaxDeliveriesReaper(
-                nc,
                 js,
                 Settler(js, settings, stage="worker", max_deliver=settings.max_deliver),
                 settings,

@@ -38,21 +38,30 @@ log = logging.getLogger(__name__)
 
 
 WORKERS_CONSUMER = "workers"
-
-
 INDEXER_CONSUMER = "indexer"
+REAPER_CONSUMER = "reaper"
+
+
+def max_deliveries_subject(settings: Settings) -> str:
+    """The server's MAX_DELIVERIES advisory subject of the workers' consumer."""
+    return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{settings.urls_stream}.{WORKERS_CONSUMER}"
 
 
 @dataclasses.dataclass(frozen=True)
 class Topology:
+    """The streams and durable consumers, configured as fleet wants them."""
+
     urls: StreamConfig
     results: StreamConfig
     dlq: StreamConfig
+    advisories: StreamConfig
     workers: ConsumerConfig
     indexer: ConsumerConfig
+    reaper: ConsumerConfig
 
 
 def topology(settings: Settings) -> Topology:
+    """The configuration fleet wants for ``settings``; pure, nothing is sent to the server."""
     urls = StreamConfig(
         name=settings.urls_stream,
         description="fleet: URLs waiting to be fetched",
@@ -105,7 +114,34 @@ def topology(settings: Settings) -> Topology:
         max_ack_pending=20_000,
         max_waiting=512,
     )
-    return Topology(urls=urls, results=results, dlq=dlq, workers=workers, indexer=indexer)
+    # The server publishes a MAX_DELIVERIES advisory once and does not keep it: stored here,
+    # it reaches the reaper even when no worker was connected at that moment.
+    advisories = StreamConfig(
+        name=settings.advisories_stream,
+        description="fleet: MAX_DELIVERIES advisories of the workers' consumer (for the reaper)",
+        subjects=[max_deliveries_subject(settings)],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        max_age=settings.results_max_age_s,
+    )
+    reaper = ConsumerConfig(
+        durable_name=REAPER_CONSUMER,
+        description="fleet max-deliveries reaper (every worker runs one, competing)",
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=settings.ack_wait_s,
+        max_deliver=-1,  # an advisory not handled yet is retried until it is
+        max_ack_pending=1_000,
+    )
+    return Topology(
+        urls=urls,
+        results=results,
+        dlq=dlq,
+        advisories=advisories,
+        workers=workers,
+        indexer=indexer,
+        reaper=reaper,
+    )
 
 
 # Fields the server refuses to change on an existing stream.
@@ -141,6 +177,11 @@ def _drift(want: Any, have: Any, fields: tuple[str, ...]) -> dict[str, tuple[Any
 
 
 async def ensure_stream(js: JetStreamContext, want: StreamConfig) -> None:
+    """Create the stream ``want``, or reconcile the existing one with it.
+
+    Fields the server can change in place are updated, with a warning; a different retention
+    or storage raises ``ConfigError`` saying how to remove the stream or use new names.
+    """
     assert want.name is not None
     try:
         info = await js.stream_info(want.name)
@@ -164,6 +205,11 @@ async def ensure_stream(js: JetStreamContext, want: StreamConfig) -> None:
 
 
 async def ensure_consumer(js: JetStreamContext, stream: str, want: ConsumerConfig) -> ConsumerInfo:
+    """Create the durable consumer ``want`` on ``stream``, or reconcile it; returns its info.
+
+    Changeable fields (ack wait, max deliver...) are updated with a warning; a different
+    deliver or ack policy raises ``ConfigError`` with the command that removes the consumer.
+    """
     assert want.durable_name is not None
     try:
         # nats-py leaves JetStreamManager.consumer_info unannotated.
@@ -188,6 +234,7 @@ async def ensure_consumer(js: JetStreamContext, stream: str, want: ConsumerConfi
 
 
 async def require_jetstream(js: JetStreamContext, settings: Settings) -> None:
+    """Raise ``ConfigError`` with the fix when the NATS server has JetStream switched off."""
     try:
         await js.account_info()
     except (ServiceUnavailableError, NoRespondersError):
@@ -198,12 +245,14 @@ async def require_jetstream(js: JetStreamContext, settings: Settings) -> None:
 
 
 async def ensure_topology(js: JetStreamContext, settings: Settings) -> Topology:
+    """Check JetStream, then create or reconcile every stream and consumer; returns the topology."""
     topo = topology(settings)
     await require_jetstream(js, settings)
-    for stream in (topo.urls, topo.results, topo.dlq):
+    for stream in (topo.urls, topo.results, topo.dlq, topo.advisories):
         await ensure_stream(js, stream)
     await ensure_consumer(js, settings.urls_stream, topo.workers)
     await ensure_consumer(js, settings.results_stream, topo.indexer)
+    await ensure_consumer(js, settings.advisories_stream, topo.reaper)
     return topo
 
 
@@ -217,7 +266,13 @@ class JsPublish(Protocol):
         timeout: float | None = None,  # noqa: ASYNC109 - mirrors JetStreamContext.publish
         stream: str | None = None,
         headers: dict[str, str] | None = None,
-    ) -> PubAck: ...
+    ) -> PubAck:
+        """Publish ``payload`` and return the PubAck once ``stream`` has stored it.
+
+        Raises when it has not been stored: no PubAck within ``timeout``, no stream on the subject,
+        or an error reply. With a ``Nats-Msg-Id`` header, a re-publish within the dedup window is
+        not stored twice (its PubAck has ``duplicate`` set).
+        """
 
 
 async def pull(
