@@ -225,6 +225,18 @@ async def test_crash_on_the_last_attempt_is_dead_lettered_not_stranded(
     await wait_for(in_flight, timeout=30)
     victim.send_signal(signal.SIGKILL)
     victim.wait(10)
+
+    # No worker is connected when AckWait runs out and the server emits the advisory: it
+    # waits in the advisories stream for the next worker.
+    async def advisory_kept() -> bool:
+        nc = await nats.connect(settings.nats_server)
+        try:
+            info = await nc.jetstream().stream_info(settings.advisories_stream)
+            return info.state.messages == 1
+        finally:
+            await nc.close()
+
+    await wait_for(advisory_kept, timeout=30)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         metrics_port = probe.getsockname()[1]
