@@ -21,11 +21,14 @@ QUERIES = ("bowline knot", "mayday", "anchor scope", "fog")
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves the sample site without an access log line per request."""
+
     def log_message(self, format: str, *args: object) -> None:
-        pass
+        """Drop the line: it would interleave with the output of `fleet run`."""
 
 
 def main() -> int:
+    """Serve the site, `fleet run` it, then search; the exit code of a failed run, else 0."""
     site_dir = Path(str(files("fleet") / "sample_site"))
     handler = functools.partial(QuietHandler, directory=str(site_dir))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)

@@ -47,6 +47,11 @@ async def dead_letter_counts(js: JetStreamContext, settings: Settings) -> dict[s
 
 
 async def status(js: JetStreamContext, settings: Settings) -> dict[str, Any]:
+    """Stream sizes, consumer backlogs, dead letters and learned render decisions (`fleet status`).
+
+    A stream or consumer not created yet shows as ``{}``; raises ``ConfigError`` when the
+    server has no JetStream.
+    """
     await require_jetstream(js, settings)
     streams = {}
     for key, name in (
@@ -89,10 +94,13 @@ async def status(js: JetStreamContext, settings: Settings) -> dict[str, Any]:
 
 @dataclasses.dataclass(frozen=True)
 class StoredDeadLetter:
+    """A dead letter and its sequence in the DLQ stream (the handle to replay or delete it by)."""
+
     seq: int
     letter: DeadLetter
 
     def as_dict(self) -> dict[str, Any]:
+        """The fields `fleet dlq list` shows; the payload and trace headers are left out."""
         letter = self.letter
         return {
             "seq": self.seq,
@@ -109,6 +117,11 @@ class StoredDeadLetter:
 async def list_dead_letters(
     js: JetStreamContext, settings: Settings, *, limit: int | None = None
 ) -> list[StoredDeadLetter]:
+    """The dead letters in the DLQ stream, oldest first, at most ``limit`` of them.
+
+    Undecodable ones are skipped with a warning. Reads one message per sequence number, so it
+    is meant for an operator's look, not for a DLQ of millions.
+    """
     info = await js.stream_info(settings.dlq_stream)
     out: list[StoredDeadLetter] = []
     for seq in _seqs(info.state.first_seq, info.state.last_seq):

@@ -30,11 +30,14 @@ ROLES: Final = ("nats", "publisher", "worker", "indexer", "supervisor")
 
 @dataclasses.dataclass(frozen=True)
 class CheckResult:
+    """The answer of ``check``: the role, healthy or not, and what was checked or is missing."""
+
     role: str
     ok: bool
     detail: str
 
     def line(self) -> str:
+        """The one line `fleet check` prints: ``ok: worker: ...`` or ``unhealthy: worker: ...``."""
         return f"{'ok' if self.ok else 'unhealthy'}: {self.role}: {self.detail}"
 
 

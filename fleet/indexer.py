@@ -40,6 +40,13 @@ class _Item:
 
 
 class Indexer:
+    """Pulls pages in batches, upserts them into the sink, and settles each after the commit.
+
+    Duplicates within a batch (one canonical URL) become one document, the last one winning.
+    Only an undecodable message or a document the sink rejects is dead-lettered: a sink outage
+    is waited out, never counted as a failed attempt. ``indexed`` and ``batches`` count work done.
+    """
+
     def __init__(
         self,
         js: JetStreamContext,
@@ -58,6 +65,11 @@ class Indexer:
         self.batches = 0
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Index batches until ``stop`` is set.
+
+        A batch in hand is finished first; if the sink is down at that point, its messages are
+        handed back for redelivery instead of waiting for the sink.
+        """
         sub = await self._js.pull_subscribe_bind(
             durable=INDEXER_CONSUMER, stream=self._settings.results_stream
         )

@@ -40,21 +40,32 @@ class JetStreamPublisher(JsPublish, Protocol):
         wait_stall: float | None = None,
         stream: str | None = None,
         headers: dict[str, str] | None = None,
-    ) -> asyncio.Future[PubAck]: ...
+    ) -> asyncio.Future[PubAck]:
+        """Send without waiting; the future resolves to the PubAck, or to the publish's error.
+
+        The future has no deadline of its own. While too many publishes are pending, waits up to
+        ``wait_stall`` for room, then raises ``TooManyStalledMsgsError``.
+        """
 
 
 class Progress(Protocol):
-    def update(self, n: int = 1) -> object: ...
+    """Where ``publish_urls`` reports URLs dealt with (a tqdm bar in the CLI)."""
+
+    def update(self, n: int = 1) -> object:
+        """Advance by ``n`` URLs; the return value is ignored."""
 
 
 @dataclasses.dataclass
 class PublishReport:
+    """What ``publish_urls`` did, in URLs: published, duplicates, invalid lines, failed."""
+
     published: int = 0
     duplicates: int = 0
     invalid: int = 0
     failed: int = 0
 
     def as_dict(self) -> dict[str, int]:
+        """The counts `fleet publish` prints (``failed`` left out: any failure raises instead)."""
         return {"published": self.published, "duplicates": self.duplicates, "invalid": self.invalid}
 
 
@@ -87,6 +98,12 @@ class _Pending:
 
 
 class Publisher:
+    """Publishes URL lines as ``UrlTask`` messages on the URLs stream, ``window`` in flight.
+
+    ``headers_for`` adds headers per message (trace context); ``counted(result, n)`` is told of
+    each URL published, duplicate or invalid, for metrics.
+    """
+
     def __init__(
         self,
         js: JetStreamPublisher,
@@ -112,6 +129,13 @@ class Publisher:
         progress: Progress | None = None,
         source: str | None = None,
     ) -> PublishReport:
+        """Normalize and publish ``lines`` (line number, text), as ``read_url_lines`` yields them.
+
+        An invalid URL goes to ``on_invalid(lineno, message)`` and is skipped. A URL repeated in
+        the input, or already published within the dedup window, counts as a duplicate. A publish
+        not acknowledged is retried with the same dedup id; ``PublishFailed`` is raised at the end
+        if some URLs were still not acknowledged. ``source`` is recorded in each task.
+        """
         report = PublishReport()
         seen: set[str] = set()
         pending: list[_Pending] = []

@@ -63,6 +63,12 @@ class RoleCrashed(TransientError):
 
 @dataclasses.dataclass
 class RunSummary:
+    """What a `fleet run` did; ``completed`` is False when it stopped before the list was done.
+
+    ``indexed`` counts the results the run added, minus those the indexer dead-lettered;
+    ``dead_lettered`` counts the dead letters written during the run, in either stage.
+    """
+
     published: int = 0
     duplicates: int = 0
     invalid: int = 0
@@ -73,9 +79,11 @@ class RunSummary:
 
     @property
     def pages_per_s(self) -> float:
+        """Pages indexed per second of the run (0 before it has a duration)."""
         return round(self.indexed / self.seconds, 1) if self.seconds > 0 else 0.0
 
     def as_dict(self) -> dict[str, Any]:
+        """The summary `fleet run` prints (``seconds`` rounded to the millisecond)."""
         return {
             "published": self.published,
             "indexed": self.indexed,
@@ -95,14 +103,17 @@ class RoleProcesses:
         self.procs: list[RoleProcess] = []
 
     def spawn(self, role: str, *args: str) -> RoleProcess:
+        """Start ``fleet <role> <args>`` with the run's environment, and keep it to stop later."""
         proc = spawn_role(role, args, env=self._env)
         self.procs.append(proc)
         return proc
 
     def crashed(self) -> list[str]:
+        """``describe()`` of each child that exited with a non-zero code; empty while none has."""
         return [p.describe() for p in self.procs if p.crashed]
 
     def stop(self, grace_s: float) -> None:
+        """SIGTERM them all, SIGKILL whichever still runs ``grace_s`` later; blocks until done."""
         stop_all(self.procs, grace_s)
 
 

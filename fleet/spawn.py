@@ -30,6 +30,7 @@ class RoleProcess:
 
     @property
     def pid(self) -> int:
+        """The child's process id."""
         return self.proc.pid
 
     def poll(self) -> int | None:

@@ -45,6 +45,8 @@ DOWN: Final = "down"
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Policy:
+    """How the supervisor scales: replica bounds, the lag one worker should carry, and how fast."""
+
     min_replicas: int
     max_replicas: int
     target_lag: int  # URLs one worker should carry
@@ -54,6 +56,7 @@ class Policy:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
+        """The policy of the ``FLEET_SUPERVISOR_*`` settings."""
         return cls(
             min_replicas=settings.supervisor_min,
             max_replicas=settings.supervisor_max,
@@ -81,6 +84,8 @@ class PolicyState:
 
 @dataclasses.dataclass(frozen=True)
 class Decision:
+    """One scaling decision: the lag and replicas seen, what to run (``desired``), and why."""
+
     lag: int
     current: int
     wanted: int  # from this lag alone
@@ -89,6 +94,7 @@ class Decision:
 
     @property
     def direction(self) -> str | None:
+        """``UP`` or ``DOWN``, or None when ``desired`` is the current count."""
         if self.desired > self.current:
             return UP
         if self.desired < self.current:
@@ -96,6 +102,7 @@ class Decision:
         return None
 
     def as_dict(self) -> dict[str, Any]:
+        """The decision and its direction, as ``/health`` shows it."""
         return {**dataclasses.asdict(self), "direction": self.direction}
 
 
@@ -148,6 +155,8 @@ def decide(
 
 
 class LagSource(Protocol):
+    """Where the supervisor reads the queue's lag (``JetStreamLag``; tests give their own)."""
+
     async def lag(self) -> int:
         """pending + ack_pending of the workers' consumer; raises when NATS is unreachable."""
 
@@ -173,6 +182,11 @@ class JetStreamLag:
         self._timeout_s = timeout_s
 
     async def lag(self) -> int:
+        """``num_pending + num_ack_pending`` of the workers' consumer; 0 before it exists.
+
+        Connects on the first call. Raises when NATS is unreachable or does not answer within
+        ``timeout_s``; the supervisor then reports NATS down and asks again next interval.
+        """
         if self._js is None:
             session = await self._session.enter_async_context(
                 nats_session(self._settings, name="fleet-supervisor", topology=False, drain=False)
@@ -186,6 +200,7 @@ class JetStreamLag:
         return int((info.num_pending or 0) + (info.num_ack_pending or 0))
 
     async def close(self) -> None:
+        """Close the connection opened here, if any (a ``js`` given is the caller's)."""
         await self._session.aclose()
 
 
@@ -195,11 +210,14 @@ class JetStreamLag:
 
 @dataclasses.dataclass
 class DependencyStatus:
+    """One dependency as ``/health`` shows it: ok, the last error, when checked (Unix time)."""
+
     ok: bool = False
     error: str | None = "not checked yet"
     checked_at: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict."""
         return dataclasses.asdict(self)
 
 
@@ -296,6 +314,7 @@ class Supervisor:
         return decision
 
     async def run(self, stop: asyncio.Event) -> None:
+        """``step`` every ``interval_s`` (start to start) until ``stop`` is set."""
         while not stop.is_set():
             started = self._clock()
             await self.step()
@@ -304,6 +323,11 @@ class Supervisor:
                 await asyncio.wait_for(stop.wait(), timeout=delay)
 
     def health(self) -> tuple[bool, dict[str, Any]]:
+        """Healthy or not, and the ``/health`` body.
+
+        Healthy when NATS and the backend answered at their last check and the loop has ticked
+        within ``stale_after_s`` (a loop stuck in a call is unhealthy too).
+        """
         idle = None if self._last_tick is None else self._clock() - self._last_tick
         loop_ok = idle is not None and idle <= self.stale_after_s
         ok = self.nats.ok and self.docker.ok and loop_ok
@@ -329,6 +353,8 @@ class Supervisor:
 
 
 def make_app(supervisor: Supervisor) -> web.Application:
+    """The aiohttp app: ``/health`` (503 when unhealthy), ``/metrics``, ``/workers``."""
+
     async def health(_: web.Request) -> web.Response:
         ok, body = supervisor.health()
         return web.json_response(body, status=200 if ok else 503)

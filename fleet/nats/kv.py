@@ -77,6 +77,11 @@ class KvDecisionStore:
         self._cache: dict[str, tuple[float, RenderDecision | None]] = {}
 
     async def get(self, domain: str) -> RenderDecision | None:
+        """The decision learned for ``domain``, or None; from the cache when younger than ``ttl_s``.
+
+        Never raises for KV trouble: it logs and returns the last cached decision (or None), and
+        does not cache the failure, so the next call asks the bucket again.
+        """
         now = time.monotonic()
         cached = self._cache.get(domain)
         if cached is not None and now - cached[0] < self._ttl_s:
@@ -95,5 +100,6 @@ class KvDecisionStore:
         return decision
 
     async def put(self, decision: RenderDecision) -> None:
+        """Store ``decision`` under its domain (replacing any) and cache it; KV errors propagate."""
         await self._kv.put(_kv_key(decision.domain), render_decision_encoder.encode(decision))
         self._cache[decision.domain] = (time.monotonic(), decision)

@@ -27,6 +27,7 @@ _READY = "Server is ready"
 
 
 def find_nats_server() -> str:
+    """The nats-server binary: beside the Python executable, else on PATH; else ``ConfigError``."""
     beside = Path(sys.executable).parent / "nats-server"
     if beside.exists():
         return str(beside)
@@ -81,6 +82,7 @@ class EmbeddedNats:
 
     @property
     def url(self) -> str:
+        """``nats://127.0.0.1:<port>``, with the credentials if any; the real port once started."""
         if self._auth is None:
             return f"nats://127.0.0.1:{self.port}"
         user, password = (quote(part, safe="") for part in self._auth)
@@ -88,9 +90,15 @@ class EmbeddedNats:
 
     @property
     def pid(self) -> int | None:
+        """The server's process id, or None when it is not running."""
         return self._proc.pid if self._proc else None
 
     def start(self) -> EmbeddedNats:
+        """Start the server and wait until it is ready; returns ``self``.
+
+        Raises ``ConfigError`` with the end of the server's log if it is not ready within
+        ``ready_timeout_s`` or exits.
+        """
         cmd = [
             find_nats_server(),
             "-js",
@@ -132,6 +140,10 @@ class EmbeddedNats:
         ready.set()
 
     def stop(self, *, kill: bool = False, timeout_s: float = 10.0) -> None:
+        """SIGTERM (SIGKILL with ``kill``), then SIGKILL after ``timeout_s``; no-op if not running.
+
+        The store directory is kept, so ``start`` brings back the streams and their messages.
+        """
         proc, self._proc = self._proc, None
         if proc is None or proc.poll() is not None:
             return
@@ -149,6 +161,7 @@ class EmbeddedNats:
         self.start()
 
     def close(self) -> None:
+        """Stop the server and delete its store if it is the temporary one made here."""
         self.stop()
         if self._tmp is not None:
             with contextlib.suppress(OSError):

@@ -27,6 +27,8 @@ class BackendError(TransientError):
 
 @dataclasses.dataclass(frozen=True)
 class Replica:
+    """One worker as a backend lists it; ``state`` is in the backend's words (``running``...)."""
+
     id: str
     name: str
     created: float  # Unix time, for "newest first"
@@ -35,6 +37,8 @@ class Replica:
 
 @dataclasses.dataclass(frozen=True)
 class WorkerStats:
+    """CPU and memory of one worker, for ``/workers``; None where the backend could not measure."""
+
     id: str
     name: str
     state: str
@@ -43,6 +47,7 @@ class WorkerStats:
     memory_limit_bytes: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict."""
         return dataclasses.asdict(self)
 
 
@@ -50,7 +55,8 @@ class Backend(Protocol):
     """What the supervisor needs from wherever the workers run."""
 
     @property
-    def name(self) -> str: ...
+    def name(self) -> str:
+        """Short name of the backend (``docker``, ``local``), used as a key in ``/health``."""
 
     async def ping(self) -> None:
         """Raise `BackendError` when the backend cannot be reached."""
@@ -61,7 +67,11 @@ class Backend(Protocol):
     async def scale_to(self, n: int) -> None:
         """Start workers, or stop the newest ones gracefully, until `n` are running."""
 
-    async def get_worker_stats(self) -> list[WorkerStats]: ...
+    async def get_worker_stats(self) -> list[WorkerStats]:
+        """CPU and memory of each replica; one that cannot be measured gets None values.
+
+        Raises `BackendError` when the workers cannot be listed.
+        """
 
     async def close(self) -> None:
         """Wait for the workers being stopped (the local backend also stops the rest)."""
@@ -74,10 +84,15 @@ class Stopper:
         self.tasks: dict[str, asyncio.Task[None]] = {}
 
     def start(self, key: str, stop: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``stop()`` in the background; ``key`` stays in ``tasks`` until it has finished.
+
+        Backends look ``tasks`` up to leave a worker being stopped out of their replicas.
+        """
         task = asyncio.create_task(stop(), name=f"stop-{key}")
         self.tasks[key] = task
         task.add_done_callback(lambda _: self.tasks.pop(key, None))
 
     async def wait(self) -> None:
+        """Wait for every stop under way; their exceptions are dropped (each stop logs its own)."""
         if self.tasks:
             await asyncio.gather(*self.tasks.values(), return_exceptions=True)

@@ -51,27 +51,35 @@ class DockerApi(Protocol):
     container calls (plus ping and version), the only ones the socket proxy allows."""
 
     @property
-    def api_version(self) -> str: ...
+    def api_version(self) -> str:
+        """The Engine API version negotiated, such as ``"1.44"``."""
 
-    def ping(self) -> bool: ...
+    def ping(self) -> bool:
+        """``GET /_ping``: True when the engine answers; raises when it cannot be reached."""
 
     def containers(
         self,
         all: bool = False,
         filters: dict[str, Any] | None = None,
-    ) -> list[dict[str, Any]]: ...
+    ) -> list[dict[str, Any]]:
+        """``GET /containers/json`` with ``filters``: a row per container (``all``: stopped too)."""
 
-    def inspect_container(self, container: str) -> dict[str, Any]: ...
+    def inspect_container(self, container: str) -> dict[str, Any]:
+        """``GET /containers/{id}/json``: its attributes (Config, HostConfig, NetworkSettings)."""
 
     def create_container_from_config(
         self, config: dict[str, Any], name: str | None = None
-    ) -> dict[str, Any]: ...
+    ) -> dict[str, Any]:
+        """``POST /containers/create`` with ``config`` as the body; returns ``{"Id": ...}``."""
 
-    def start(self, container: str) -> None: ...
+    def start(self, container: str) -> None:
+        """Start a created container."""
 
-    def stop(self, container: str, timeout: int | None = None) -> None: ...
+    def stop(self, container: str, timeout: int | None = None) -> None:
+        """Send the stop signal, SIGKILL after ``timeout`` seconds; returns once it has stopped."""
 
-    def remove_container(self, container: str, v: bool = False, force: bool = False) -> None: ...
+    def remove_container(self, container: str, v: bool = False, force: bool = False) -> None:
+        """Remove the container (``force``: even if running; ``v``: with its anonymous volumes)."""
 
     def stats(
         self,
@@ -79,7 +87,8 @@ class DockerApi(Protocol):
         decode: bool | None = None,
         stream: bool = True,
         one_shot: bool | None = None,
-    ) -> Any: ...
+    ) -> Any:
+        """Resource usage; with ``stream=False``, one sample as a dict (takes about a second)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,6 +214,7 @@ def _version_tuple(version: str) -> tuple[int, ...]:
 
 
 def compose_selector(project: str, service: str) -> dict[str, str]:
+    """The labels compose puts on the containers of ``service`` in ``project``."""
     return {COMPOSE_PROJECT: project, COMPOSE_SERVICE: service}
 
 
@@ -298,6 +308,7 @@ class DockerBackend:
             raise BackendError(f"docker: {what} failed: {type(exc).__name__}: {exc}") from exc
 
     async def ping(self) -> None:
+        """Raise `BackendError` when the engine (or its socket proxy) does not answer."""
         await self._call("ping", self._api.ping)
 
     async def _list(self) -> list[dict[str, Any]]:
@@ -315,6 +326,10 @@ class DockerBackend:
         return 0
 
     async def replicas(self) -> list[Replica]:
+        """Worker containers running, created or restarting, oldest first; raises `BackendError`.
+
+        Containers being stopped are left out, so they no longer count towards the decision.
+        """
         rows = await self._list()
         live = [
             r
@@ -355,6 +370,12 @@ class DockerBackend:
         return self._template
 
     async def scale_to(self, n: int) -> None:
+        """Create copies of the newest running worker until ``n`` run, or stop the newest ones.
+
+        New containers are numbered after the highest number in use, copying the fallback template
+        when no worker is running. Stops run in the background. Raises `BackendError` when there is
+        nothing to copy or a call fails; a container created but not started is removed again.
+        """
         running = await self.replicas()
         if len(running) < n:
             template = await self._refresh_template(running)
@@ -398,6 +419,7 @@ class DockerBackend:
         return WorkerStats(replica.id, replica.name, replica.state, _cpu_percent(raw), used, limit)
 
     async def get_worker_stats(self) -> list[WorkerStats]:
+        """CPU and memory of every replica; None values where the engine gave none."""
         # One stats call takes about a second (two samples): ask for all at once.
         return list(await asyncio.gather(*(self._stats(r) for r in await self.replicas())))
 

@@ -43,6 +43,7 @@ class LocalBackend:
         self._cpu: dict[int, Any] = {}  # psutil.Process per pid: cpu_percent needs history
 
     async def ping(self) -> None:
+        """Always reachable: the workers are this process's children."""
         return None
 
     def _reap(self) -> None:
@@ -57,12 +58,17 @@ class LocalBackend:
         self._running = alive
 
     async def replicas(self) -> list[Replica]:
+        """The worker processes still running, oldest first (stopping ones are not listed).
+
+        Workers found exited with a non-zero code are logged and added to ``crashed``.
+        """
         self._reap()
         return [
             Replica(str(p.pid), f"worker-{p.pid}", p.started_at, "running") for p in self._running
         ]
 
     async def scale_to(self, n: int) -> None:
+        """Spawn workers, or stop the newest in the background (SIGTERM, then SIGKILL), to ``n``."""
         self._reap()
         while len(self._running) < n:
             self._spawn()
@@ -83,6 +89,10 @@ class LocalBackend:
             log.warning("worker pid %d exited with code %s while stopping", proc.pid, code)
 
     async def get_worker_stats(self) -> list[WorkerStats]:
+        """CPU (since the previous call; 0.0 the first time) and RSS of each worker.
+
+        A worker gone since it was listed shows as ``exited`` with no numbers.
+        """
         out = []
         for proc in self._running:
             try:

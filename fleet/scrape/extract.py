@@ -49,6 +49,13 @@ _FAST_ABS_RE: Final = re.compile(r"(https?)://([a-z0-9][a-z0-9.-]*)(/[^?#]*)?\Z"
 
 @dataclass(frozen=True, slots=True)
 class Extracted:
+    """What ``extract`` read from a page; ``text`` is the main content, whitespace collapsed.
+
+    ``canonical_url`` is the page's ``<link rel=canonical>`` when same-origin (a page cannot
+    claim another site's document), else its own normalized URL; ``content_hash`` is the
+    BLAKE2b-128 of ``text``.
+    """
+
     title: str
     description: str
     headings: list[str]

@@ -46,6 +46,12 @@ _DNS_CACHE_TTL_S: Final = 60
 
 @dataclass(frozen=True, slots=True)
 class FetchResult:
+    """One fetched response: the URL asked, the one that answered after redirects, and the body.
+
+    The body is decoded from its Content-Encoding and at most ``max_body_bytes``;
+    ``elapsed_ms`` covers the whole redirect chain.
+    """
+
     url: str
     final_url: str
     status: int
@@ -95,6 +101,7 @@ class Fetcher:
 
     @property
     def policy(self) -> HostPolicy:
+        """The ``FLEET_ALLOW_HOSTS`` exemptions this fetcher checks addresses against."""
         return self._policy
 
     async def __aenter__(self) -> Self:
@@ -138,6 +145,7 @@ class Fetcher:
         return self._session
 
     async def close(self) -> None:
+        """Close the session and its resolver; a later fetch opens new ones."""
         session, self._session = self._session, None
         if session is not None:
             await session.close()

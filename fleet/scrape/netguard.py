@@ -296,6 +296,11 @@ class GuardedResolver(AbstractResolver):
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
+        """The addresses of ``host``, each checked, as numeric results aiohttp dials as given.
+
+        Raises ``BlockedAddress`` if any address is not public and ``host:port`` is not allowed
+        (an IP literal is checked itself, never handed to the system resolver).
+        """
         literal = parse_ip_literal(host)
         if literal is not None:
             # A numeric form aiohttp did not recognise (e.g. 0x7f000001): never let the
@@ -324,5 +329,6 @@ class GuardedResolver(AbstractResolver):
         )
 
     async def close(self) -> None:
+        """Close the inner resolver if this one made it (a given one is the caller's)."""
         if self._inner is not None and self._owns_inner:
             await self._inner.close()

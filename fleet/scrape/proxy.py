@@ -74,7 +74,13 @@ class GuardedRequesting(Protocol):
         accept: frozenset[str] | None = None,
         headers: Mapping[str, str] | None = None,
         follow_redirects: bool = True,
-    ) -> FetchResult: ...
+    ) -> FetchResult:
+        """The worker's guarded fetch (``Fetcher.request``): same checks, body cap and deadline.
+
+        ``follow_redirects=False`` returns a redirect as it is. Raises ``BlockedAddress`` or
+        ``InvalidUrl`` for a URL it refuses, another ``FleetError`` (reason ``timeout``...) when
+        the fetch fails.
+        """
 
 
 class _Refused(PermanentError):
@@ -125,6 +131,7 @@ class GuardedProxy:
 
     @property
     def url(self) -> str:
+        """``http://127.0.0.1:<port>`` for Chromium's ``--proxy-server``; raises if not started."""
         if self._server is None:
             raise RuntimeError("proxy not started")
         return f"http://127.0.0.1:{self._port}"
@@ -152,6 +159,7 @@ class GuardedProxy:
         await self.close()
 
     async def start(self) -> None:
+        """Listen on a free loopback port; idempotent."""
         if self._server is not None:
             return
         self._server = await asyncio.start_server(
@@ -160,6 +168,7 @@ class GuardedProxy:
         self._port = self._server.sockets[0].getsockname()[1]
 
     async def close(self) -> None:
+        """Stop listening, cut open connections (waiting up to 5 s), close the resolver."""
         server, self._server = self._server, None
         if server is not None:
             server.close()

@@ -23,7 +23,10 @@ HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 
 
 class Fetching(Protocol):
-    async def fetch(self, url: str) -> FetchResult: ...
+    """The page fetch the scraper needs (``Fetcher``)."""
+
+    async def fetch(self, url: str) -> FetchResult:
+        """Fetch a page, redirects followed, HTML or text only; any failure raises a fleet error."""
 
 
 class Scraper:
@@ -49,6 +52,12 @@ class Scraper:
         self._policy = policy
 
     async def scrape(self, task: UrlTask, attempt: int) -> Page:
+        """Fetch ``task.url``, render it if the plan says so, and extract it into a ``Page``.
+
+        Fetch errors propagate, for the settler to retry or dead-letter. In auto mode a missing
+        browser, or a render failing on the last attempt (``max_deliver``), gives the HTTP result
+        instead; otherwise a failed render is raised for a retry. ``attempt`` is recorded.
+        """
         started = time.perf_counter()
         with self._telemetry.fetching(task.url) as fetching:
             fetched = await self._fetcher.fetch(task.url)

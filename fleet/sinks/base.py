@@ -19,6 +19,8 @@ SINK_FORMS = "sqlite:///relative/path.db, sqlite:////absolute/path.db or http(s)
 
 @dataclass(frozen=True, slots=True)
 class Hit:
+    """One search result: the page's URL, its title, and a snippet of its text around the match."""
+
     url: str
     title: str
     snippet: str
@@ -34,6 +36,8 @@ class Rejected:
 
 @runtime_checkable
 class Sink(Protocol):
+    """A search store the indexer writes pages to and `fleet search` reads (SQLite, Meilisearch)."""
+
     async def open(self, *, readonly: bool = False) -> None:
         """Create the schema / index and its settings; idempotent.
 
@@ -47,6 +51,8 @@ class Sink(Protocol):
     async def search(self, query: str, limit: int) -> list[Hit]:
         """Best hits first; an empty or all-punctuation query gives []."""
 
-    async def count(self) -> int: ...
+    async def count(self) -> int:
+        """Number of documents held; ``SinkUnavailable`` when the store cannot be reached."""
 
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Release the connection and the sink's thread; a no-op when it is not open."""

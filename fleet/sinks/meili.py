@@ -95,6 +95,7 @@ class MeiliDocument(msgspec.Struct, kw_only=True):
 
 
 def meili_document(page: Page) -> MeiliDocument:
+    """The document sent for ``page``: its host added, the canonical URL defaulting to the URL."""
     return MeiliDocument(
         id=page.id,
         url=page.url,
@@ -208,6 +209,12 @@ class MeiliSink:
     # -- open
 
     async def open(self, *, readonly: bool = False) -> None:
+        """Create the index (primary key ``id``) if missing and bring its attributes to fleet's.
+
+        Settings are sent only when they differ: an update re-indexes everything. With
+        ``readonly`` nothing is sent. Raises ``ConfigError`` for a refused key or an index fleet
+        cannot use (another primary key), ``SinkUnavailable`` when Meilisearch cannot be reached.
+        """
         if not readonly:
             await self._run(self._open_sync)
 
@@ -250,6 +257,12 @@ class MeiliSink:
     # -- upsert
 
     async def upsert(self, pages: Sequence[Page]) -> list[Rejected]:
+        """Add the pages (replacing by id) as one task and wait until it has succeeded.
+
+        Documents Meilisearch refuses (invalid, larger than its payload limit) are isolated by
+        bisecting the batch and returned as ``Rejected``. Other failures raise ``SinkUnavailable``
+        (``ConfigError`` for a refused key or an unusable index).
+        """
         if not pages:
             return []
         return await self._run(self._upsert_sync, list(pages))
@@ -310,6 +323,7 @@ class MeiliSink:
     # -- read side
 
     async def search(self, query: str, limit: int) -> list[Hit]:
+        """Best hits first, with a 30-word crop of the text; [] for a blank query or no index."""
         if not query.strip() or limit <= 0:
             return []
         return await self._run(self._search_sync, query, limit)
@@ -344,6 +358,7 @@ class MeiliSink:
         return hits
 
     async def count(self) -> int:
+        """Number of documents in the index; 0 when the index does not exist yet."""
         return await self._run(self._count_sync)
 
     def _count_sync(self) -> int:
@@ -355,6 +370,7 @@ class MeiliSink:
             raise
 
     async def close(self) -> None:
+        """Wait for the call under way, then stop the client's thread (a later call starts one)."""
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None

@@ -131,6 +131,12 @@ class SqliteSink:
         )
 
     async def open(self, *, readonly: bool = False) -> None:
+        """Open the file in WAL mode with ``synchronous=FULL`` and create the schema if missing.
+
+        Idempotent. ``readonly`` refuses a missing file with ``ConfigError`` (a mistyped path must
+        not look like an empty index). Raises ``ConfigError`` for a file fleet cannot use (no
+        FTS5, not a database, a newer schema) and ``SinkUnavailable`` when it is locked.
+        """
         if self._executor is not None:
             return
         if readonly and not self.path.exists():
@@ -210,6 +216,12 @@ class SqliteSink:
         return self._conn
 
     async def upsert(self, pages: Sequence[Page]) -> list[Rejected]:
+        """Insert or replace ``pages`` in one transaction, durably committed before returning.
+
+        A stored page with a newer ``fetched_at`` is kept (a late redelivery does not overwrite
+        it); a document SQLite refuses is returned as ``Rejected``, the rest still committed.
+        Raises ``SinkUnavailable`` when the database is locked or failing.
+        """
         if not pages:
             return []
         return await self._run(self._upsert_sync, list(pages))
@@ -239,6 +251,11 @@ class SqliteSink:
         return rejected
 
     async def search(self, query: str, limit: int) -> list[Hit]:
+        """Best hits first by bm25 (title counts most, then headings, description, text).
+
+        Each snippet is up to 30 tokens of text around the match, or the description. Every word
+        of ``query`` must match; a query with no words gives [].
+        """
         expression = fts5_query(query)
         if expression is None or limit <= 0:
             return []
@@ -252,6 +269,7 @@ class SqliteSink:
         return [Hit(url=url, title=title, snippet=snippet or "") for url, title, snippet in rows]
 
     async def count(self) -> int:
+        """Number of pages stored."""
         return await self._run(self._count_sync)
 
     def _count_sync(self) -> int:
@@ -261,6 +279,7 @@ class SqliteSink:
             raise SinkUnavailable(f"SQLite sink {self.path}: {exc}") from None
 
     async def close(self) -> None:
+        """Close the connection and stop the sink's thread; a no-op when not open."""
         if self._executor is None:
             return
         try:

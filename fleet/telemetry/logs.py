@@ -29,6 +29,7 @@ class JsonFormatter(logging.Formatter):
         self._role = role
 
     def format(self, record: logging.LogRecord) -> str:
+        """The record as one JSON line; ``extra=`` fields become keys, an exception ``exc``."""
         span_context = trace.get_current_span().get_span_context()
         traced = span_context.is_valid
         entry: dict[str, object] = {
@@ -51,6 +52,11 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup_logging(role: str, *, level: str = "INFO", fmt: str = "text") -> None:
+    """Log to stderr, as text or JSON lines (``fmt``), at ``level``; replaces the root's handlers.
+
+    nats-py's logger is silenced below CRITICAL: it reports every reconnect attempt as an
+    error, and the roles' connection callbacks log the state changes that matter.
+    """
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter(role))

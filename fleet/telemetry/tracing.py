@@ -53,18 +53,24 @@ class MessageLike(Protocol):
     """The part of a nats-py ``Msg`` the hooks read."""
 
     @property
-    def subject(self) -> str: ...
+    def subject(self) -> str:
+        """The subject the message was published on."""
 
     @property
-    def headers(self) -> dict[str, str] | None: ...
+    def headers(self) -> dict[str, str] | None:
+        """Its NATS headers (the trace context among them), or None."""
 
 
 class TaskLike(Protocol):
-    @property
-    def url(self) -> str: ...
+    """The part of a ``UrlTask`` the publish hook reads."""
 
     @property
-    def id(self) -> str: ...
+    def url(self) -> str:
+        """The URL to fetch."""
+
+    @property
+    def id(self) -> str:
+        """The URL's id, also the message's dedup id."""
 
 
 class Hook:
@@ -145,19 +151,23 @@ class Telemetry:
                 self.metrics.render_seconds.observe(seconds)
 
     def browser_restarted(self, cause: str) -> None:
+        """Count a browser restart by ``cause`` (``crash``, ``hang``, ``rss``, ``driver``)."""
         if self.metrics is not None:
             self.metrics.browser_restarts.labels(cause).inc()
 
     def context_recycled(self) -> None:
+        """Count a browser context closed after its page budget."""
         if self.metrics is not None:
             self.metrics.context_recycles.inc()
 
     @classmethod
     def disabled(cls, role: str = "fleet") -> Telemetry:
+        """Tracing and metrics off: every hook is the shared do-nothing one."""
         return cls(role)
 
     @property
     def tracing(self) -> bool:
+        """Whether spans are recorded (a tracer provider was given)."""
         return self.tracer is not None
 
     # -- life cycle

@@ -138,6 +138,7 @@ def process_tree_memory(pid: int, limit: int | None = None) -> int:
 
 
 def is_browser_main(cmdline: list[str]) -> bool:
+    """Whether ``cmdline`` is a Chromium main process Playwright started (not a renderer...)."""
     return any("--remote-debugging-pipe" in a for a in cmdline) and not any(
         a.startswith("--type=") for a in cmdline
     )
@@ -155,6 +156,7 @@ def new_browser_process(before: set[int]) -> psutil.Process | None:
 
 
 def is_playwright_driver(cmdline: list[str]) -> bool:
+    """Whether ``cmdline`` is Playwright's driver (the node process run with ``run-driver``)."""
     return "run-driver" in cmdline
 
 

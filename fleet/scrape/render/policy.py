@@ -21,9 +21,13 @@ log = logging.getLogger(__name__)
 
 
 class DecisionStore(Protocol):
-    async def get(self, domain: str) -> RenderDecision | None: ...
+    """Where the per-domain render decisions live, shared by every worker (``KvDecisionStore``)."""
 
-    async def put(self, decision: RenderDecision) -> None: ...
+    async def get(self, domain: str) -> RenderDecision | None:
+        """The decision for ``domain``, or None when none is known or it cannot be read now."""
+
+    async def put(self, decision: RenderDecision) -> None:
+        """Store ``decision`` under its domain, replacing any; may raise (the policy logs it)."""
 
 
 class MemoryDecisionStore:
@@ -33,9 +37,11 @@ class MemoryDecisionStore:
         self.decisions: dict[str, RenderDecision] = {}
 
     async def get(self, domain: str) -> RenderDecision | None:
+        """The decision stored for ``domain``, or None."""
         return self.decisions.get(domain)
 
     async def put(self, decision: RenderDecision) -> None:
+        """Keep ``decision`` under its domain, replacing any."""
         self.decisions[decision.domain] = decision
 
 
@@ -51,9 +57,11 @@ class Plan:
 class RenderPlanning(Protocol):
     """What the worker needs from the auto-mode policy (``RenderPolicy``)."""
 
-    async def plan(self, url: str, assessment: Assessment) -> Plan: ...
+    async def plan(self, url: str, assessment: Assessment) -> Plan:
+        """Whether to render the page at ``url``, given its ``assessment``, and why."""
 
-    async def record(self, url: str, http_chars: int, rendered_chars: int) -> None: ...
+    async def record(self, url: str, http_chars: int, rendered_chars: int) -> None:
+        """Report a sample (a ``Plan`` with ``sample``): the text length by HTTP and rendered."""
 
 
 @dataclass
@@ -73,6 +81,11 @@ class RenderPolicy:
         self._samples: dict[str, _Samples] = {}
 
     async def plan(self, url: str, assessment: Assessment) -> Plan:
+        """Render when the domain is learned as needing it, or the page's own signals say so.
+
+        A borderline page (verdict ``sample``) is rendered as a learning sample until its domain
+        has a decision; a domain learned as static is not rendered.
+        """
         domain = domain_of(url)
         decision = await self._store.get(domain)
         if decision is not None and decision.needs_render:

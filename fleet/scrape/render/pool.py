@@ -80,6 +80,8 @@ PAGE_REUSE_LIMIT: Final = 100
 
 @dataclass(frozen=True, slots=True)
 class Rendered:
+    """A rendered page: its HTML once scripts settled, and the URL the browser ended on."""
+
     html: str
     final_url: str
     elapsed_ms: float
@@ -89,19 +91,35 @@ class BrowserProxy(Protocol):
     """Where the browser's connections go: ``fleet.proxy.GuardedProxy``, started."""
 
     @property
-    def url(self) -> str: ...
+    def url(self) -> str:
+        """The proxy's ``http://127.0.0.1:<port>``, given to Chromium's ``--proxy-server``."""
 
-    def serving(self, document: FetchResult) -> contextlib.AbstractContextManager[None]: ...
+    def serving(self, document: FetchResult) -> contextlib.AbstractContextManager[None]:
+        """While inside, the browser's plain-HTTP GET of ``document.final_url`` gets ``document``.
+
+        The page is then not fetched a second time; over HTTPS the browser fetches it again.
+        """
 
 
 class Rendering(Protocol):
-    async def render(self, url: str, document: FetchResult) -> Rendered: ...
+    """What the scraper needs to render a page (``BrowserPool``)."""
+
+    async def render(self, url: str, document: FetchResult) -> Rendered:
+        """Render ``document``, fetched and checked already, in a browser; returns its HTML.
+
+        Raises ``RenderUnavailable`` when there is no browser at all, or a transient error for this
+        page (``RenderTimeout``, ``BrowserCrashed``, ``RenderFailed``).
+        """
 
 
 class RenderTelemetry(Protocol):
-    def browser_restarted(self, cause: str) -> None: ...
+    """The pool's counters in the worker's metrics (``Telemetry``)."""
 
-    def context_recycled(self) -> None: ...
+    def browser_restarted(self, cause: str) -> None:
+        """A browser was replaced; ``cause`` is ``crash``, ``hang``, ``rss`` or ``driver``."""
+
+    def context_recycled(self) -> None:
+        """A tab's context spent its page budget (``render_context_pages``) and was closed."""
 
 
 @dataclass(eq=False)
@@ -278,6 +296,7 @@ class BrowserPool:
 
     @property
     def browser_pid(self) -> int | None:
+        """PID of the current browser's main process; None when none is running."""
         return self._session.pid if self._session is not None else None
 
     async def start(self, *, launch: bool = True) -> None:
