@@ -282,6 +282,14 @@ class MaxDeliveriesReaper:
                 await self._task
 
     async def _run(self, sub: JetStreamContext.PullSubscription) -> None:
+        try:
+            await self._reap(sub)
+        finally:
+            # A pull subscription left open makes the connection's drain wait its timeout.
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _reap(self, sub: JetStreamContext.PullSubscription) -> None:
         stream = self._settings.advisories_stream
         while not self._stop.is_set():
             for msg in await pull(sub, self.BATCH, self._stop, stream=stream):
