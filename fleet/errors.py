@@ -143,6 +143,43 @@ class ConfigError(FleetError):
     reason = "config"
 
 
+class BackupInvalid(PermanentError):
+    """A backup directory fleet cannot restore from (no manifest, a bad checksum, another
+    sink kind); carries the ``directory``; the message names the fix."""
+
+    reason = "backup_invalid"
+
+    def __init__(self, message: str, *, directory: str) -> None:
+        super().__init__(message)
+        self.directory = directory
+
+
+class RestoreFailed(PermanentError):
+    """A restore whose check afterwards failed (integrity check, pages missing); carries the
+    ``target`` sink it was written to."""
+
+    reason = "restore_failed"
+
+    def __init__(self, message: str, *, target: str) -> None:
+        super().__init__(message)
+        self.target = target
+
+
+class RestoreTargetNotEmpty(ConfigError):
+    """`fleet restore` into a sink that already holds pages, without ``--force``; carries the
+    ``target`` and how many ``pages`` it holds."""
+
+    reason = "restore_target_not_empty"
+
+    def __init__(self, target: str, pages: int) -> None:
+        super().__init__(
+            f"{target} already holds {pages} page(s); restore into an empty sink (another "
+            "--sink / FLEET_SINK), or pass --force to replace its contents with the backup"
+        )
+        self.target = target
+        self.pages = pages
+
+
 class BrowserCrashed(TransientError):
     """The browser died or hung with the page open; the URL is retried (another browser)."""
 

@@ -79,6 +79,10 @@ class Settings:
     meili_api_key: str | None = dataclasses.field(default=None, repr=False)
     meili_index: str = "pages"
     meili_task_timeout_s: float = 60.0
+    # `fleet backup`: Meilisearch's --dump-dir as seen from where it runs (a shared volume);
+    # when set, the dump is copied into the backup directory. How long a dump may take.
+    meili_dump_dir: str | None = None
+    meili_dump_timeout_s: float = 3600.0
     indexer_batch_size: int = 200
     indexer_batch_wait_s: float = 0.5
     sink_retry_max_s: float = 30.0
@@ -199,6 +203,7 @@ class Settings:
         positive = {
             "max_deliver": self.max_deliver,
             "ack_wait_s": self.ack_wait_s,
+            "meili_dump_timeout_s": self.meili_dump_timeout_s,
             "worker_concurrency": self.worker_concurrency,
             "indexer_batch_size": self.indexer_batch_size,
             "max_body_bytes": self.max_body_bytes,

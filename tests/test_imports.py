@@ -20,6 +20,7 @@ ROLES = {
     "fleet.runner",
     "fleet.supervisor",
     "fleet.admin",
+    "fleet.backup",
     "fleet.check",
     "fleet.disposition",
     "fleet.cli",

@@ -12,9 +12,9 @@ from urllib.parse import urlsplit
 
 from fleet.errors import ConfigError
 from fleet.settings import Settings
-from fleet.sinks.base import SINK_FORMS, Hit, Rejected, Sink
+from fleet.sinks.base import SINK_FORMS, Backupable, Hit, Rejected, Sink, SinkBackup
 
-__all__ = ["Hit", "Rejected", "Sink", "open_sink"]
+__all__ = ["Backupable", "Hit", "Rejected", "Sink", "SinkBackup", "open_sink"]
 
 
 def open_sink(settings: Settings) -> Sink:
@@ -42,5 +42,9 @@ def open_sink(settings: Settings) -> Sink:
             api_key=settings.meili_api_key,
             index=settings.meili_index,
             task_timeout_s=settings.meili_task_timeout_s,
+            dump_dir=Path(settings.meili_dump_dir).expanduser()
+            if settings.meili_dump_dir
+            else None,
+            dump_timeout_s=settings.meili_dump_timeout_s,
         )
     raise ConfigError(f"FLEET_SINK={spec!r} is not supported; use one of: {SINK_FORMS}")

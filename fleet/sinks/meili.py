@@ -1,5 +1,9 @@
 """The Meilisearch sink: the official (synchronous) ``meilisearch`` client, run off the
 event loop; a 413 splits the batch, a document the instance refuses is found by bisection.
+
+Backups ask Meilisearch for a dump (its dumps API: the whole instance, imported only when an
+instance starts with ``--import-dump``) and export the index's documents into the backup
+directory; a restore re-indexes that export into any running instance.
 """
 
 from __future__ import annotations
@@ -7,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable, Sequence
+import shutil
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -21,9 +27,10 @@ from meilisearch.errors import (
 )
 from meilisearch.models.task import Task
 
-from fleet.errors import ConfigError, SinkUnavailable
+from fleet.errors import BackupInvalid, ConfigError, RestoreFailed, SinkUnavailable
 from fleet.messages import Page
-from fleet.sinks.base import Hit, Rejected
+from fleet.sinks.base import Hit, Rejected, SinkBackup
+from fleet.urls import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +121,14 @@ def meili_document(page: Page) -> MeiliDocument:
 _encoder = msgspec.json.Encoder()
 
 
+EXPORT_FILE = "documents.jsonl"
+
+# Documents per page of the export (each up to ~100 KB of text) and per restore request.
+_EXPORT_PAGE = 500
+_RESTORE_BATCH = 500
+_RESTORE_BATCH_BYTES = 20 * 1024 * 1024
+
+
 class MeiliSink:
     """Meilisearch through the official synchronous client.
 
@@ -121,6 +136,8 @@ class MeiliSink:
     headers dict per request (Content-Type), so concurrent calls from several threads could
     send a POST without its Content-Type.
     """
+
+    kind = "meilisearch"
 
     def __init__(
         self,
@@ -131,10 +148,15 @@ class MeiliSink:
         task_timeout_s: float = 60.0,
         request_timeout_s: float = 30.0,
         poll_interval_s: float = 0.05,
+        dump_dir: Path | None = None,
+        dump_timeout_s: float = 3600.0,
     ) -> None:
         self.url = url
         self.index_uid = index
         self.task_timeout_s = task_timeout_s
+        # Meilisearch's --dump-dir as this process sees it (a shared volume), if it does.
+        self.dump_dir = dump_dir
+        self.dump_timeout_s = dump_timeout_s
         self._poll_interval_ms = max(1, int(poll_interval_s * 1000))
         # The key lives only inside the client; it is never logged or put in a message.
         # requests accepts a float timeout even though the client annotates int.
@@ -187,10 +209,10 @@ class MeiliSink:
             f"Meilisearch at {self.url} answered HTTP {status} ({code}): {_short(exc.message)}"
         )
 
-    def _wait(self, task_uid: int) -> Task:
+    def _wait(self, task_uid: int, timeout_s: float | None = None) -> Task:
         return self._client.wait_for_task(
             task_uid,
-            timeout_in_ms=max(1, int(self.task_timeout_s * 1000)),
+            timeout_in_ms=max(1, int((timeout_s or self.task_timeout_s) * 1000)),
             interval_in_ms=self._poll_interval_ms,
         )
 
@@ -369,11 +391,164 @@ class MeiliSink:
                 return 0
             raise
 
+    # -- backup and restore
+
+    async def backup(self, directory: Path) -> SinkBackup:
+        """Create a Meilisearch dump, then export the index's documents into ``directory``.
+
+        The dump (``POST /dumps``; the task is waited for, up to ``dump_timeout_s``) stays in
+        the instance's dump directory; with ``dump_dir`` set it is also copied into
+        ``directory``. The export, ``documents.jsonl``, is what ``restore`` re-indexes.
+        Raises ``SinkUnavailable`` when the dump fails, ``ConfigError`` for a key that may not
+        create dumps or a ``dump_dir`` without the dump.
+        """
+        return await self._run(self._backup_sync, directory)
+
+    def _backup_sync(self, directory: Path) -> SinkBackup:
+        task = self._wait(self._client.create_dump().task_uid, self.dump_timeout_s)
+        self._check_task(task, "dumpCreation")
+        dump_uid = str((task.details or {}).get("dumpUid") or "")
+        if not dump_uid:
+            raise SinkUnavailable(f"Meilisearch dump task {task.uid} succeeded without a dumpUid")
+        dump_file = f"{dump_uid}.dump"
+        # After the dump: fleet only adds or replaces documents, so the export holds at least
+        # every page the dump holds.
+        pages = self._export_sync(directory / EXPORT_FILE)
+        files = [EXPORT_FILE]
+        details: dict[str, Any] = {
+            "url": redact_url(self.url),
+            "index": self.index_uid,
+            "dump_uid": dump_uid,
+            "dump_task_uid": task.uid,
+            "dump_file": dump_file,
+            "dump_location": f"{dump_file} in the instance's dump directory (--dump-dir)",
+        }
+        if self.dump_dir is not None:
+            source = self.dump_dir / dump_file
+            if not source.is_file():
+                raise ConfigError(
+                    f"Meilisearch wrote dump {dump_file}, but it is not in {self.dump_dir}; "
+                    "set FLEET_MEILI_DUMP_DIR to Meilisearch's --dump-dir as seen from here, "
+                    "or unset it"
+                )
+            try:
+                shutil.copyfile(source, directory / dump_file)
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot copy the dump {source} into {directory}: {exc}; check the "
+                    "permissions and free space, or unset FLEET_MEILI_DUMP_DIR"
+                ) from None
+            files.append(dump_file)
+            details["dump_location"] = str(source)
+        return SinkBackup(kind=self.kind, pages=pages, files=tuple(files), details=details)
+
+    def _export_sync(self, target: Path) -> int:
+        """Write every document of the index, one JSON object a line; returns how many."""
+        count = 0
+        with target.open("wb") as fh:
+            for document in self._documents({}):
+                try:
+                    fh.write(_encoder.encode(document) + b"\n")
+                except OSError as exc:
+                    # Not the client's OSError: the backup directory is the problem here.
+                    raise ConfigError(
+                        f"cannot write {target}: {exc}; free space or choose another directory"
+                    ) from None
+                count += 1
+        return count
+
+    def _documents(self, parameters: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Every document of the index, page by page (offset order is the internal order).
+
+        fleet never deletes, and a replaced document keeps its place, so a page written while
+        this runs cannot make another one skipped; a new one may or may not be included.
+        """
+        offset = 0
+        while True:
+            try:
+                page = self._index.get_documents(
+                    {**parameters, "offset": offset, "limit": _EXPORT_PAGE}
+                )
+            except MeilisearchApiError as exc:
+                if exc.code == "index_not_found":
+                    return
+                raise
+            for document in page.results:
+                yield dict(document)
+            if len(page.results) < _EXPORT_PAGE:
+                return
+            offset += len(page.results)
+
+    async def restore(self, directory: Path, backup: SinkBackup) -> int:
+        """Replace the index's documents with the export in ``directory``, then check them.
+
+        Deletes every document (one task), adds the export in batches (as ``upsert`` does: a
+        413 splits a batch), then checks that every exported id is in the index. Raises
+        ``RestoreFailed`` for refused or missing documents.
+        """
+        return await self._run(self._restore_sync, directory / EXPORT_FILE, backup)
+
+    def _restore_sync(self, source: Path, backup: SinkBackup) -> int:
+        task = self._wait(self._index.delete_all_documents().task_uid)
+        self._check_task(task, "documentDeletion")
+        rejected: list[Rejected] = []
+        ids: set[str] = set()
+        for batch in _export_batches(source):
+            ids.update(doc_id for doc_id, _ in batch)
+            self._add(batch, rejected)
+        target = f"Meilisearch index {self.index_uid!r} at {redact_url(self.url)}"
+        if rejected:
+            first = rejected[0]
+            raise RestoreFailed(
+                f"{target} refused {len(rejected)} document(s) of the backup; first "
+                f"{first.id}: {first.reason}",
+                target=target,
+            )
+        present = {str(doc.get("id")) for doc in self._documents({"fields": ["id"]})}
+        missing = ids - present
+        if missing or len(ids) < backup.pages:
+            raise RestoreFailed(
+                f"{target} lacks {max(len(missing), backup.pages - len(ids))} page(s) of the "
+                f"backup after the restore (e.g. {sorted(missing)[:3]})",
+                target=target,
+            )
+        return len(present)
+
     async def close(self) -> None:
         """Wait for the call under way, then stop the client's thread (a later call starts one)."""
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+
+
+def _export_batches(source: Path) -> Iterator[list[tuple[str, bytes]]]:
+    """The export's documents as ``(id, JSON)`` batches, bounded in count and bytes."""
+    batch: list[tuple[str, bytes]] = []
+    size = 0
+    with source.open("rb") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            raw = line.strip()
+            if not raw:
+                continue
+            try:
+                document = msgspec.json.decode(raw)
+            except msgspec.DecodeError as exc:
+                raise BackupInvalid(
+                    f"{source}:{lineno} is not a JSON document ({exc}); the export is damaged",
+                    directory=str(source.parent),
+                ) from None
+            if not isinstance(document, dict) or "id" not in document:
+                raise BackupInvalid(
+                    f"{source}:{lineno} is not a document with an id; the export is damaged",
+                    directory=str(source.parent),
+                )
+            if batch and (len(batch) >= _RESTORE_BATCH or size + len(raw) > _RESTORE_BATCH_BYTES):
+                yield batch
+                batch, size = [], 0
+            batch.append((str(document["id"]), raw))
+            size += len(raw)
+    if batch:
+        yield batch
 
 
 def _is_document_error(code: str) -> bool:

@@ -1,4 +1,8 @@
-"""The SQLite FTS5 sink: stdlib sqlite3, one connection owned by one worker thread (WAL)."""
+"""The SQLite FTS5 sink: stdlib sqlite3, one connection owned by one worker thread (WAL).
+
+Backups use SQLite's online backup API (``sqlite3.Connection.backup``) on that connection: a
+consistent copy while an indexer in another process keeps committing.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from fleet.errors import ConfigError, SinkUnavailable
+from fleet.errors import BackupInvalid, ConfigError, RestoreFailed, SinkUnavailable
 from fleet.messages import Page
-from fleet.sinks.base import Hit, Rejected
+from fleet.sinks.base import Hit, Rejected, SinkBackup
 
 T = TypeVar("T")
 
@@ -109,8 +113,13 @@ def fts5_query(query: str) -> str | None:
     return " ".join(terms) if terms else None
 
 
+BACKUP_FILE = "fleet.db"
+
+
 class SqliteSink:
     """SQLite + FTS5. One connection, used only by one dedicated worker thread."""
+
+    kind = "sqlite"
 
     def __init__(self, path: str | Path, *, busy_timeout_ms: int = 10_000) -> None:
         self.path = Path(path)
@@ -277,6 +286,102 @@ class SqliteSink:
             return int(self._connection().execute("SELECT count(*) FROM pages").fetchone()[0])
         except sqlite3.OperationalError as exc:
             raise SinkUnavailable(f"SQLite sink {self.path}: {exc}") from None
+
+    # -- backup and restore
+
+    async def backup(self, directory: Path) -> SinkBackup:
+        """Copy the database into ``directory/fleet.db`` with the online backup API.
+
+        The copy is one self-contained file (rollback journal, no ``-wal``) and holds
+        the database as of one moment even while an indexer commits. Raises
+        ``SinkUnavailable`` when the copy fails (locked, disk full).
+        """
+        return await self._run(self._backup_sync, directory / BACKUP_FILE)
+
+    def _backup_sync(self, target: Path) -> SinkBackup:
+        conn = self._connection()
+        try:
+            dest = sqlite3.connect(target, isolation_level=None)
+            try:
+                # One step (pages=-1) copies every page inside one read transaction: with WAL
+                # the indexer keeps committing meanwhile, and the copy is the database as of
+                # that transaction. Copying in chunks would restart at every foreign commit.
+                conn.backup(dest, pages=-1)
+                dest.execute("PRAGMA journal_mode = DELETE")
+                check = dest.execute("PRAGMA quick_check").fetchone()[0]
+                details = {
+                    "db_pages": int(dest.execute("PRAGMA page_count").fetchone()[0]),
+                    "page_size": int(dest.execute("PRAGMA page_size").fetchone()[0]),
+                    "schema_version": int(dest.execute("PRAGMA user_version").fetchone()[0]),
+                }
+                pages = int(dest.execute("SELECT count(*) FROM pages").fetchone()[0])
+            finally:
+                dest.close()
+        except sqlite3.Error as exc:
+            raise SinkUnavailable(f"backup of the SQLite sink {self.path} failed: {exc}") from None
+        if check != "ok":
+            raise SinkUnavailable(f"the backup copy of {self.path} fails SQLite's check: {check}")
+        return SinkBackup(kind=self.kind, pages=pages, files=(BACKUP_FILE,), details=details)
+
+    async def restore(self, directory: Path, backup: SinkBackup) -> int:
+        """Replace the database's contents with ``directory/fleet.db``, then check it.
+
+        Writes through this sink's connection with the backup API, so a reader or an indexer
+        on the same file sees either the old or the restored database. Afterwards SQLite's
+        ``integrity_check`` and FTS5's ``integrity-check`` must pass and at least
+        ``backup.pages`` pages must be there (``RestoreFailed`` otherwise).
+        """
+        source = directory / (backup.files[0] if backup.files else BACKUP_FILE)
+        return await self._run(self._restore_sync, source, backup.pages)
+
+    def _restore_sync(self, source: Path, pages: int) -> int:
+        conn = self._connection()
+        try:
+            # Read-only: a backup on read-only media restores too, and is never changed.
+            src = sqlite3.connect(source.resolve().as_uri() + "?mode=ro", uri=True)
+            try:
+                version = int(src.execute("PRAGMA user_version").fetchone()[0])
+                if version != _SCHEMA_VERSION:
+                    raise BackupInvalid(
+                        f"the backup {source} has schema version {version}, this fleet uses "
+                        f"{_SCHEMA_VERSION}; restore it with the fleet version that made it",
+                        directory=str(source.parent),
+                    )
+                src.backup(conn, pages=-1)
+            finally:
+                src.close()
+        except sqlite3.DatabaseError as exc:
+            raise BackupInvalid(
+                f"cannot restore from {source}: {exc}; check the backup directory",
+                directory=str(source.parent),
+            ) from None
+        return self._verify_sync(pages)
+
+    def _verify_sync(self, pages: int) -> int:
+        conn = self._connection()
+        problems = [row[0] for row in conn.execute("PRAGMA integrity_check").fetchall()]
+        if problems != ["ok"]:
+            raise RestoreFailed(
+                f"SQLite sink {self.path} fails integrity_check after the restore: "
+                + "; ".join(problems[:5]),
+                target=str(self.path),
+            )
+        try:
+            # Compares the full-text index with the pages table it indexes.
+            conn.execute("INSERT INTO pages_fts(pages_fts) VALUES ('integrity-check')")
+        except sqlite3.DatabaseError as exc:
+            raise RestoreFailed(
+                f"the full-text index of {self.path} fails its check after the restore: {exc}",
+                target=str(self.path),
+            ) from None
+        held = int(conn.execute("SELECT count(*) FROM pages").fetchone()[0])
+        if held < pages:
+            raise RestoreFailed(
+                f"SQLite sink {self.path} holds {held} page(s) after the restore, the backup "
+                f"{pages}",
+                target=str(self.path),
+            )
+        return held
 
     async def close(self) -> None:
         """Close the connection and stop the sink's thread; a no-op when not open."""

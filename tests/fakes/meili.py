@@ -12,7 +12,15 @@ fleet depends on them:
   task (``invalid_document_id`` / ``missing_document_id``) and nothing is written;
 * bodies larger than ``max_payload_bytes`` get 413 ``payload_too_large``;
 * with a master key, every route but ``/health`` needs ``Authorization: Bearer <key>``
-  (401 ``missing_authorization_header``, 403 ``invalid_api_key``).
+  (401 ``missing_authorization_header``, 403 ``invalid_api_key``);
+* ``POST /dumps`` enqueues a ``dumpCreation`` task (``details.dumpUid`` null until it
+  succeeds); processing it writes ``<dumpUid>.dump`` into ``dump_dir`` (``--dump-dir``,
+  default ``dumps/``) as Meilisearch does: a gzipped tar in the v6 layout (``metadata.json``,
+  ``instance_uid.uuid``, ``keys.jsonl``, ``tasks/queue.jsonl``, ``batches/queue.jsonl``,
+  ``indexes/<uid>/{metadata.json,settings.json,documents.jsonl}``, ...). Like Meilisearch, a
+  dump is imported only at start-up (``import_dump=`` / ``--import-dump``), into an empty
+  instance. The fake's task lines are its own task objects (plus the payload of a task not
+  yet processed), not Meilisearch's internal task format, and there are no API keys to dump.
 
 Search is deliberately simple: tokens are lowercased words without diacritics, the last
 query word matches as a prefix, the ``last`` matching strategy drops words from the end, and
@@ -42,12 +50,16 @@ import json
 import os
 import re
 import socket
+import tarfile
+import tempfile
 import threading
 import time
 import unicodedata
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -111,6 +123,20 @@ def rfc3339(ns: int) -> str:
     seconds, nanos = divmod(ns, 1_000_000_000)
     stamp = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
     return f"{stamp}.{nanos:09d}Z"
+
+
+def parse_rfc3339(text: str) -> int:
+    """Nanoseconds since the epoch of an RFC 3339 UTC time as ``rfc3339`` prints it."""
+    stamp, _, fraction = text.removesuffix("Z").partition(".")
+    seconds = int(datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp())
+    return seconds * 1_000_000_000 + int((fraction or "0").ljust(9, "0")[:9])
+
+
+def dump_uid(ns: int) -> str:
+    """Meilisearch names a dump after its start: 20250828-162026170 (milliseconds last)."""
+    seconds, nanos = divmod(ns, 1_000_000_000)
+    stamp = datetime.fromtimestamp(seconds, UTC).strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}{nanos // 1_000_000:03d}"
 
 
 def iso_duration(ns: int) -> str:
@@ -298,10 +324,14 @@ class FakeMeili:
         master_key: str | None = None,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD,
         task_delay_s: float = 0.005,
+        dump_dir: str | Path = "dumps",
+        import_dump: str | Path | None = None,
     ) -> None:
         self.master_key = master_key or None
         self.max_payload_bytes = max_payload_bytes
         self.task_delay_s = task_delay_s
+        self.dump_dir = Path(dump_dir)
+        self.instance_uid = uuid.uuid4()
         self.indexes: dict[str, FakeIndex] = {}
         self.tasks: list[FakeTask] = []
         # Counters a test can assert on.
@@ -322,6 +352,8 @@ class FakeMeili:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.host = "127.0.0.1"
         self.port = 0
+        if import_dump is not None:
+            self._import_dump(Path(import_dump))
 
     # -- knobs -------------------------------------------------------------------------
 
@@ -410,6 +442,7 @@ class FakeMeili:
         r.add_delete("/indexes/{uid}/documents/{id}", self._delete_document)
         r.add_post("/indexes/{uid}/search", self._search_post)
         r.add_get("/indexes/{uid}/search", self._search_get)
+        r.add_post("/dumps", self._create_dump)
         r.add_get("/tasks", self._list_tasks)
         r.add_get("/tasks/{uid}", self._get_task)
         r.add_get("/_fake/state", self._fake_state)
@@ -958,6 +991,11 @@ class FakeMeili:
             )
         return result
 
+    # -- routes: dumps -----------------------------------------------------------------
+
+    async def _create_dump(self, request: web.Request) -> web.Response:
+        return self._enqueue(None, "dumpCreation", {"dumpUid": None})
+
     # -- routes: tasks -----------------------------------------------------------------
 
     async def _get_task(self, request: web.Request) -> web.Response:
@@ -1185,6 +1223,103 @@ class FakeMeili:
         index.updated_ns = time.time_ns()
         task.details["indexedDocuments"] = len(documents)
 
+    def _apply_dumpCreation(self, task: FakeTask) -> None:
+        uid = dump_uid(task.started_ns or time.time_ns())
+        try:
+            self.dump_dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory() as scratch:
+                root = Path(scratch)
+                self._write_dump_tree(root, task, uid)
+                # Written whole, then renamed: the file is complete once the task succeeds.
+                partial = self.dump_dir / f".{uid}.dump.partial"
+                with tarfile.open(partial, "w:gz") as archive:
+                    archive.add(root, arcname=".")
+                partial.replace(self.dump_dir / f"{uid}.dump")
+        except OSError as exc:
+            raise TaskFailure(
+                "dump_process_failed", f"An error occurred during dump creation: {exc}", "internal"
+            ) from None
+        task.details["dumpUid"] = uid
+
+    def _write_dump_tree(self, root: Path, current: FakeTask, uid: str) -> None:
+        """The v6 layout (crates/dump/src/writer.rs), filled from the fake's state."""
+        metadata = {
+            "dumpVersion": "V6",
+            "dbVersion": PKG_VERSION,
+            "dumpDate": rfc3339(time.time_ns()),
+        }
+        (root / "metadata.json").write_text(json.dumps(metadata))
+        (root / "instance_uid.uuid").write_text(str(self.instance_uid))
+        (root / "keys.jsonl").write_text("")
+        (root / "experimental-features.json").write_text("{}")
+        (root / "network.json").write_text(json.dumps({"self": None, "remotes": {}}))
+        (root / "batches").mkdir()
+        (root / "batches" / "queue.jsonl").write_text("")
+        (root / "tasks" / "update_files").mkdir(parents=True)
+        with (root / "tasks" / "queue.jsonl").open("w") as queue:
+            for task in self.tasks:
+                line = task.to_json()
+                if task is current:
+                    # The dump task is recorded as done, with the dump it made.
+                    line.update(status="succeeded", details={"dumpUid": uid})
+                elif task.status in ("enqueued", "processing"):
+                    line["status"] = "enqueued"
+                    line["payload"] = task.payload
+                queue.write(json.dumps(line) + "\n")
+        for index in self.indexes.values():
+            folder = root / "indexes" / index.uid
+            folder.mkdir(parents=True)
+            (folder / "metadata.json").write_text(json.dumps(index.to_json()))
+            (folder / "settings.json").write_text(json.dumps(index.settings))
+            with (folder / "documents.jsonl").open("w") as documents:
+                for document in index.documents.values():
+                    documents.write(json.dumps(document) + "\n")
+
+    def _import_dump(self, path: Path) -> None:
+        """Load a dump into this (empty) instance, as ``meilisearch --import-dump`` does."""
+        if self.indexes or self.tasks:
+            raise RuntimeError("a dump is imported only into an empty instance")
+        with tarfile.open(path, "r:gz") as archive:
+            files = {
+                (member.name[2:] if member.name.startswith("./") else member.name): member
+                for member in archive.getmembers()
+                if member.isfile()
+            }
+
+            def read(name: str) -> str:
+                member = files.get(name)
+                handle = archive.extractfile(member) if member is not None else None
+                if handle is None:
+                    raise ValueError(f"{path} is not a Meilisearch dump: no {name}")
+                return handle.read().decode()
+
+            metadata = json.loads(read("metadata.json"))
+            if metadata.get("dumpVersion") != "V6":
+                raise ValueError(f"{path}: dump version {metadata.get('dumpVersion')} unsupported")
+            self.instance_uid = uuid.UUID(read("instance_uid.uuid").strip())
+            for name in sorted(files):
+                parts = name.split("/")
+                if len(parts) == 3 and parts[0] == "indexes" and parts[2] == "metadata.json":
+                    self._import_index(json.loads(read(name)), read, parts[1])
+            for line in read("tasks/queue.jsonl").splitlines():
+                if line.strip():
+                    self.tasks.append(_task_from_dump(json.loads(line)))
+
+    def _import_index(self, meta: Json, read: Callable[[str], str], folder: str) -> None:
+        index = FakeIndex(
+            uid=meta["uid"],
+            primary_key=meta.get("primaryKey"),
+            created_ns=parse_rfc3339(meta["createdAt"]),
+            updated_ns=parse_rfc3339(meta["updatedAt"]),
+        )
+        index.settings.update(json.loads(read(f"indexes/{folder}/settings.json")))
+        for line in read(f"indexes/{folder}/documents.jsonl").splitlines():
+            if line.strip():
+                document = json.loads(line)
+                index.documents[_document_key(document, index.primary_key or "id")] = document
+                index.note_fields(document)
+        self.indexes[index.uid] = index
+
     def _apply_documentDeletion(self, task: FakeTask) -> None:
         index = self._require(task.index_uid)
         if task.payload is None:
@@ -1194,6 +1329,24 @@ class FakeMeili:
             deleted = sum(1 for key in task.payload if index.documents.pop(key, None) is not None)
         task.details["deletedDocuments"] = deleted
         index.updated_ns = time.time_ns()
+
+
+def _task_from_dump(line: Json) -> FakeTask:
+    payload = line.get("payload")
+    if line["type"] == "documentAdditionOrUpdate" and payload is not None:
+        payload = tuple(payload)  # (documents, primary key, replace), a list in JSON
+    return FakeTask(
+        uid=line["uid"],
+        index_uid=line.get("indexUid"),
+        type=line["type"],
+        details=line.get("details") or {},
+        enqueued_ns=parse_rfc3339(line["enqueuedAt"]),
+        payload=payload,
+        status=line["status"],
+        started_ns=parse_rfc3339(line["startedAt"]) if line.get("startedAt") else None,
+        finished_ns=parse_rfc3339(line["finishedAt"]) if line.get("finishedAt") else None,
+        error=line.get("error"),
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -1732,11 +1885,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--master-key", default=os.environ.get("MEILI_MASTER_KEY"))
     parser.add_argument("--max-payload-bytes", type=int, default=DEFAULT_MAX_PAYLOAD)
     parser.add_argument("--task-delay", type=float, default=0.005, help="seconds per task")
+    parser.add_argument("--dump-dir", default=os.environ.get("MEILI_DUMP_DIR", "dumps/"))
+    parser.add_argument("--import-dump", default=os.environ.get("MEILI_IMPORT_DUMP"))
     args = parser.parse_args(argv)
     fake = FakeMeili(
         master_key=args.master_key,
         max_payload_bytes=args.max_payload_bytes,
         task_delay_s=args.task_delay,
+        dump_dir=args.dump_dir,
+        import_dump=args.import_dump,
     )
 
     async def serve() -> None:
