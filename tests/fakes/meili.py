@@ -324,13 +324,18 @@ class FakeMeili:
         master_key: str | None = None,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD,
         task_delay_s: float = 0.005,
-        dump_dir: str | Path = "dumps",
+        dump_dir: str | Path | None = None,
         import_dump: str | Path | None = None,
     ) -> None:
         self.master_key = master_key or None
         self.max_payload_bytes = max_payload_bytes
         self.task_delay_s = task_delay_s
-        self.dump_dir = Path(dump_dir)
+        # Meilisearch's default is ./dumps; a stand-in must not write into the caller's cwd.
+        self.dump_dir = (
+            Path(dump_dir)
+            if dump_dir is not None
+            else Path(tempfile.mkdtemp(prefix="fake-meili-dumps-"))
+        )
         self.instance_uid = uuid.uuid4()
         self.indexes: dict[str, FakeIndex] = {}
         self.tasks: list[FakeTask] = []
