@@ -1,4 +1,5 @@
-"""Scaling backends: where worker replicas run (``local`` processes, ``docker`` containers).
+"""Scaling backends: where worker replicas run (``local`` processes, ``docker`` containers,
+the tasks of a ``swarm`` service, the pods of a ``kubernetes`` Deployment).
 
 The supervisor decides how many; ``fleet.scaling.base`` says what a backend does.
 """
@@ -21,6 +22,14 @@ def backend_from_settings(settings: Settings, env: Mapping[str, str]) -> Backend
         return LocalBackend(
             {**env, **settings.to_env()}, stop_grace_s=settings.supervisor_stop_grace_s
         )
+    if settings.supervisor_backend == "kubernetes":
+        from fleet.scaling.kubernetes import KubernetesBackend, connect_cluster  # noqa: PLC0415
+
+        return KubernetesBackend.from_settings(connect_cluster(), settings)
+    if settings.supervisor_backend == "swarm":
+        from fleet.scaling.swarm import SwarmBackend, connect_manager  # noqa: PLC0415
+
+        return SwarmBackend.from_settings(connect_manager(), settings)
     from fleet.scaling.docker import DockerBackend, connect_engine  # noqa: PLC0415
 
     return DockerBackend.from_settings(connect_engine(), settings, hostname=socket.gethostname())
