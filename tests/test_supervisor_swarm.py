@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -25,6 +27,7 @@ from typing import Any
 
 import docker
 import pytest
+import yaml
 from docker.types import (
     ContainerSpec,
     Healthcheck,
@@ -40,7 +43,7 @@ from fleet.scaling.swarm import SwarmBackend, _unix
 from fleet.settings import Settings
 from fleet.supervisor import Policy
 from tests.conftest import Roles, need, wait_for
-from tests.docker_helpers import ensure_images
+from tests.docker_helpers import DOCKER, ensure_images
 from tests.pipeline_helpers import get_status, indexed_urls
 from tests.scaling_helpers import BURST, burst_scenario, free_port
 from tests.site import LoopbackSite
@@ -309,3 +312,162 @@ async def test_swarm_backend_burst_to_max_then_back_to_min(
     assert status["dead_letters"] == 0
     assert status["streams"]["urls"]["messages"] == 0
     assert status["streams"]["results"]["messages"] == BURST
+
+
+# -- the stack file, deployed
+
+ROOT = Path(__file__).resolve().parent.parent
+STACK_FILES = (ROOT / "deploy/swarm/stack.yml", ROOT / "deploy/swarm/stack.ci.yml")
+# The images the stack runs; FLEET_TEST_IMAGE / FLEET_TEST_FAKES_IMAGE test a branch's
+# build without retagging the shared fleet:local.
+FLEET_IMAGE = os.environ.get("FLEET_TEST_IMAGE", IMAGE)
+FAKES_IMAGE = os.environ.get("FLEET_TEST_FAKES_IMAGE", "fleet-ci-fakes:local")
+STACK_URLS = 300
+
+
+def overlay(base: Any, override: Any) -> Any:
+    """``override`` over ``base`` as compose merges files: mappings key by key, anything
+    else (lists: command, healthcheck test) replaced. `docker stack deploy -c a -c b` would
+    append the lists instead, running both healthchecks' commands as one."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        return {k: overlay(base[k], v) if k in base else v for k, v in override.items()} | {
+            k: v for k, v in base.items() if k not in override
+        }
+    return override
+
+
+def stack_file(tmp_path: Path) -> Path:
+    """stack.yml with stack.ci.yml over it, as one file (anchors resolved)."""
+    base, ci = (yaml.safe_load(f.read_text()) for f in STACK_FILES)
+    merged = overlay(base, ci)
+    for doc in (merged, merged["services"]):
+        for key in [k for k in doc if k.startswith("x-")]:
+            del doc[key]
+    path = tmp_path / "stack.yml"
+    path.write_text(yaml.safe_dump(merged, sort_keys=False))
+    return path
+
+
+def docker_cli(*args: str, stdin: str | None = None, timeout: float = 120) -> str:
+    proc = subprocess.run(
+        [DOCKER, *args], input=stdin, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    assert proc.returncode == 0, f"docker {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def stack_status(stack: str) -> dict[str, Any]:
+    out = docker_cli(
+        "run", "--rm", "--network", f"{stack}_fleet", "-e", "FLEET_NATS_URL=nats://nats:4222",
+        FLEET_IMAGE, "status", "--json",
+    )  # fmt: skip
+    return dict(json.loads(out))
+
+
+@pytest.fixture
+def stack(swarm: docker.DockerClient) -> Iterator[str]:
+    """A unique stack name (not `fleet`: the supervisor must find its own stack's workers);
+    the stack, its volumes and the node labels its placement needs are removed afterwards."""
+    name = f"fleetst{uuid.uuid4().hex[:6]}"
+    node = swarm.info()["Swarm"]["NodeID"]
+    labels = swarm.api.inspect_node(node)["Spec"].get("Labels") or {}
+    added = [k for k in ("fleet.nats", "fleet.meili") if k not in labels]
+    for key in added:
+        docker_cli("node", "update", "--label-add", f"{key}=true", node)
+    try:
+        yield name
+    finally:
+        subprocess.run([DOCKER, "stack", "rm", name], capture_output=True, check=False)
+        selector = {"label": f"com.docker.stack.namespace={name}"}
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and (
+            swarm.api.containers(all=True, filters=selector)
+            or swarm.networks.list(filters=selector)
+        ):
+            time.sleep(1)
+        for volume in swarm.volumes.list(filters=selector):
+            with contextlib.suppress(docker.errors.APIError):
+                volume.remove(force=True)
+        for key in added:
+            subprocess.run([DOCKER, "node", "update", "--label-rm", key, node], check=False)
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(600)
+async def test_stack_deploys_and_its_supervisor_scales_the_workers(
+    swarm: docker.DockerClient, stack: str, tmp_path: Path
+) -> None:
+    env = {
+        **os.environ,
+        "MEILI_MASTER_KEY": "stack-test-master-key-0123456789",
+        "FLEET_IMAGE": FLEET_IMAGE,
+        "FLEET_CI_FAKES_IMAGE": FAKES_IMAGE,
+        "DOCKER_GID": str(os.stat("/var/run/docker.sock").st_gid),
+    }
+    proc = subprocess.run(
+        [DOCKER, "stack", "deploy", "-c", str(stack_file(tmp_path)), "--resolve-image", "never",
+         stack],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    api = swarm.api
+    worker = f"{stack}_worker"
+    services = ("nats", "meili", "site", "docker-proxy", "worker", "indexer", "supervisor")
+
+    def running(service: str) -> int:
+        tasks = api.tasks(filters={"service": f"{stack}_{service}", "desired-state": "running"})
+        return sum(t["Status"]["State"] == "running" for t in tasks)
+
+    async def all_up() -> bool:
+        return all(running(s) >= 1 for s in services)
+
+    # The supervisor's task runs only once its healthcheck passed: its /health answered 200,
+    # so it read the lag from NATS and the worker service through the proxy.
+    await wait_for(all_up, timeout=240, interval=2)
+
+    def replicas() -> int:
+        return int(api.inspect_service(worker)["Spec"]["Mode"]["Replicated"]["Replicas"])
+
+    assert replicas() == 1
+    urls = "".join(f"http://site:8000/page/{n}\n" for n in range(STACK_URLS))
+    published = time.monotonic()  # from the start of `fleet publish` (a container to start)
+    docker_cli(
+        "run", "--rm", "-i", "--network", f"{stack}_fleet", "-e", "FLEET_NATS_URL=nats://nats:4222",
+        FLEET_IMAGE, "publish", "-", stdin=urls,
+    )  # fmt: skip
+
+    async def at_max() -> bool:
+        return replicas() == 3
+
+    await wait_for(at_max, timeout=30, interval=0.2)
+    scaled_s = time.monotonic() - published
+
+    async def three_running() -> bool:
+        return running("worker") == 3
+
+    await wait_for(three_running, timeout=120, interval=0.5)
+    running_s = time.monotonic() - published
+
+    async def done() -> bool:
+        st = stack_status(stack)
+        idx = st["consumers"]["indexer"]
+        return bool(
+            st["streams"]["urls"]["messages"] == 0
+            and idx
+            and idx["pending"] == 0
+            and idx["ack_pending"] == 0
+            and st["streams"]["results"]["messages"] == STACK_URLS
+        )
+
+    await wait_for(done, timeout=180, interval=3)
+
+    async def back_to_min() -> bool:
+        return replicas() == 1 and running("worker") == 1
+
+    await wait_for(back_to_min, timeout=120, interval=1)
+    print(
+        f"\nswarm stack: lag → replicas=3 in {scaled_s:.1f}s, 3 tasks running (healthy) in "
+        f"{running_s:.1f}s after `fleet publish` started (interval 2s)"
+    )
+    status = stack_status(stack)
+    assert status["dead_letters"] == 0
