@@ -14,8 +14,8 @@ from fleet.settings import Settings
 
 
 def backend_from_settings(settings: Settings, env: Mapping[str, str]) -> Backend:
-    """The backend ``settings.supervisor_backend`` names; ``env`` is the environment local
-    workers start with (the caller's, with the settings written over it)."""
+    """The backend ``settings.supervisor_backend`` names; ``env`` is the caller's environment
+    (local workers start with it, the settings written over it; ``KUBECONFIG`` is read there)."""
     if settings.supervisor_backend == "local":
         from fleet.scaling.local import LocalBackend  # noqa: PLC0415 - each backend on demand
 
@@ -25,7 +25,7 @@ def backend_from_settings(settings: Settings, env: Mapping[str, str]) -> Backend
     if settings.supervisor_backend == "kubernetes":
         from fleet.scaling.kubernetes import KubernetesBackend, connect_cluster  # noqa: PLC0415
 
-        return KubernetesBackend.from_settings(connect_cluster(), settings)
+        return KubernetesBackend.from_settings(connect_cluster(env.get("KUBECONFIG")), settings)
     if settings.supervisor_backend == "swarm":
         from fleet.scaling.swarm import SwarmBackend, connect_manager  # noqa: PLC0415
 

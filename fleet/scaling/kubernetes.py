@@ -169,9 +169,9 @@ class KubernetesBackend:
         return None
 
 
-def connect_cluster() -> ScaleApi:
-    """``AppsV1Api`` configured from the pod's service account, else from the kubeconfig
-    (``KUBECONFIG`` or ``~/.kube/config``, as kubectl).
+def connect_cluster(kubeconfig: str | None = None) -> ScaleApi:
+    """``AppsV1Api`` configured from the pod's service account, else from ``kubeconfig``
+    (paths separated by ``:``, as ``KUBECONFIG``; None: ``~/.kube/config``, as kubectl).
 
     Raises ``ConfigError`` naming the fix when the client is not installed or neither is found.
     """
@@ -186,11 +186,14 @@ def connect_cluster() -> ScaleApi:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
         try:
-            config.load_kube_config()  # type: ignore[no-untyped-call]
+            config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=kubeconfig or None
+            )
         except (config.ConfigException, OSError) as exc:
             raise ConfigError(
-                f"kubernetes: no service account (not in a pod) and no usable kubeconfig ({exc}); "
-                "run in the cluster with the supervisor's ServiceAccount, or set KUBECONFIG"
+                f"kubernetes: no service account (not in a pod) and no usable kubeconfig "
+                f"({exc}); run in the cluster with the supervisor's ServiceAccount, or set "
+                "KUBECONFIG"
             ) from None
     api: ScaleApi = client.AppsV1Api()
     return api
