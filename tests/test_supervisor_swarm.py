@@ -435,6 +435,7 @@ async def test_stack_deploys_and_its_supervisor_scales_the_workers(
         "run", "--rm", "-i", "--network", f"{stack}_fleet", "-e", "FLEET_NATS_URL=nats://nats:4222",
         FLEET_IMAGE, "publish", "-", stdin=urls,
     )  # fmt: skip
+    publish_s = time.monotonic() - published
 
     async def at_max() -> bool:
         return replicas() == 3
@@ -466,8 +467,9 @@ async def test_stack_deploys_and_its_supervisor_scales_the_workers(
 
     await wait_for(back_to_min, timeout=120, interval=1)
     print(
-        f"\nswarm stack: lag → replicas=3 in {scaled_s:.1f}s, 3 tasks running (healthy) in "
-        f"{running_s:.1f}s after `fleet publish` started (interval 2s)"
+        f"\nswarm stack: `fleet publish` (a container) took {publish_s:.1f}s; from its start, "
+        f"replicas=3 in {scaled_s:.1f}s, 3 tasks running (healthy) in {running_s:.1f}s, "
+        f"back to 1 in {time.monotonic() - published:.1f}s (interval 2s, cooldown 10s)"
     )
     status = stack_status(stack)
     assert status["dead_letters"] == 0
