@@ -23,7 +23,7 @@ from fleet.scaling.base import BackendError
 from fleet.scaling.kubernetes import KubernetesBackend, ScaleApi, connect_cluster, pod_namespace
 from fleet.scaling.local import LocalBackend
 from fleet.settings import Settings
-from fleet.supervisor import Policy
+from fleet.supervisor import Policy, Supervisor
 from tests.conftest import Roles, wait_for
 from tests.fakes.kube_api import Deployment, KubeApi
 from tests.pipeline_helpers import get_status, indexed_urls
@@ -114,6 +114,32 @@ async def test_rbac_and_missing_deployments_are_named(kube: KubeApi) -> None:
     with pytest.raises(BackendError, match=r"HTTP 404.*not found.*FLEET_SUPERVISOR_DEPLOYMENT"):
         await gone.ping()
     assert TOKEN not in message  # the token never shows in an error
+
+
+class NoLag:
+    async def lag(self) -> int:
+        return 0
+
+
+async def test_health_names_the_kubernetes_dependency(kube: KubeApi) -> None:
+    policy = Policy(min_replicas=1, max_replicas=3, target_lag=10)
+    api = client()
+    sup = Supervisor(
+        policy, NoLag(), KubernetesBackend(api, deployment="worker", namespace=NAMESPACE),
+        interval_s=1,
+    )  # fmt: skip
+    await sup.step()
+    ok, body = sup.health()
+    assert ok and body["backend"] == "kubernetes"
+    assert body["dependencies"]["kubernetes"]["ok"] is True
+    denied = Supervisor(
+        policy, NoLag(), KubernetesBackend(api, deployment="indexer", namespace=NAMESPACE),
+        interval_s=1,
+    )  # fmt: skip
+    await denied.step()
+    ok, body = denied.health()
+    assert not ok and "HTTP 403" in body["dependencies"]["kubernetes"]["error"]
+    assert TOKEN not in str(body)
 
 
 async def test_wrong_token_and_unreachable_server(
