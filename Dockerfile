@@ -3,6 +3,8 @@
 #   docker build --target slim    -t fleet:local .          publisher, indexer, HTTP workers
 #   docker build --target browser -t fleet-browser:local .  + Debian Chromium (headless shell)
 #   docker build --target dev     -t fleet-dev:local .      + watchfiles (compose dev override)
+#   docker build --target slim --build-arg EXTRAS=kubernetes -t fleet-kubernetes:local .
+#                                                           + the Kubernetes client (supervisor)
 #
 # BASE_IMAGE is any Debian bookworm image with Python >= 3.11 and venv: the official
 # python:3.12-slim-bookworm by default, or a local one built with mmdebstrap where no
@@ -53,6 +55,23 @@ browser = project["optional-dependencies"]["browser"]; \
 open("/src/requirements-browser.txt", "w").write("\n".join(browser) + "\n")'; \
     /opt/venv/bin/pip install --upgrade pip setuptools wheel; \
     /opt/venv/bin/pip install -r /src/requirements.txt
+# EXTRAS: optional extras of pyproject.toml to add, such as `kubernetes` (the official
+# client, for `fleet supervisor --backend kubernetes`; large, so not in the default image):
+#   docker build --target slim --build-arg EXTRAS=kubernetes -t fleet-kubernetes:local .
+ARG EXTRAS=""
+RUN --mount=type=cache,target=/root/.cache/pip \
+    --mount=type=secret,id=cacert \
+    set -eu; \
+    if [ -n "$EXTRAS" ]; then \
+        if [ -s /run/secrets/cacert ]; then \
+            export PIP_CERT=/run/secrets/cacert REQUESTS_CA_BUNDLE=/run/secrets/cacert; \
+        fi; \
+        /opt/venv/bin/python -c 'import sys, tomllib; \
+extras = tomllib.load(open("/src/pyproject.toml", "rb"))["project"]["optional-dependencies"]; \
+print("\n".join(d for name in sys.argv[1].replace(",", " ").split() for d in extras[name]))' \
+            "$EXTRAS" > /src/requirements-extras.txt; \
+        /opt/venv/bin/pip install -r /src/requirements-extras.txt; \
+    fi
 COPY README.md /src/README.md
 COPY fleet /src/fleet
 RUN --mount=type=cache,target=/root/.cache/pip \

@@ -15,7 +15,7 @@ from typing import IO, Any, NoReturn, TypeVar
 import click
 
 from fleet.errors import ConfigError, FleetError
-from fleet.settings import Settings, SettingsError
+from fleet.settings import SUPERVISOR_BACKENDS, Settings, SettingsError
 from fleet.telemetry import Telemetry, setup_logging, setup_telemetry, tracing_configured
 
 T = TypeVar("T")
@@ -580,10 +580,10 @@ def run(
 @nats_option
 @click.option(
     "--backend",
-    type=click.Choice(["docker", "local"]),
+    type=click.Choice(list(SUPERVISOR_BACKENDS)),
     default=None,
-    help="Where workers run: Docker containers or local processes "
-    "[env FLEET_SUPERVISOR_BACKEND; docker]",
+    help="Where workers run: Docker containers, local processes, a Swarm service's tasks, "
+    "a Kubernetes Deployment's pods [env FLEET_SUPERVISOR_BACKEND; docker]",
 )
 @click.option("--min", "min_", type=int, default=None, help="[env FLEET_SUPERVISOR_MIN; 1]")
 @click.option("--max", "max_", type=int, default=None, help="[env FLEET_SUPERVISOR_MAX; 8]")
@@ -646,6 +646,21 @@ def run(
     default=None,
     help="Docker: network of those workers [env FLEET_SUPERVISOR_WORKER_NETWORK]",
 )
+@click.option(
+    "--service",
+    default=None,
+    help="Swarm: the workers' service, STACK_SERVICE [env FLEET_SUPERVISOR_SERVICE; fleet_worker]",
+)
+@click.option(
+    "--deployment",
+    default=None,
+    help="Kubernetes: the workers' Deployment [env FLEET_SUPERVISOR_DEPLOYMENT; worker]",
+)
+@click.option(
+    "--namespace",
+    default=None,
+    help="Kubernetes: its namespace [env FLEET_SUPERVISOR_NAMESPACE; default: the pod's own]",
+)
 @click.pass_context
 def supervisor(
     ctx: click.Context,
@@ -665,8 +680,12 @@ def supervisor(
     project: str | None,
     worker_image: str | None,
     worker_network: str | None,
+    service: str | None,
+    deployment: str | None,
+    namespace: str | None,
 ) -> None:
-    """Scale workers on the queue's lag (Docker containers or local processes) until SIGTERM."""
+    """Scale workers on the queue's lag (containers, processes, a Swarm service or a
+    Kubernetes Deployment) until SIGTERM."""
     settings = _settings(
         ctx,
         nats_url=nats_url,
@@ -684,6 +703,9 @@ def supervisor(
         supervisor_project=project,
         supervisor_worker_image=worker_image,
         supervisor_worker_network=worker_network,
+        supervisor_service=service,
+        supervisor_deployment=deployment,
+        supervisor_namespace=namespace,
     )
     from fleet import supervisor as supervisor_role
     from fleet.scaling import backend_from_settings

@@ -16,6 +16,9 @@ from fleet.errors import ConfigError
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 DEFAULT_SINK = "sqlite:///fleet.db"
 ENV_PREFIX = "FLEET_"
+# Where `fleet supervisor` runs workers (fleet/scaling/): containers on one engine, local
+# processes, a Docker Swarm service, a Kubernetes Deployment.
+SUPERVISOR_BACKENDS = ("docker", "local", "swarm", "kubernetes")
 
 
 class SettingsError(ConfigError):
@@ -88,7 +91,7 @@ class Settings:
     sink_retry_max_s: float = 30.0
 
     # Supervisor: scales workers on the workers' consumer lag.
-    supervisor_backend: str = "docker"  # docker | local
+    supervisor_backend: str = "docker"  # docker | local | swarm | kubernetes
     supervisor_min: int = 1
     supervisor_max: int = 8
     supervisor_target_lag: int = 200  # URLs (pending + unacked) one worker should carry
@@ -102,6 +105,9 @@ class Settings:
     supervisor_project: str | None = None  # compose project; None: the supervisor's own
     supervisor_worker_image: str | None = None  # workers from this image when none to copy
     supervisor_worker_network: str | None = None  # network of those workers
+    supervisor_service: str = "fleet_worker"  # swarm: the workers' service (stack_service)
+    supervisor_deployment: str = "worker"  # kubernetes: the workers' Deployment
+    supervisor_namespace: str | None = None  # kubernetes: its namespace; None: the pod's own
 
     # `fleet run`.
     run_timeout_s: float = 3600.0
@@ -233,9 +239,9 @@ class Settings:
             raise SettingsError(
                 f"{ENV_PREFIX}RENDER must be never, auto or always (got {self.render!r})"
             )
-        if self.supervisor_backend not in ("docker", "local"):
+        if self.supervisor_backend not in SUPERVISOR_BACKENDS:
             raise SettingsError(
-                f"{ENV_PREFIX}SUPERVISOR_BACKEND must be docker or local "
+                f"{ENV_PREFIX}SUPERVISOR_BACKEND must be one of {', '.join(SUPERVISOR_BACKENDS)} "
                 f"(got {self.supervisor_backend!r})"
             )
         if not 0 <= self.supervisor_min <= self.supervisor_max:

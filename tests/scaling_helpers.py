@@ -34,6 +34,7 @@ class ScaleRun:
     to_min_s: float  # drained → min replicas
     scaled_down_with_lag: bool  # a worker was stopped while URLs were still in flight
     timeline: list[tuple[float, int, int]]  # (t, replicas, lag)
+    published_at: float = 0.0  # time.monotonic() at the end of the burst's publish
 
     def assert_promised(self, settings: Settings, label: str) -> None:
         """The issue's promise: max within two intervals, min within cooldown + two."""
@@ -117,6 +118,7 @@ async def burst_scenario(
             to_min_s=timeline[-1][0] - drained_at,
             scaled_down_with_lag=scaled_down_with_lag,
             timeline=timeline,
+            published_at=t0,
         )
     finally:
         stop.set()

@@ -435,15 +435,22 @@ def connect_engine(*, timeout_s: float = 30.0) -> DockerApi:
     project); later outages are survived by the backend. Raises ``BackendError`` naming
     the fix when it does not answer within ``timeout_s``.
     """
-    import time  # noqa: PLC0415 - the docker SDK and its clock only for this backend
+    api: DockerApi = engine_client(timeout_s=timeout_s)
+    return api
+
+
+def engine_client(*, timeout_s: float = 30.0) -> Any:
+    """docker-py's low-level ``APIClient`` from the environment (``DOCKER_HOST``...),
+    retried for ``timeout_s``; raises ``BackendError`` naming the fix when it does not answer.
+    """
+    import time  # noqa: PLC0415 - the docker SDK and its clock only for these backends
 
     import docker  # noqa: PLC0415
 
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            api: DockerApi = docker.from_env().api
-            return api
+            return docker.from_env().api
         except docker.errors.DockerException as exc:
             if time.monotonic() > deadline:
                 raise BackendError(

@@ -6,7 +6,11 @@ reading containers and events, creating, starting, stopping, restarting and kill
 containers. Everything else (images, volumes, networks, exec, build, swarm, info...)
 answers 403, like the real proxy.
 
-Run it: ``python -m tests.fakes.docker_proxy --host 0.0.0.0 --port 2375``.
+With ``--allow swarm`` it allows what the Swarm stack's proxy allows instead
+(deploy/swarm/stack.yml: SERVICES=1, TASKS=1, POST=1, PING=1, VERSION=1): reading, creating,
+updating and removing services, and reading tasks; containers and everything else answer 403.
+
+Run it: ``python -m tests.fakes.docker_proxy --host 0.0.0.0 --port 2375 [--allow swarm]``.
 """
 
 from __future__ import annotations
@@ -31,19 +35,27 @@ ALLOWED: Final = (
     ),
     ("DELETE", re.compile(rf"^{_VERSION}/containers/[^/]+$")),
 )
+SWARM_ALLOWED: Final = (
+    ("GET", re.compile(rf"^{_VERSION}/(?:_ping|version)$")),
+    ("HEAD", re.compile(rf"^{_VERSION}/_ping$")),
+    ("GET", re.compile(rf"^{_VERSION}/(?:services|tasks)(?:/.*)?$")),
+    ("POST", re.compile(rf"^{_VERSION}/services/.+$")),
+    ("DELETE", re.compile(rf"^{_VERSION}/services/[^/]+$")),
+)
+PROFILES: Final = {"containers": ALLOWED, "swarm": SWARM_ALLOWED}
 SESSION: Final = web.AppKey("session", aiohttp.ClientSession)
 _HOP_HEADERS: Final = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "host", "content-length"}
 )
 
 
-def allowed(method: str, path: str) -> bool:
-    return any(method == m and pattern.match(path) for m, pattern in ALLOWED)
+def allowed(method: str, path: str, profile: str = "containers") -> bool:
+    return any(method == m and pattern.match(path) for m, pattern in PROFILES[profile])
 
 
-def make_app(socket_path: str) -> web.Application:
+def make_app(socket_path: str, profile: str = "containers") -> web.Application:
     async def proxy(request: web.Request) -> web.StreamResponse:
-        if not allowed(request.method, request.path):
+        if not allowed(request.method, request.path, profile):
             return web.json_response(
                 {"message": f"{request.method} {request.path} is not allowed by the proxy"},
                 status=403,
@@ -83,8 +95,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=2375)
     parser.add_argument("--socket", default="/var/run/docker.sock")
+    parser.add_argument("--allow", choices=sorted(PROFILES), default="containers")
     args = parser.parse_args(argv)
-    web.run_app(make_app(args.socket), host=args.host, port=args.port, access_log=None)
+    web.run_app(make_app(args.socket, args.allow), host=args.host, port=args.port, access_log=None)
 
 
 if __name__ == "__main__":
