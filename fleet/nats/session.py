@@ -16,7 +16,7 @@ from nats.js import JetStreamContext
 from fleet.errors import ConfigError
 from fleet.nats.streams import ensure_topology
 from fleet.settings import Settings
-from fleet.urls import redact_url
+from fleet.urls import redact_servers, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +32,15 @@ class NatsUnavailable(ConfigError):
 
 
 async def connect(settings: Settings, *, name: str, reconnect: bool = True) -> NATS:
-    """Connect or fail with one clear line naming the URL and how to start a server.
+    """Connect or fail with one clear line naming the URL(s) and how to start a server.
 
-    Once connected, long-lived roles reconnect for ever: a restarted server is waited for.
+    ``settings.nats_servers`` is the seed list: the first connect tries each seed once (in a
+    random order, which spreads clients over a cluster); the servers then announce the rest
+    of the cluster, so a client reconnects to any of them. Once connected, long-lived roles
+    reconnect for ever: a restarted server or another node of the cluster is waited for.
     """
-    url = settings.nats_server
-    shown = redact_url(url)
+    servers = list(settings.nats_servers)
+    shown = redact_servers(servers)
 
     async def _quiet(_: Exception) -> None:
         # nats-py logs every reconnect attempt at ERROR by default; we log state changes.
@@ -45,19 +48,23 @@ async def connect(settings: Settings, *, name: str, reconnect: bool = True) -> N
 
     client: list[NATS] = []
 
+    def _current() -> str:
+        url = client[0].connected_url if client else None
+        return redact_url(url.geturl()) if url is not None else shown
+
     async def _disconnected() -> None:
         # Also called on our own close/drain at shutdown: not worth a warning then.
         if client and not (client[0].is_closed or client[0].is_draining):
-            log.warning("disconnected from NATS at %s; reconnecting", shown)
+            log.warning("disconnected from NATS (seeds %s); reconnecting", shown)
 
     async def _reconnected() -> None:
-        log.info("reconnected to NATS at %s", shown)
+        log.info("reconnected to NATS at %s", _current())
 
     try:
         # A first connect with -1 attempts would spin for ever on a wrong URL, so it is
-        # bounded; once connected, the client may reconnect without limit.
+        # bounded (one try per seed); once connected, the client may reconnect without limit.
         nc = await nats.connect(
-            servers=[url],
+            servers=servers,
             name=name,
             connect_timeout=settings.nats_connect_timeout_s,
             allow_reconnect=reconnect,
@@ -76,6 +83,7 @@ async def connect(settings: Settings, *, name: str, reconnect: bool = True) -> N
     client.append(nc)
     if reconnect:
         nc.options["max_reconnect_attempts"] = -1
+    log.debug("connected to NATS at %s as %s", _current(), name)
     return nc
 
 
