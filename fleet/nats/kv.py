@@ -62,12 +62,11 @@ async def ensure_bucket(js: JetStreamContext, want: KeyValueConfig) -> KeyValue:
     have_tags = sorted(have.placement.tags or []) if have.placement else []
     if have.num_replicas != want.replicas or (want_tags is not None and want_tags != have_tags):
         log.warning(
-            "KV bucket %s replication drift, updating: replicas %s -> %d, tags %s -> %s",
+            "KV bucket %s replication drift, updating: replicas %s -> %d%s",
             want.bucket,
             have.num_replicas,
             want.replicas,
-            have_tags,
-            want_tags if want_tags is not None else have_tags,
+            f", tags {have_tags} -> {want_tags}" if want_tags not in (None, have_tags) else "",
         )
         with replication_explained(stream, want.replicas, want.placement):
             await js.update_stream(

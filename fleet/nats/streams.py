@@ -15,8 +15,9 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError, NoRespondersError
@@ -37,7 +38,7 @@ from nats.js.api import (
 )
 from nats.js.errors import APIError, FetchTimeoutError, NotFoundError, ServiceUnavailableError
 
-from fleet.errors import ConfigError
+from fleet.errors import ConfigError, TransientError
 from fleet.settings import Settings
 from fleet.urls import redact_servers
 
@@ -151,6 +152,8 @@ def topology(settings: Settings) -> Topology:
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
         max_age=settings.results_max_age_s,
+        # The server's default (2 min), said here: nats-py's 0 read as a drift at every start.
+        duplicate_window=min(120.0, settings.results_max_age_s),
     )
     reaper = ConsumerConfig(
         durable_name=REAPER_CONSUMER,
@@ -310,11 +313,40 @@ async def ensure_consumer(js: JetStreamContext, stream: str, want: ConsumerConfi
     return info
 
 
+class JetStreamUnavailable(TransientError):
+    """JetStream did not answer for ``waited_s`` (a cluster without a leader: too few of its
+    servers up); the role exits and is restarted, nothing is lost."""
+
+    reason = "jetstream_unavailable"
+
+    def __init__(self, message: str, *, waited_s: float) -> None:
+        super().__init__(message)
+        self.waited_s = waited_s
+
+
+# How long a role waits at start-up for a JetStream cluster that is electing a leader.
+TOPOLOGY_WAIT_S: Final = 30.0
+
+
+def cluster_busy(exc: BaseException) -> bool:
+    """JetStream is there but cannot answer now: no reply in time, or a server's 503 ("system
+    temporarily unavailable" while a cluster elects a leader). Not "no responders": that is a
+    server without JetStream."""
+    if isinstance(exc, ServiceUnavailableError):
+        return exc.code == 503
+    return isinstance(exc, NatsTimeoutError | TimeoutError)
+
+
 async def require_jetstream(js: JetStreamContext, settings: Settings) -> None:
-    """Raise ``ConfigError`` with the fix when the NATS server has JetStream switched off."""
+    """Raise ``ConfigError`` with the fix when the NATS server has JetStream switched off.
+
+    A cluster answering 503 (electing its leader) is not that: the error passes through.
+    """
     try:
         await js.account_info()
-    except (ServiceUnavailableError, NoRespondersError):
+    except (ServiceUnavailableError, NoRespondersError) as exc:
+        if cluster_busy(exc):
+            raise
         shown = redact_servers(settings.nats_servers)
         raise ConfigError(
             f"JetStream is not enabled on the NATS server at {shown}; "
@@ -322,8 +354,35 @@ async def require_jetstream(js: JetStreamContext, settings: Settings) -> None:
         ) from None
 
 
-async def ensure_topology(js: JetStreamContext, settings: Settings) -> Topology:
-    """Check JetStream, then create or reconcile every stream and consumer; returns the topology."""
+async def ensure_topology(
+    js: JetStreamContext, settings: Settings, *, wait_s: float = TOPOLOGY_WAIT_S
+) -> Topology:
+    """Check JetStream, then create or reconcile every stream and consumer; returns the topology.
+
+    A cluster that cannot answer yet (a leader being elected, `cluster_busy`) is waited for
+    up to ``wait_s``, then ``JetStreamUnavailable``: a role started during a leader election
+    starts once it is over.
+    """
+    deadline = time.monotonic() + wait_s
+    attempt = 0
+    while True:
+        try:
+            return await _ensure_topology(js, settings)
+        except Exception as exc:
+            if not cluster_busy(exc):
+                raise
+            if time.monotonic() >= deadline:
+                raise JetStreamUnavailable(
+                    f"JetStream at {redact_servers(settings.nats_servers)} did not answer for "
+                    f"{wait_s:g}s ({exc!s}); is a majority of the cluster's servers up?",
+                    waited_s=wait_s,
+                ) from None
+            attempt += 1
+            log.warning("JetStream not answering (%s); waiting for the cluster", exc)
+            await asyncio.sleep(min(2.0, 0.25 * 2**attempt))
+
+
+async def _ensure_topology(js: JetStreamContext, settings: Settings) -> Topology:
     topo = topology(settings)
     await require_jetstream(js, settings)
     for stream in (topo.urls, topo.results, topo.dlq, topo.advisories):
