@@ -7,10 +7,13 @@ the consumer's leader killed while the supervisor scales (no decision on a lag n
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from nats.aio.client import Client as NATS
 from nats.js.api import StreamConfig
 
 from fleet.errors import ConfigError
@@ -18,9 +21,18 @@ from fleet.nats.kv import render_bucket
 from fleet.nats.server import EmbeddedNats, find_nats_server
 from fleet.nats.session import connect, nats_session
 from fleet.nats.streams import INDEXER_CONSUMER, REAPER_CONSUMER, WORKERS_CONSUMER, topology
+from fleet.scaling.local import LocalBackend
 from fleet.settings import Settings
-from tests.cluster_helpers import NatsCluster
-from tests.conftest import need, wait_for
+from fleet.supervisor import Decision, JetStreamLag, Policy, Supervisor
+from tests.cluster_helpers import (
+    NatsCluster,
+    consumer_leader,
+    move_consumer_leader,
+    move_stream_leader,
+    stream_leader,
+)
+from tests.conftest import Roles, need, wait_for
+from tests.pipeline_helpers import cli_json, drained, get_status, indexed_urls, write_urls
 from tests.site import LoopbackSite
 
 pytestmark = pytest.mark.cluster
@@ -172,3 +184,189 @@ async def test_a_stream_config_left_from_a_single_server_is_scaled_not_rejected(
     async with nats_session(settings, name="test") as session:
         info = await session.js.stream_info(settings.urls_stream)
         assert info.config.num_replicas == 3
+
+
+# -- the URL stream's leader killed mid-run
+
+
+async def _queue_left(nc: NATS, settings: Settings) -> int | None:
+    """URLs still in the work queue, or None while nobody answers (an election)."""
+    try:
+        async with asyncio.timeout(1):
+            info = await nc.jetstream().stream_info(settings.urls_stream)
+    except Exception:
+        return None
+    return int(info.state.messages)
+
+
+def _reconnects(log: Path) -> list[str]:
+    """The servers a role's log says it reconnected to."""
+    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    return [line.rsplit(" ", 1)[-1] for line in lines if "reconnected to NATS at" in line]
+
+
+@pytest.mark.fault
+@pytest.mark.timeout(300)
+async def test_url_stream_leader_killed_mid_run_every_url_indexed_once(
+    cluster: NatsCluster, cluster_settings: Settings, site: LoopbackSite, tmp_path: Path
+) -> None:
+    settings = cluster_settings
+    urls = [site.url(f"/slow/{n}?s=0.3") for n in range(400)]
+    cli_json(settings, "publish", str(write_urls(tmp_path / "u.txt", urls)))
+    roles = Roles(settings)
+    logs = {name: tmp_path / f"{name}.log" for name in ("worker-1", "worker-2", "indexer")}
+    try:
+        procs = {
+            "worker-1": roles.start("worker", "--concurrency", "4", log=logs["worker-1"]),
+            "worker-2": roles.start("worker", "--concurrency", "4", log=logs["worker-2"]),
+            "indexer": roles.start("indexer", log=logs["indexer"]),
+        }
+
+        def role_connections() -> dict[str, int]:
+            return {
+                name: sum(
+                    c in ("fleet-worker", "fleet-indexer") for c in cluster.connection_names(name)
+                )
+                for name in cluster.nodes
+            }
+
+        async def all_connected() -> bool:
+            return sum(role_connections().values()) == 3
+
+        await wait_for(all_connected, timeout=90, interval=0.2)
+        # The victim leads the URL stream and the workers' consumer, and serves role
+        # connections: its death costs the queue its leader and those roles their server.
+        on_victim = role_connections()
+        victim = max(on_victim, key=lambda n: on_victim[n])
+        async with cluster.client() as nc:
+            await move_stream_leader(nc, settings.urls_stream, victim)
+            await move_consumer_leader(nc, settings.urls_stream, WORKERS_CONSUMER, victim)
+
+            async def mid_run() -> bool:
+                left = await _queue_left(nc, settings)
+                return left is not None and left < len(urls) - 40 and left > 150
+
+            await wait_for(mid_run, timeout=120, interval=0.1)
+            before = await _queue_left(nc, settings)
+            assert before is not None
+            killed_at = cluster.kill(victim)
+
+            # Recovered when the queue shrinks again: a URL acked after the kill had its
+            # page stored in the results stream first, so both streams work again.
+            async def progressing() -> bool:
+                left = await _queue_left(nc, settings)
+                return left is not None and left < before
+
+            await wait_for(progressing, timeout=120, interval=0.1)
+            recovery_s = time.monotonic() - killed_at
+            new_stream_leader = await stream_leader(nc, settings.urls_stream)
+            new_consumer_leader = await consumer_leader(nc, settings.urls_stream, WORKERS_CONSUMER)
+        print(
+            f"\nleader {victim} killed with {before} URLs left ({on_victim[victim]} role "
+            f"connection(s) on it): pipeline progressing again after {recovery_s:.1f}s; "
+            f"new leaders: stream {new_stream_leader}, consumer {new_consumer_leader}"
+        )
+        assert victim not in (new_stream_leader, new_consumer_leader)
+        cluster.restart(victim)
+        cluster.wait_formed()
+
+        async def done() -> bool:
+            try:
+                return len(indexed_urls(settings)) == len(urls) and await drained(settings)
+            except Exception:  # an answer lost to the restart: ask again
+                return False
+
+        await wait_for(done, timeout=180, interval=0.5)
+        # Nobody exited: the roles on the killed node found another one by themselves.
+        assert all(p.poll() is None for p in procs.values()), {
+            n: p.poll() for n, p in procs.items()
+        }
+        reconnected = {n: _reconnects(path) for n, path in logs.items()}
+        moved = [n for n, targets in reconnected.items() if targets]
+        assert len(moved) >= on_victim[victim], reconnected
+        victim_url = cluster.nodes[victim].url
+        assert all(t != victim_url for targets in reconnected.values() for t in targets)
+    finally:
+        roles.stop_all()
+    counts = indexed_urls(settings)
+    assert sorted(counts) == sorted(urls)
+    assert set(counts.values()) == {1}  # each URL indexed exactly once
+    st = await get_status(settings)
+    assert st["dead_letters"] == 0
+    assert st["streams"]["urls"]["messages"] == 0
+    # Redelivered URLs (acks lost with the leader) published no second result: the new
+    # leader kept the duplicate window.
+    assert st["streams"]["results"]["messages"] == len(urls)
+    async with cluster.client() as nc:
+        info = await nc.jetstream().stream_info(settings.urls_stream)
+    assert info.cluster is not None and all(p.current for p in info.cluster.replicas or [])
+
+
+# -- the consumer's leader killed while the supervisor scales
+
+
+@pytest.mark.fault
+@pytest.mark.timeout(300)
+async def test_consumer_leader_killed_mid_scale_no_decision_on_a_lag_not_read(
+    cluster: NatsCluster, cluster_settings: Settings, site: LoopbackSite, tmp_path: Path
+) -> None:
+    # min 0 and no cooldown: a failed read taken as lag 0 would stop every worker at once,
+    # one taken as "unknown" the KEDA way would start max. The 100 URLs are slow (the site
+    # holds them for two minutes), so the true lag stays 100 and wants 2 workers throughout.
+    settings = cluster_settings.replace(
+        fetch_timeout_s=150.0,
+        supervisor_min=0,
+        supervisor_max=4,
+        supervisor_target_lag=50,
+        supervisor_cooldown_s=0.0,
+        supervisor_interval_s=1.0,
+        supervisor_stop_grace_s=15.0,
+    )
+    urls = [site.url(f"/slow/{n}?s=120") for n in range(100)]
+    cli_json(settings, "publish", str(write_urls(tmp_path / "u.txt", urls)))
+    backend = LocalBackend(Roles(settings).env, stop_grace_s=settings.supervisor_stop_grace_s)
+    lag = JetStreamLag(settings, timeout_s=2.0)
+    sup = Supervisor(Policy.from_settings(settings), lag, backend, interval_s=1.0)
+    decisions: list[Decision | None] = []
+    try:
+        first = await sup.step()  # 0 -> 2: the workers are starting when the leader dies
+        assert first is not None and (first.current, first.desired) == (0, 2), first
+        # The victim leads the consumer and serves the supervisor's own connection.
+        supervisor_on = next(
+            n for n in cluster.nodes if "fleet-supervisor" in cluster.connection_names(n)
+        )
+        async with cluster.client() as nc:
+            await move_consumer_leader(nc, settings.urls_stream, WORKERS_CONSUMER, supervisor_on)
+        killed_at = cluster.kill(supervisor_on)
+        first_good: float | None = None
+        good_after = 0
+        deadline = time.monotonic() + 120
+        while good_after < 5:  # five decisions on lags read from the new leader
+            assert time.monotonic() < deadline, decisions
+            started = time.monotonic()
+            decision = await sup.step()
+            decisions.append(decision)
+            if decision is not None:
+                first_good = first_good or time.monotonic() - killed_at
+                good_after += 1
+            await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - started)))
+        held = sum(d is None for d in decisions)
+        print(
+            f"\nconsumer leader {supervisor_on} killed mid-scale: {held} tick(s) held on a lag "
+            f"not read, lag read again from {lag.leader} after {first_good:.1f}s"
+        )
+        assert lag.leader is not None and lag.leader != supervisor_on
+        for d in decisions:
+            if d is not None:
+                # The lag read after the election is the true one (never a stale zero)...
+                assert (d.lag, d.desired) == (100, 2), d
+        # ...and nothing scaled but the first decision: no scale to max, none to zero.
+        text = sup.metrics.render()[0].decode()
+        assert 'fleet_supervisor_scale_events_total{direction="up"} 1.0' in text
+        assert 'fleet_supervisor_scale_events_total{direction="down"} 0.0' in text
+        assert len(await backend.replicas()) == 2
+        # Workers started during the election waited for it instead of exiting.
+        assert backend.crashed == []
+    finally:
+        await backend.close()
+        await lag.close()
