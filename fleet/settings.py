@@ -37,6 +37,9 @@ class Settings:
     # servers of one cluster, comma-separated, are a seed list (`nats_servers`).
     nats_url: str | None = None
     nats_connect_timeout_s: float = 2.0
+    # A server lost without closing the connection (machine gone, network cut) is left after
+    # this many seconds x 3 unanswered pings; nats-py's default (120 s x 2) is minutes.
+    nats_ping_interval_s: float = 10.0
     stream_prefix: str = "FLEET"
     subject_prefix: str = "fleet"
     dedup_window_s: float = 3600.0
@@ -213,6 +216,7 @@ class Settings:
         positive = {
             "max_deliver": self.max_deliver,
             "ack_wait_s": self.ack_wait_s,
+            "nats_ping_interval_s": self.nats_ping_interval_s,
             "worker_concurrency": self.worker_concurrency,
             "indexer_batch_size": self.indexer_batch_size,
             "max_body_bytes": self.max_body_bytes,

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
 import socket
 import time
 import urllib.request
@@ -118,6 +120,20 @@ class NatsCluster:
         """SIGKILL node ``name``; returns the monotonic time of the kill."""
         self.nodes[name].stop(kill=True)
         return time.monotonic()
+
+    def freeze(self, name: str) -> float:
+        """SIGSTOP node ``name``: its connections stay open but nothing answers (a machine
+        lost or cut off, not a crash); returns the monotonic time."""
+        pid = self.nodes[name].pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        return time.monotonic()
+
+    def thaw(self, name: str) -> None:
+        """SIGCONT a frozen node."""
+        pid = self.nodes[name].pid
+        assert pid is not None
+        os.kill(pid, signal.SIGCONT)
 
     def restart(self, name: str) -> None:
         """Start node ``name`` again on its ports with its store; it rejoins the cluster."""

@@ -370,3 +370,29 @@ async def test_consumer_leader_killed_mid_scale_no_decision_on_a_lag_not_read(
     finally:
         await backend.close()
         await lag.close()
+
+
+async def test_a_server_that_stops_answering_is_left_for_another(
+    cluster: NatsCluster, cluster_settings: Settings
+) -> None:
+    # A frozen server keeps the TCP connection open: only unanswered pings reveal it.
+    settings = cluster_settings.replace(nats_ping_interval_s=0.5)
+    nc = await connect(settings, name="test")
+    try:
+        assert nc.connected_url is not None
+        frozen = cluster.name_of(nc.connected_url.geturl())
+        frozen_at = cluster.freeze(frozen)
+        try:
+
+            async def moved() -> bool:
+                url = nc.connected_url
+                return (
+                    nc.is_connected and url is not None and cluster.name_of(url.geturl()) != frozen
+                )
+
+            await wait_for(moved, timeout=30, interval=0.1)
+            print(f"\nleft frozen {frozen} after {time.monotonic() - frozen_at:.1f}s")
+        finally:
+            cluster.thaw(frozen)
+    finally:
+        await nc.close()

@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import AsyncIterator
+from typing import Final
 
 import nats
 from nats.aio.client import Client as NATS
@@ -19,6 +20,10 @@ from fleet.settings import Settings
 from fleet.urls import redact_servers, redact_url
 
 log = logging.getLogger(__name__)
+
+
+# Unanswered pings before a connection counts as dead and the client moves to another server.
+PINGS_OUTSTANDING: Final = 3
 
 
 class NatsUnavailable(ConfigError):
@@ -70,6 +75,8 @@ async def connect(settings: Settings, *, name: str, reconnect: bool = True) -> N
             allow_reconnect=reconnect,
             max_reconnect_attempts=1,
             reconnect_time_wait=0.5,
+            ping_interval=settings.nats_ping_interval_s,
+            max_outstanding_pings=PINGS_OUTSTANDING,
             error_cb=_quiet,
             disconnected_cb=_disconnected,
             reconnected_cb=_reconnected,
