@@ -146,7 +146,7 @@ def test_cluster_override_validates(docker_ready: None) -> None:
         )
     )
     services = config["services"]
-    names = set()
+    names, stores = set(), set()
     for node in ("nats", "nats-2", "nats-3"):
         service = services[node]
         assert service["command"] == ["-c", "/etc/nats/cluster.conf"], node
@@ -154,8 +154,11 @@ def test_cluster_override_validates(docker_ready: None) -> None:
         assert service["restart"] == "unless-stopped", node
         assert service["deploy"]["resources"]["limits"]["memory"], node
         names.add(service["environment"]["NATS_SERVER_NAME"])
-        assert any(v["target"] == "/data" for v in service["volumes"]), node
+        stores |= {v["source"] for v in service["volumes"] if v["target"] == "/data"}
     assert names == {"n1", "n2", "n3"}
+    # One store per node, never the single server's: nats-server deletes the streams of a
+    # standalone store it is started on as a cluster node ("orphaned stream").
+    assert len(stores) == 3 and "nats-data" not in stores, stores
     seeds = "nats://nats:4222,nats://nats-2:4222,nats://nats-3:4222"
     for name in ("worker", "browser-worker", "indexer", "supervisor", "fleet"):
         env = services[name]["environment"]
