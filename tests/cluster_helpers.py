@@ -108,7 +108,8 @@ class NatsCluster:
             if len(leaders) == 1 and None not in leaders:
                 return
             if time.monotonic() > deadline:
-                raise AssertionError(f"cluster not formed within {timeout_s}s: {leaders}")
+                logs = "\n".join(f"--- {n}:\n{self.nodes[n].log_tail(15)}" for n in running)
+                raise AssertionError(f"cluster not formed within {timeout_s}s: {leaders}\n{logs}")
             time.sleep(0.2)
 
     def connection_names(self, name: str) -> list[str]:

@@ -148,6 +148,10 @@ class EmbeddedNats:
             raise ConfigError(f"nats-server did not start:\n{tail}")
         return self
 
+    def log_tail(self, lines: int = 10) -> str:
+        """The last ``lines`` lines the server logged (its first 1000 lines are kept)."""
+        return "\n".join(self._log[-lines:])
+
     def _cluster_args(self) -> list[str]:
         args: list[str] = []
         if self.server_name is not None:
