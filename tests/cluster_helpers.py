@@ -23,6 +23,7 @@ from typing import Any
 import nats
 from nats.aio.client import Client as NATS
 
+from fleet.errors import ConfigError
 from fleet.nats.server import EmbeddedNats
 
 
@@ -46,12 +47,25 @@ class NatsCluster:
         self.nodes: dict[str, EmbeddedNats] = {}
 
     def start(self) -> NatsCluster:
-        """Start every node, then wait until the cluster has a meta leader and all its peers."""
+        """Start every node, then wait until the cluster has a meta leader and all its peers.
+
+        Cluster ports are picked free just before the start, so another process may take
+        one meanwhile: a cluster that does not form is started again once, on new ports and
+        new stores (the first attempt's logs are printed).
+        """
+        try:
+            return self._start(self.root, timeout_s=30.0)
+        except (AssertionError, ConfigError) as exc:
+            print(f"NatsCluster: first start failed, retrying on new ports: {exc}")
+            self.close()
+            return self._start(self.root / "retry", timeout_s=60.0)
+
+    def _start(self, root: Path, *, timeout_s: float) -> NatsCluster:
         ports = _free_ports(self.size)
         routes = [f"nats://127.0.0.1:{p}" for p in ports]
         for i, port in enumerate(ports):
             name = f"n{i + 1}"
-            store = self.root / name
+            store = root / name
             store.mkdir(parents=True, exist_ok=True)
             self.nodes[name] = EmbeddedNats(
                 str(store),
@@ -62,7 +76,7 @@ class NatsCluster:
                 tags=self._tags[i],
                 monitor_port=-1,
             ).start()
-        self.wait_formed()
+        self.wait_formed(timeout_s)
         return self
 
     def close(self) -> None:
