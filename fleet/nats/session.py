@@ -39,10 +39,10 @@ class NatsUnavailable(ConfigError):
 async def connect(settings: Settings, *, name: str, reconnect: bool = True) -> NATS:
     """Connect or fail with one clear line naming the URL(s) and how to start a server.
 
-    ``settings.nats_servers`` is the seed list: the first connect tries each seed once (in a
-    random order, which spreads clients over a cluster); the servers then announce the rest
-    of the cluster, so a client reconnects to any of them. Once connected, long-lived roles
-    reconnect for ever: a restarted server or another node of the cluster is waited for.
+    ``settings.nats_servers`` is the seed list: the first connect tries the seeds in a random
+    order (which spreads clients over a cluster), each at most twice; the servers then
+    announce the rest of the cluster, so a client reconnects to any of them. Once connected,
+    long-lived roles reconnect for ever: a restarted server or another node is waited for.
     """
     servers = list(settings.nats_servers)
     shown = redact_servers(servers)
@@ -67,7 +67,7 @@ async def connect(settings: Settings, *, name: str, reconnect: bool = True) -> N
 
     try:
         # A first connect with -1 attempts would spin for ever on a wrong URL, so it is
-        # bounded (one try per seed); once connected, the client may reconnect without limit.
+        # bounded (two tries per seed); once connected, the client may reconnect without limit.
         nc = await nats.connect(
             servers=servers,
             name=name,
