@@ -23,7 +23,7 @@ from fleet.nats.session import connect
 from fleet.nats.streams import INDEXER_CONSUMER, WORKERS_CONSUMER
 from fleet.settings import Settings
 from fleet.sinks import open_sink
-from fleet.urls import redact_url
+from fleet.urls import redact_servers, redact_url
 
 ROLES: Final = ("nats", "publisher", "worker", "indexer", "supervisor")
 
@@ -57,7 +57,7 @@ def _redacted(text: str, settings: Settings) -> str:
     Messages from other modules (the sink's errors, its repr) may name a URL as configured;
     the answer of a healthcheck ends up in `docker inspect`, so it must not carry a password.
     """
-    for url in {settings.nats_server, settings.sink, settings.sink.rstrip("/")}:
+    for url in {*settings.nats_servers, settings.sink, settings.sink.rstrip("/")}:
         if (shown := redact_url(url)) != url:
             text = text.replace(url, shown)
     return text
@@ -65,7 +65,7 @@ def _redacted(text: str, settings: Settings) -> str:
 
 async def _check(role: str, settings: Settings) -> list[str]:
     checked: list[str] = []
-    shown = redact_url(settings.nats_server)
+    shown = redact_servers(settings.nats_servers)
     try:
         nc = await connect(settings, name=f"fleet-check-{role}", reconnect=False)
     except FleetError as exc:
@@ -135,7 +135,10 @@ async def _check_supervisor(settings: Settings) -> list[str]:
     )
     if resp.status != 200:
         raise Unhealthy(f"{url} answered {resp.status}: {shown or body}")
-    return [f"{url}: {shown}"]
+    # Degraded (an alert raised) is still healthy: restarting the supervisor fixes nothing.
+    alerts = (body.get("alerts") or []) if isinstance(body, dict) else []
+    said = "; ".join(f"{a.get('reason')}: {a.get('message')}" for a in alerts)
+    return [f"{url}: {shown}" + (f"; degraded: {said}" if said else "")]
 
 
 async def check(role: str, settings: Settings, *, timeout_s: float = 5.0) -> CheckResult:

@@ -114,7 +114,10 @@ def _invalid_reporter(file: str) -> Callable[[int, str], None]:
 
 
 nats_option = click.option(
-    "--nats-url", default=None, help="NATS server URL [env FLEET_NATS_URL; nats://127.0.0.1:4222]"
+    "--nats-url",
+    default=None,
+    help="NATS server URL, or a cluster's servers comma-separated "
+    "[env FLEET_NATS_URL; nats://127.0.0.1:4222]",
 )
 sink_option = click.option(
     "--sink",

@@ -282,26 +282,24 @@ class MaxDeliveriesReaper:
                 await self._task
 
     async def _run(self, sub: JetStreamContext.PullSubscription) -> None:
+        stream = self._settings.advisories_stream
         try:
-            await self._reap(sub)
+            while not self._stop.is_set():
+                for msg in await pull(sub, self.BATCH, self._stop, stream=stream):
+                    try:
+                        done = await self._on_advisory(msg)
+                    except Exception as exc:  # a bug must not stop the reaper: retried later
+                        log.warning("could not handle max-deliveries advisory: %s", exc)
+                        done = False
+                    if done:
+                        await self._settler.done(msg)
+                    else:
+                        await self._settler.release(msg, self.RETRY_S)
         finally:
-            # A pull subscription left open makes the connection's drain wait its timeout.
+            # Left subscribed, the pull's unread status replies hold the connection's drain
+            # for its whole timeout (30 s): a worker would not exit on SIGTERM before that.
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
-
-    async def _reap(self, sub: JetStreamContext.PullSubscription) -> None:
-        stream = self._settings.advisories_stream
-        while not self._stop.is_set():
-            for msg in await pull(sub, self.BATCH, self._stop, stream=stream):
-                try:
-                    done = await self._on_advisory(msg)
-                except Exception as exc:  # a bug must not stop the reaper: retried later
-                    log.warning("could not handle max-deliveries advisory: %s", exc)
-                    done = False
-                if done:
-                    await self._settler.done(msg)
-                else:
-                    await self._settler.release(msg, self.RETRY_S)
 
     async def _on_advisory(self, msg: Msg) -> bool:
         """Dead-letter the URL an advisory names; False when it should be tried again."""

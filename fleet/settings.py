@@ -36,13 +36,21 @@ class Settings:
     constructing it directly does not.
     """
 
-    # NATS. None means "not configured": `fleet run` then starts a private server.
+    # NATS. None means "not configured": `fleet run` then starts a private server. Several
+    # servers of one cluster, comma-separated, are a seed list (`nats_servers`).
     nats_url: str | None = None
     nats_connect_timeout_s: float = 2.0
+    # A server lost without closing the connection (machine gone, network cut) is left after
+    # this many seconds x 3 unanswered pings; nats-py's default (120 s x 2) is minutes.
+    nats_ping_interval_s: float = 10.0
     stream_prefix: str = "FLEET"
     subject_prefix: str = "fleet"
     dedup_window_s: float = 3600.0
     results_max_age_s: float = 7 * 24 * 3600.0
+    # Copies of every stream and KV bucket fleet creates: 1 on one server, 3 on a cluster.
+    stream_replicas: int = 1
+    # Server tags the replicas must be placed on (`server_tags` of the nats-servers).
+    stream_placement_tags: tuple[str, ...] = ()
 
     # Delivery and retries.
     max_deliver: int = 5
@@ -118,9 +126,18 @@ class Settings:
     metrics_port: int = 0  # Prometheus /metrics of a worker or indexer; 0 = off
 
     @property
+    def nats_servers(self) -> tuple[str, ...]:
+        """The seed list to connect to: every URL of ``nats_url`` (comma-separated), or the
+        local default when not configured. The client learns the cluster's other servers."""
+        if not self.nats_url:
+            return (DEFAULT_NATS_URL,)
+        return tuple(part.strip() for part in self.nats_url.split(",") if part.strip())
+
+    @property
     def nats_server(self) -> str:
-        """The NATS URL to connect to: ``nats_url``, or the local default when not configured."""
-        return self.nats_url or DEFAULT_NATS_URL
+        """One NATS URL: ``nats_url`` when it is a single URL (or the local default when not
+        configured); the first seed of a list. Connect with ``nats_servers`` to fail over."""
+        return self.nats_servers[0]
 
     @property
     def urls_stream(self) -> str:
@@ -210,6 +227,7 @@ class Settings:
             "max_deliver": self.max_deliver,
             "ack_wait_s": self.ack_wait_s,
             "meili_dump_timeout_s": self.meili_dump_timeout_s,
+            "nats_ping_interval_s": self.nats_ping_interval_s,
             "worker_concurrency": self.worker_concurrency,
             "indexer_batch_size": self.indexer_batch_size,
             "max_body_bytes": self.max_body_bytes,
@@ -230,6 +248,13 @@ class Settings:
                 raise SettingsError(
                     f"{ENV_PREFIX}{key.upper()} must be > 0 (got {value}); set a positive value"
                 )
+        if not 1 <= self.stream_replicas <= 5:
+            raise SettingsError(
+                f"{ENV_PREFIX}STREAM_REPLICAS must be 1 to 5 (got {self.stream_replicas}); "
+                "use 1 on a single nats-server, 3 (or 5) on a JetStream cluster of at least "
+                "that many servers"
+            )
+        self._validate_nats_url()
         if not 0 <= self.metrics_port <= 65535:
             raise SettingsError(
                 f"{ENV_PREFIX}METRICS_PORT must be a TCP port 1-65535, or 0 for no metrics "
@@ -267,6 +292,35 @@ class Settings:
                 f"{ENV_PREFIX}SINK must be sqlite:///path/to/fleet.db or a Meilisearch URL "
                 f"http(s)://host:7700 (got {self.sink!r})"
             )
+
+    def _validate_nats_url(self) -> None:
+        if self.nats_url is None:
+            return
+        seeds = self.nats_servers
+        if not seeds:
+            raise SettingsError(
+                f"{ENV_PREFIX}NATS_URL is empty; set nats://host:4222, or several servers "
+                "of one cluster comma-separated (nats://a:4222,nats://b:4222)"
+            )
+        websocket = set()
+        for seed in seeds:
+            # No scheme: nats-py reads host:port as nats://host:port.
+            scheme, sep, _ = seed.partition("://")
+            if sep and scheme not in _NATS_SCHEMES:
+                # Only the scheme is shown: the URL may carry a password.
+                raise SettingsError(
+                    f"{ENV_PREFIX}NATS_URL: every server must be a URL like nats://host:4222 "
+                    f"(schemes {', '.join(_NATS_SCHEMES)}); got one with scheme {scheme[:10]!r}"
+                )
+            websocket.add(scheme in ("ws", "wss"))
+        if len(websocket) > 1:
+            raise SettingsError(
+                f"{ENV_PREFIX}NATS_URL mixes websocket (ws://, wss://) and nats:// servers; "
+                "list servers of one kind"
+            )
+
+
+_NATS_SCHEMES: tuple[str, ...] = ("nats", "tls", "ws", "wss")
 
 
 def _parse(name: str, raw: str, hint: Any) -> Any:

@@ -7,6 +7,12 @@ stop workers. It scales up at once (at most ``max_step`` at a time) and down onl
 the lag has stayed low for the whole cooldown: the stabilisation window of Kubernetes'
 HPA and KEDA, which scale down to the highest recommendation seen over the window.
 
+The lag is read from the consumer's info, which JetStream's API answers from the consumer's
+leader (in a cluster, never a follower's stale copy). A read that fails (NATS down, the
+leader being re-elected) holds the replica count: no decision is made on a lag not read. A
+consumer that does not exist holds it too (only the min/max bounds apply) and raises the
+``consumer_missing`` alert: ``/health`` says ``degraded``; it never scales to max.
+
 HTTP: ``/health`` (NATS and the backend, as JSON; 503 when either is down), ``/metrics``
 (Prometheus: `fleet.telemetry.metrics.SupervisorMetrics`) and ``/workers`` (each worker's
 state, CPU and memory).
@@ -27,6 +33,7 @@ from aiohttp import web
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from fleet.errors import TransientError
 from fleet.nats.session import nats_session
 from fleet.nats.streams import WORKERS_CONSUMER
 from fleet.scaling.base import Backend
@@ -86,7 +93,7 @@ class PolicyState:
 class Decision:
     """One scaling decision: the lag and replicas seen, what to run (``desired``), and why."""
 
-    lag: int
+    lag: int | None  # None: not read (the replicas were held)
     current: int
     wanted: int  # from this lag alone
     desired: int  # after step bound and stabilisation
@@ -150,20 +157,60 @@ def decide(
     return out(desired, reason)
 
 
+def hold(policy: Policy, *, current: int, why: str) -> Decision:
+    """The decision when the lag is unknown: keep ``current``, only brought within min..max.
+
+    Pure. The bounds are configuration, not lag: a fleet below its minimum still gets its
+    workers (they create the consumer when it is missing), one above its maximum is cut.
+    """
+    desired = min(max(current, policy.min_replicas), policy.max_replicas)
+    if desired > current:
+        reason = f"below min {policy.min_replicas}"
+    elif desired < current:
+        reason = f"above max {policy.max_replicas}"
+    else:
+        reason = f"holding {current}"
+    return Decision(None, current, desired, desired, f"{reason}; lag unknown: {why}")
+
+
 # --------------------------------------------------------------------------------------
 # Lag
+
+
+class ConsumerMissing(TransientError):
+    """The workers' consumer (or its stream) does not exist, so there is no lag to read.
+
+    Deleted by hand, or not created yet (every role but the supervisor creates it when it
+    starts). The supervisor holds the replica count and raises an alert.
+    """
+
+    reason = "consumer_missing"
+
+    def __init__(self, message: str, *, stream: str, consumer: str) -> None:
+        super().__init__(message)
+        self.stream = stream
+        self.consumer = consumer
 
 
 class LagSource(Protocol):
     """Where the supervisor reads the queue's lag (``JetStreamLag``; tests give their own)."""
 
     async def lag(self) -> int:
-        """pending + ack_pending of the workers' consumer; raises when NATS is unreachable."""
+        """pending + ack_pending of the workers' consumer.
+
+        Raises ``ConsumerMissing`` when the consumer does not exist, anything else when the
+        lag cannot be read now (the supervisor then holds the replica count either way).
+        """
 
 
 class JetStreamLag:
     """Lag of the `workers` consumer read from JetStream, connecting lazily so a NATS outage
     at start-up is reported (and retried) rather than fatal.
+
+    The consumer info request (``$JS.API.CONSUMER.INFO``) is answered by the consumer's
+    leader: in a cluster the followers stay silent, so the lag is never a follower's copy
+    (KEDA's ``/jsz`` read can be). While a new leader is elected nobody answers: the read
+    times out and the supervisor holds. ``leader`` is the leader of the last answer.
 
     ``num_ack_pending`` includes URLs nak'ed with a retry delay until they are delivered
     again, so URLs waiting for a retry keep counting (for at most ``backoff_max_s``).
@@ -180,23 +227,37 @@ class JetStreamLag:
         self._js = js  # given: a connection owned by the caller (fleet run)
         self._session = contextlib.AsyncExitStack()  # else the one opened here
         self._timeout_s = timeout_s
+        self.leader: str | None = None
 
     async def lag(self) -> int:
-        """``num_pending + num_ack_pending`` of the workers' consumer; 0 before it exists.
+        """``num_pending + num_ack_pending`` of the workers' consumer, from its leader.
 
-        Connects on the first call. Raises when NATS is unreachable or does not answer within
-        ``timeout_s``; the supervisor then reports NATS down and asks again next interval.
+        Connects on the first call. Raises ``ConsumerMissing`` when the consumer (or its
+        stream) does not exist; anything else when NATS is unreachable or nobody answers within
+        ``timeout_s`` (a leader election); the supervisor then asks again next interval.
         """
         if self._js is None:
             session = await self._session.enter_async_context(
                 nats_session(self._settings, name="fleet-supervisor", topology=False, drain=False)
             )
             self._js = session.js
+        stream = self._settings.urls_stream
         try:
             async with asyncio.timeout(self._timeout_s):
-                info = await self._js.consumer_info(self._settings.urls_stream, WORKERS_CONSUMER)
-        except NotFoundError:
-            return 0  # no consumer yet: nothing was ever published
+                info = await self._js.consumer_info(stream, WORKERS_CONSUMER)
+        except NotFoundError as exc:
+            raise ConsumerMissing(
+                f"consumer {WORKERS_CONSUMER} on stream {stream} not found "
+                f"({exc.description or 'not found'}); the next worker or `fleet publish` to "
+                "start creates it",
+                stream=stream,
+                consumer=WORKERS_CONSUMER,
+            ) from None
+        leader = info.cluster.leader if info.cluster else None
+        if leader != self.leader:
+            if self.leader is not None:
+                log.info("workers' consumer leader is now %s (was %s)", leader, self.leader)
+            self.leader = leader
         return int((info.num_pending or 0) + (info.num_ack_pending or 0))
 
     async def close(self) -> None:
@@ -221,9 +282,26 @@ class DependencyStatus:
         return dataclasses.asdict(self)
 
 
+@dataclasses.dataclass
+class Alert:
+    """A condition an operator must fix, raised while it lasts: ``/health`` is ``degraded``."""
+
+    reason: str
+    message: str
+    since: float  # Unix time
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+
 class Supervisor:
     """One decision per interval: lag → policy → backend. Never raises for an outage: the
-    failing dependency is logged, shown by /health, and tried again next interval."""
+    failing dependency is logged, shown by /health, and tried again next interval.
+
+    No decision is made on a lag that was not read: a failed read holds the replica count,
+    and a missing consumer holds it too (within min..max, see `hold`) and raises an alert.
+    """
 
     def __init__(
         self,
@@ -245,6 +323,7 @@ class Supervisor:
         self.last: Decision | None = None
         self.nats = DependencyStatus()
         self.docker = DependencyStatus()
+        self.alerts: dict[str, Alert] = {}
         self.ticks = 0
         self._last_tick: float | None = None
         # A loop stuck in a call (docker-py's timeout is 60 s) must show in /health.
@@ -257,6 +336,21 @@ class Supervisor:
         if error is not None:
             self.metrics.errors.labels(name).inc()
 
+    def _raise_alert(self, reason: str, message: str) -> None:
+        if reason not in self.alerts:
+            log.warning("ALERT %s: %s", reason, message)
+        else:
+            log.debug("alert %s still raised: %s", reason, message)
+        since = self.alerts[reason].since if reason in self.alerts else time.time()
+        self.alerts[reason] = Alert(reason, message, since)
+        self.metrics.alert.labels(reason).set(1)
+
+    def _clear_alert(self, reason: str) -> None:
+        alert = self.alerts.pop(reason, None)
+        if alert is not None:
+            log.info("alert %s cleared after %.0fs", reason, time.time() - alert.since)
+            self.metrics.alert.labels(reason).set(0)
+
     async def step(self) -> Decision | None:
         """One tick. Returns the decision, or None when a dependency failed."""
         try:
@@ -265,35 +359,59 @@ class Supervisor:
             self.ticks += 1
             self._last_tick = self._clock()
 
-    async def _step(self) -> Decision | None:
+    async def _current(self) -> int | None:
         try:
-            lag = await self._lag.lag()
-        except Exception as exc:
-            self._mark(self.nats, "nats", exc)
-            log.warning("cannot read the workers' lag (%s); retrying in %gs", exc, self.interval_s)
-            return None
-        self._mark(self.nats, "nats", None)
-        try:
-            current = len(await self.backend.replicas())
+            return len(await self.backend.replicas())
         except Exception as exc:
             self._mark(self.docker, "backend", exc)
             log.warning("cannot list workers (%s); retrying in %gs", exc, self.interval_s)
             return None
+
+    async def _step(self) -> Decision | None:
+        try:
+            lag = await self._lag.lag()
+        except ConsumerMissing as exc:
+            self._mark(self.nats, "nats", None)  # NATS answered: the consumer is not there
+            self.metrics.holds.labels(exc.reason).inc()
+            self._raise_alert(exc.reason, f"{exc}; holding the replica count")
+            current = await self._current()
+            if current is None:
+                return None
+            return await self._apply(hold(self.policy, current=current, why=str(exc)))
+        except Exception as exc:
+            # Not answered (NATS down, the consumer's leader being elected): no decision.
+            self._mark(self.nats, "nats", exc)
+            self.metrics.holds.labels("lag_unreadable").inc()
+            log.warning(
+                "cannot read the workers' lag (%s); holding, retrying in %gs",
+                str(exc) or type(exc).__name__,
+                self.interval_s,
+            )
+            return None
+        self._mark(self.nats, "nats", None)
+        self._clear_alert(ConsumerMissing.reason)
+        current = await self._current()
+        if current is None:
+            return None
         decision, self._state = decide(
             self.policy, self._state, now=self._clock(), lag=lag, current=current
         )
+        self.metrics.lag.set(lag)
+        return await self._apply(decision)
+
+    async def _apply(self, decision: Decision) -> Decision:
+        """Record ``decision`` and have the backend carry it out."""
         self.last = decision
         m = self.metrics
-        m.lag.set(lag)
-        m.actual.set(current)
+        m.actual.set(decision.current)
         m.wanted.set(decision.wanted)
         m.desired.set(decision.desired)
         level = logging.INFO if decision.direction else logging.DEBUG
         log.log(
             level,
-            "scale decision lag=%d current=%d wanted=%d desired=%d direction=%s reason=%r",
-            lag,
-            current,
+            "scale decision lag=%s current=%d wanted=%d desired=%d direction=%s reason=%r",
+            "unknown" if decision.lag is None else decision.lag,
+            decision.current,
             decision.wanted,
             decision.desired,
             decision.direction or "none",
@@ -326,13 +444,16 @@ class Supervisor:
         """Healthy or not, and the ``/health`` body.
 
         Healthy when NATS and the backend answered at their last check and the loop has ticked
-        within ``stale_after_s`` (a loop stuck in a call is unhealthy too).
+        within ``stale_after_s`` (a loop stuck in a call is unhealthy too). Healthy with an
+        alert raised (a missing consumer) is ``degraded``: still 200, the alerts say why.
         """
         idle = None if self._last_tick is None else self._clock() - self._last_tick
         loop_ok = idle is not None and idle <= self.stale_after_s
         ok = self.nats.ok and self.docker.ok and loop_ok
+        status = "unhealthy" if not ok else "degraded" if self.alerts else "ok"
         return ok, {
-            "status": "ok" if ok else "unhealthy",
+            "status": status,
+            "alerts": [a.as_dict() for a in self.alerts.values()],
             "loop": {
                 "ok": loop_ok,
                 "ticks": self.ticks,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from urllib.parse import urlsplit, urlunsplit
 
 from fleet.errors import InvalidUrl
@@ -67,3 +68,8 @@ def redact_url(url: str) -> str:
     host = parts.hostname or ""
     netloc = f"***@{host}:{parts.port}" if parts.port else f"***@{host}"
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def redact_servers(urls: Iterable[str]) -> str:
+    """A seed list of servers as messages show it: each URL redacted, comma-separated."""
+    return ",".join(redact_url(url) for url in urls)

@@ -6,6 +6,7 @@ In CI (CI set) a missing server binary fails the test; locally it skips.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -108,10 +109,16 @@ class Roles:
         self.env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, *args: str) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "fleet", *args], env=self.env, stdin=subprocess.DEVNULL
-        )
+    def start(self, *args: str, log: Path | None = None) -> subprocess.Popen[bytes]:
+        """Start ``fleet <args>``; with ``log``, its stderr (the role's log) goes to that file."""
+        with contextlib.ExitStack() as stack:
+            stderr = stack.enter_context(log.open("ab")) if log is not None else None
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "fleet", *args],
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stderr=stderr,
+            )
         self.procs.append(proc)
         return proc
 

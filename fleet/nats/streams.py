@@ -3,6 +3,10 @@
 Created idempotently at start-up by every role, so any role can start first. Settings that
 the server can change in place are updated (with a warning); settings it cannot change
 (retention, storage, subjects) are reported as a drift with the fix, never silently reused.
+
+Every stream and KV bucket fleet creates is replicated as ``FLEET_STREAM_REPLICAS`` says
+(`replicated`, `replicated_kv`: the one place replicas and placement come from); durable
+consumers inherit their stream's replicas.
 """
 
 from __future__ import annotations
@@ -11,7 +15,9 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from typing import Any, Protocol
+import time
+from collections.abc import Iterator
+from typing import Any, Final, Protocol
 
 from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError, NoRespondersError
@@ -23,16 +29,18 @@ from nats.js.api import (
     ConsumerInfo,
     DeliverPolicy,
     DiscardPolicy,
+    KeyValueConfig,
+    Placement,
     PubAck,
     RetentionPolicy,
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import FetchTimeoutError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import APIError, FetchTimeoutError, NotFoundError, ServiceUnavailableError
 
-from fleet.errors import ConfigError
+from fleet.errors import ConfigError, TransientError
 from fleet.settings import Settings
-from fleet.urls import redact_url
+from fleet.urls import redact_servers
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +53,27 @@ REAPER_CONSUMER = "reaper"
 def max_deliveries_subject(settings: Settings) -> str:
     """The server's MAX_DELIVERIES advisory subject of the workers' consumer."""
     return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{settings.urls_stream}.{WORKERS_CONSUMER}"
+
+
+def placement(settings: Settings) -> Placement | None:
+    """Where replicas go: servers with every ``FLEET_STREAM_PLACEMENT_TAGS`` tag; None: anywhere."""
+    if not settings.stream_placement_tags:
+        return None
+    return Placement(tags=list(settings.stream_placement_tags))
+
+
+def replicated(config: StreamConfig, settings: Settings) -> StreamConfig:
+    """``config`` with the replicas and placement of the settings; use it for every stream."""
+    return dataclasses.replace(
+        config, num_replicas=settings.stream_replicas, placement=placement(settings)
+    )
+
+
+def replicated_kv(config: KeyValueConfig, settings: Settings) -> KeyValueConfig:
+    """``config`` with the replicas and placement of the settings; use it for every KV bucket."""
+    return dataclasses.replace(
+        config, replicas=settings.stream_replicas, placement=placement(settings)
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +152,8 @@ def topology(settings: Settings) -> Topology:
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
         max_age=settings.results_max_age_s,
+        # The server's default (2 min), said here: nats-py's 0 read as a drift at every start.
+        duplicate_window=min(120.0, settings.results_max_age_s),
     )
     reaper = ConsumerConfig(
         durable_name=REAPER_CONSUMER,
@@ -134,10 +165,10 @@ def topology(settings: Settings) -> Topology:
         max_ack_pending=1_000,
     )
     return Topology(
-        urls=urls,
-        results=results,
-        dlq=dlq,
-        advisories=advisories,
+        urls=replicated(urls, settings),
+        results=replicated(results, settings),
+        dlq=replicated(dlq, settings),
+        advisories=replicated(advisories, settings),
         workers=workers,
         indexer=indexer,
         reaper=reaper,
@@ -148,7 +179,17 @@ def topology(settings: Settings) -> Topology:
 _IMMUTABLE_STREAM_FIELDS = ("retention", "storage")
 
 
-_MUTABLE_STREAM_FIELDS = ("subjects", "duplicate_window", "max_age", "max_bytes", "discard")
+# A cluster changes replicas in place (adds or removes peers) and moves a stream whose
+# placement tags change.
+_MUTABLE_STREAM_FIELDS = (
+    "subjects",
+    "duplicate_window",
+    "max_age",
+    "max_bytes",
+    "discard",
+    "num_replicas",
+    "placement",
+)
 
 
 _IMMUTABLE_CONSUMER_FIELDS = ("deliver_policy", "ack_policy")
@@ -158,6 +199,10 @@ _MUTABLE_CONSUMER_FIELDS = ("ack_wait", "max_deliver", "backoff", "max_ack_pendi
 
 
 def _differs(want: Any, have: Any) -> bool:
+    if isinstance(want, Placement):
+        # The server fills in the cluster's name; fleet only asks for tags.
+        tags = have.tags if isinstance(have, Placement) else None
+        return sorted(want.tags or []) != sorted(tags or [])
     if isinstance(want, float) or isinstance(have, float):
         return abs(float(want or 0) - float(have or 0)) > 1e-3
     if isinstance(want, list) and isinstance(have, list):
@@ -186,8 +231,9 @@ async def ensure_stream(js: JetStreamContext, want: StreamConfig) -> None:
     try:
         info = await js.stream_info(want.name)
     except NotFoundError:
-        await js.add_stream(want)
-        log.info("created stream %s", want.name)
+        with replication_explained(want.name, want.num_replicas or 1, want.placement):
+            await js.add_stream(want)
+        log.info("created stream %s (%d replica(s))", want.name, want.num_replicas or 1)
         return
     fatal = _drift(want, info.config, _IMMUTABLE_STREAM_FIELDS)
     if fatal:
@@ -201,7 +247,41 @@ async def ensure_stream(js: JetStreamContext, want: StreamConfig) -> None:
     if drift:
         log.warning("stream %s config drift, updating: %s", want.name, drift)
         merged = dataclasses.replace(info.config, **{k: w for k, (w, _) in drift.items()})
-        await js.update_stream(merged)
+        with replication_explained(want.name, want.num_replicas or 1, want.placement):
+            await js.update_stream(merged)
+
+
+# JetStream's error codes for replicas the servers cannot hold.
+_NOT_CLUSTERED = 10074  # replicas > 1 not supported in non-clustered mode
+_INSUFFICIENT_RESOURCES = 10023  # fewer JetStream servers (with the tags) than replicas
+_NO_SUITABLE_PEERS = 10005  # no suitable peers for placement
+
+
+@contextlib.contextmanager
+def replication_explained(
+    name: str, replicas: int, placement: Placement | None = None
+) -> Iterator[None]:
+    """Around a stream or bucket create/update: the server's "cannot place the replicas"
+    becomes a ``ConfigError`` naming the setting to change; other errors pass through."""
+    try:
+        yield
+    except APIError as exc:
+        if exc.err_code == _NOT_CLUSTERED:
+            raise ConfigError(
+                f"stream {name}: FLEET_STREAM_REPLICAS={replicas} needs a JetStream cluster, "
+                "but the NATS server is a single server; set FLEET_STREAM_REPLICAS=1, or run "
+                "a cluster (docs/scaling.md)"
+            ) from None
+        if exc.err_code in (_INSUFFICIENT_RESOURCES, _NO_SUITABLE_PEERS):
+            tags = ",".join(placement.tags or []) if placement else ""
+            where = f" tagged {tags}" if tags else ""
+            raise ConfigError(
+                f"stream {name}: cannot place {replicas} replicas "
+                f"({exc.description or 'insufficient resources'}); FLEET_STREAM_REPLICAS must "
+                f"not exceed the JetStream servers{where} that are up in the cluster (check "
+                "FLEET_STREAM_PLACEMENT_TAGS, or bring the missing servers back)"
+            ) from None
+        raise
 
 
 async def ensure_consumer(js: JetStreamContext, stream: str, want: ConsumerConfig) -> ConsumerInfo:
@@ -233,19 +313,76 @@ async def ensure_consumer(js: JetStreamContext, stream: str, want: ConsumerConfi
     return info
 
 
+class JetStreamUnavailable(TransientError):
+    """JetStream did not answer for ``waited_s`` (a cluster without a leader: too few of its
+    servers up); the role exits and is restarted, nothing is lost."""
+
+    reason = "jetstream_unavailable"
+
+    def __init__(self, message: str, *, waited_s: float) -> None:
+        super().__init__(message)
+        self.waited_s = waited_s
+
+
+# How long a role waits at start-up for a JetStream cluster that is electing a leader.
+TOPOLOGY_WAIT_S: Final = 30.0
+
+
+def cluster_busy(exc: BaseException) -> bool:
+    """JetStream is there but cannot answer now: no reply in time, or a server's 503 ("system
+    temporarily unavailable" while a cluster elects a leader). Not "no responders": that is a
+    server without JetStream."""
+    if isinstance(exc, ServiceUnavailableError):
+        return exc.code == 503
+    return isinstance(exc, NatsTimeoutError | TimeoutError)
+
+
 async def require_jetstream(js: JetStreamContext, settings: Settings) -> None:
-    """Raise ``ConfigError`` with the fix when the NATS server has JetStream switched off."""
+    """Raise ``ConfigError`` with the fix when the NATS server has JetStream switched off.
+
+    A cluster answering 503 (electing its leader) is not that: the error passes through.
+    """
     try:
         await js.account_info()
-    except (ServiceUnavailableError, NoRespondersError):
+    except (ServiceUnavailableError, NoRespondersError) as exc:
+        if cluster_busy(exc):
+            raise
+        shown = redact_servers(settings.nats_servers)
         raise ConfigError(
-            f"JetStream is not enabled on the NATS server at {redact_url(settings.nats_server)}; "
+            f"JetStream is not enabled on the NATS server at {shown}; "
             "start it with `nats-server -js` (or `jetstream {}` in its config)"
         ) from None
 
 
-async def ensure_topology(js: JetStreamContext, settings: Settings) -> Topology:
-    """Check JetStream, then create or reconcile every stream and consumer; returns the topology."""
+async def ensure_topology(
+    js: JetStreamContext, settings: Settings, *, wait_s: float = TOPOLOGY_WAIT_S
+) -> Topology:
+    """Check JetStream, then create or reconcile every stream and consumer; returns the topology.
+
+    A cluster that cannot answer yet (a leader being elected, `cluster_busy`) is waited for
+    up to ``wait_s``, then ``JetStreamUnavailable``: a role started during a leader election
+    starts once it is over.
+    """
+    deadline = time.monotonic() + wait_s
+    attempt = 0
+    while True:
+        try:
+            return await _ensure_topology(js, settings)
+        except Exception as exc:
+            if not cluster_busy(exc):
+                raise
+            if time.monotonic() >= deadline:
+                raise JetStreamUnavailable(
+                    f"JetStream at {redact_servers(settings.nats_servers)} did not answer for "
+                    f"{wait_s:g}s ({exc!s}); is a majority of the cluster's servers up?",
+                    waited_s=wait_s,
+                ) from None
+            attempt += 1
+            log.warning("JetStream not answering (%s); waiting for the cluster", exc)
+            await asyncio.sleep(min(2.0, 0.25 * 2**attempt))
+
+
+async def _ensure_topology(js: JetStreamContext, settings: Settings) -> Topology:
     topo = topology(settings)
     await require_jetstream(js, settings)
     for stream in (topo.urls, topo.results, topo.dlq, topo.advisories):

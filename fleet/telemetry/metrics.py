@@ -133,12 +133,29 @@ class SupervisorMetrics:
             ["dependency"],
             registry=r,
         )
+        self.alert = Gauge(
+            "fleet_supervisor_alert",
+            "1 while an alert is raised (consumer_missing: the workers' consumer is gone, so "
+            "the lag is unknown and the replicas are held).",
+            ["reason"],
+            registry=r,
+        )
+        self.holds = Counter(
+            "fleet_supervisor_holds",
+            "Ticks that held the replica count because the lag could not be read, by reason "
+            "(consumer_missing, lag_unreadable: NATS or the consumer's leader did not answer).",
+            ["reason"],
+            registry=r,
+        )
         # Every series from the start, at 0, so rate() and alerts see them before the first
         # event (directions as in the supervisor's Decision.direction).
         for direction in ("up", "down"):
             self.events.labels(direction)
         for dep in ("nats", "backend"):
             self.errors.labels(dep)
+        self.alert.labels("consumer_missing").set(0)
+        for reason in ("consumer_missing", "lag_unreadable"):
+            self.holds.labels(reason)
 
     def render(self) -> tuple[bytes, str]:
         """``/metrics`` body and Content-Type."""
