@@ -10,6 +10,8 @@ from __future__ import annotations
 
 class FleetError(Exception):
     reason: str = "error"
+    # The HTTP status behind the error, when there was a response (politeness adapts on it).
+    http_status: int | None = None
 
     def __init__(self, message: str, *, reason: str | None = None) -> None:
         super().__init__(message)
@@ -67,11 +69,15 @@ class HttpStatusError(FleetError):
 
     @staticmethod
     def for_status(status: int, url: str, retry_after_s: float | None = None) -> FleetError:
+        error: FleetError
         if status == 429 or status >= 500:
-            return TransientError(
+            error = TransientError(
                 f"HTTP {status} from {url}", reason=f"http_{status}", retry_after_s=retry_after_s
             )
-        return PermanentError(f"HTTP {status} from {url}", reason=f"http_{status}")
+        else:
+            error = PermanentError(f"HTTP {status} from {url}", reason=f"http_{status}")
+        error.http_status = status
+        return error
 
 
 class SinkUnavailable(TransientError):

@@ -62,3 +62,15 @@ def host_port(url: str) -> tuple[str, int]:
     parts = urlsplit(url)
     port = parts.port or _DEFAULT_PORTS.get(parts.scheme, 80)
     return (parts.hostname or "", port)
+
+
+def origin(url: str) -> str:
+    """``scheme://host:port`` of a normalised URL, the port always written: the unit of
+    politeness (robots.txt and per-host limits apply per origin, RFC 9309)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = parts.port or _DEFAULT_PORTS.get(scheme, 80)
+    return f"{scheme}://{host}:{port}"

@@ -48,6 +48,7 @@ class Topology:
     urls: StreamConfig
     results: StreamConfig
     dlq: StreamConfig
+    skipped: StreamConfig
     workers: ConsumerConfig
     indexer: ConsumerConfig
 
@@ -56,11 +57,16 @@ def topology(settings: Settings) -> Topology:
     urls = StreamConfig(
         name=settings.urls_stream,
         description="fleet: URLs waiting to be fetched",
-        subjects=[settings.urls_subject],
+        # <urls>.later.<id>.<seq>: URLs deferred for politeness, as scheduled messages
+        # (nats-server 2.12+) that the server publishes back to <urls> when they are due.
+        subjects=[settings.urls_subject, f"{settings.deferred_subject}.>"],
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
-        discard=DiscardPolicy.NEW,
+        # Message schedules require discard old. fleet sets no limits on this stream, so
+        # nothing is ever discarded (do not give it max_msgs/max_bytes/max_age).
+        discard=DiscardPolicy.OLD,
         duplicate_window=settings.dedup_window_s,
+        allow_msg_schedules=True,
     )
     results = StreamConfig(
         name=settings.results_stream,
@@ -81,11 +87,22 @@ def topology(settings: Settings) -> Topology:
         storage=StorageType.FILE,
         duplicate_window=settings.dedup_window_s,
     )
+    skipped = StreamConfig(
+        name=settings.skipped_stream,
+        description="fleet: URLs not fetched on purpose (robots.txt), one message each",
+        subjects=[f"{settings.skipped_subject}.>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=settings.results_max_age_s,
+        duplicate_window=settings.dedup_window_s,
+    )
     workers = ConsumerConfig(
         durable_name=WORKERS_CONSUMER,
         description="fleet workers (competing pull consumer)",
         deliver_policy=DeliverPolicy.ALL,
         ack_policy=AckPolicy.EXPLICIT,
+        # Not the deferred URLs' schedules: the server publishes those to urls when due.
+        filter_subject=settings.urls_subject,
         ack_wait=settings.ack_wait_s,
         max_deliver=settings.max_deliver,
         # No consumer-level `backoff`: nats-server then ignores the delay of a NAK and
@@ -105,20 +122,35 @@ def topology(settings: Settings) -> Topology:
         max_ack_pending=20_000,
         max_waiting=512,
     )
-    return Topology(urls=urls, results=results, dlq=dlq, workers=workers, indexer=indexer)
+    return Topology(
+        urls=urls, results=results, dlq=dlq, skipped=skipped, workers=workers, indexer=indexer
+    )
 
 
 # Fields the server refuses to change on an existing stream.
 _IMMUTABLE_STREAM_FIELDS = ("retention", "storage")
 
 
-_MUTABLE_STREAM_FIELDS = ("subjects", "duplicate_window", "max_age", "max_bytes", "discard")
+_MUTABLE_STREAM_FIELDS = (
+    "subjects",
+    "duplicate_window",
+    "max_age",
+    "max_bytes",
+    "discard",
+    "allow_msg_schedules",
+)
 
 
 _IMMUTABLE_CONSUMER_FIELDS = ("deliver_policy", "ack_policy")
 
 
-_MUTABLE_CONSUMER_FIELDS = ("ack_wait", "max_deliver", "backoff", "max_ack_pending")
+_MUTABLE_CONSUMER_FIELDS = (
+    "ack_wait",
+    "max_deliver",
+    "backoff",
+    "max_ack_pending",
+    "filter_subject",
+)
 
 
 def _differs(want: Any, have: Any) -> bool:
@@ -187,20 +219,34 @@ async def ensure_consumer(js: JetStreamContext, stream: str, want: ConsumerConfi
     return info
 
 
-async def require_jetstream(js: JetStreamContext, settings: Settings) -> None:
+# JetStream API level 2 = nats-server 2.12: message schedules (URLs deferred for
+# politeness come back on their own) and per-message TTLs (robots.txt cache, claims).
+MIN_API_LEVEL = 2
+
+
+async def require_jetstream(
+    js: JetStreamContext, settings: Settings, *, min_api_level: int = 0
+) -> None:
     try:
-        await js.account_info()
+        info = await js.account_info()
     except (ServiceUnavailableError, NoRespondersError):
         raise ConfigError(
             f"JetStream is not enabled on the NATS server at {redact_url(settings.nats_server)}; "
             "start it with `nats-server -js` (or `jetstream {}` in its config)"
         ) from None
+    level = (info.api.level if info.api is not None else None) or 0
+    if level < min_api_level:
+        raise ConfigError(
+            f"the NATS server at {redact_url(settings.nats_server)} is too old for fleet "
+            f"(JetStream API level {level}, need {min_api_level}: nats-server 2.12 or newer, "
+            "for message schedules and per-message TTLs); upgrade nats-server"
+        )
 
 
 async def ensure_topology(js: JetStreamContext, settings: Settings) -> Topology:
     topo = topology(settings)
-    await require_jetstream(js, settings)
-    for stream in (topo.urls, topo.results, topo.dlq):
+    await require_jetstream(js, settings, min_api_level=MIN_API_LEVEL)
+    for stream in (topo.urls, topo.results, topo.dlq, topo.skipped):
         await ensure_stream(js, stream)
     await ensure_consumer(js, settings.urls_stream, topo.workers)
     await ensure_consumer(js, settings.results_stream, topo.indexer)
