@@ -202,6 +202,11 @@ def release(
             delay_s -= max(limits.delay_s * ADAPT_STEP, 0.01)
         if delay_s <= limits.delay_s:
             delay_s = 0.0
+    # Normally already so since the grant; not when the delay was learnt during the request
+    # (the robots.txt fetch that brought a Crawl-delay).
+    delay = effective_delay(st, limits)
+    if delay > 0:
+        next_at = max(next_at, lease.started_at + delay)
     new = msgspec.structs.replace(
         st,
         leases=leases,
@@ -360,15 +365,21 @@ class Politeness:
         return result
 
     async def _fetch_robots(self, origin: str, limits: Limits) -> RobotsRules | Wait:
-        """Fetch the robots.txt (one worker of the fleet does, the others wait for it)."""
+        """Fetch the robots.txt (one worker of the fleet does, the others wait for it).
+
+        The fetch is a request to the host like any other: it takes a slot when limits
+        apply, and the delay robots.txt asks for counts from its start.
+        """
         assert self._robots is not None
-        lease: Lease | None = None
         if limits.active:
             granted = await self._acquire(origin, limits)
             if isinstance(granted, Wait):
                 return granted
             lease = granted
+        else:  # not recorded in the state: only its start time matters afterwards
+            lease = Lease(origin, "robots", self._clock())
         outcome = Outcome()
+        rules: RobotsRules | None = None
         try:
             rules = await self._robots.fetch(origin)
             if rules is None:  # another worker is fetching it
@@ -376,8 +387,9 @@ class Politeness:
             outcome = Outcome(status=rules.entry.http_status or None)
             return rules
         finally:
-            if lease is not None:
-                await self.done(Go(lease, limits), outcome)
+            after = limits.with_robots_delay(rules.delay_s if rules is not None else None)
+            if after.active:
+                await self.done(Go(lease, after), outcome)
 
     def _wait(self, origin: str, wait: Wait) -> Wait:
         if wait.why == "busy":
