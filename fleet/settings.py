@@ -141,7 +141,7 @@ class Settings:
     @property
     def robots_bucket(self) -> str:
         """JetStream KV bucket of cached robots.txt files, one key per origin."""
-        return f"{self.stream_prefix}_ROBOTS"
+        return f"{self.stream_prefix}_ROBOTS_TXT"
 
     @property
     def urls_subject(self) -> str:
