@@ -348,7 +348,7 @@ class Worker:
 
     async def _admit(self, origin: str, item: Parked, *, parked: bool) -> None:
         assert self._politeness is not None
-        admission = await self._politeness.admit(item.task.url)
+        admission = await self._politeness.admit(item.task.url, origin)
         if isinstance(admission, Wait):
             item.why = admission.why
             self._park_or_defer(origin, item, admission.until, front=parked)

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import logging
 import re
@@ -51,6 +52,7 @@ CAS_TRIES: Final = 20
 LOCAL_STATES: Final = 10_000
 
 
+@functools.lru_cache(maxsize=16_384)
 def origin_key(origin: str) -> str:
     """A KV key for ``scheme://host:port``: readable, plus a hash so no two collide."""
     readable = re.sub(r"[^-_a-zA-Z0-9]", "_", origin.replace("://", "_"))
@@ -196,5 +198,6 @@ class KvRobotsCache:
         return True
 
     async def unclaim(self, origin: str) -> None:
-        """Give the claim back early (the fetch is done)."""
-        await self._kv.purge(f"claim.{origin_key(origin)}", msg_ttl=60)
+        """Give the claim back early (the fetch is done): a delete marker, which the next
+        ``claim`` (kv.create) writes over."""
+        await self._kv.delete(f"claim.{origin_key(origin)}")

@@ -287,9 +287,12 @@ class Politeness:
             return delay
         return BUSY_POLL_MAX_S / max(1, limits.concurrency) if limits.concurrency else 0.0
 
-    async def admit(self, url: str) -> Admission:
-        """May ``url`` be fetched now? Never raises: trouble with shared state is a Wait."""
-        origin = origin_of(url)
+    async def admit(self, url: str, origin: str | None = None) -> Admission:
+        """May ``url`` be fetched now? Never raises: trouble with shared state is a Wait.
+
+        ``origin``: ``Politeness.origin(url)`` when the caller has it already.
+        """
+        origin = origin or origin_of(url)
         now = self._clock()
         hint = self._not_before.get(origin, 0.0)
         if hint > now:
