@@ -279,27 +279,28 @@ class Worker:
     async def _drain(self) -> None:
         """Stop pulling; parked URLs go back to the stream (due when they were), in-flight
         URLs get the grace period, then what is left is nak'ed."""
-        parked = self._parking.take_all()
-        if parked:
-            log.info("handing back %d parked URL(s)", len(parked))
-            await asyncio.gather(
-                *(self._defer(item, wake, origin=None) for _, item, wake in parked),
-                return_exceptions=True,
-            )
+        await self._hand_back_parked()
         if not self._inflight:
             return
         log.info("draining %d in-flight URL(s)", len(self._inflight))
-        _, left = await asyncio.wait(set(self._inflight), timeout=self._settings.drain_timeout_s)
+        deadline = time.monotonic() + self._settings.drain_timeout_s
+        # In-flight admissions may still park or defer URLs: wait for those too.
+        while self._inflight and (remaining := deadline - time.monotonic()) > 0:
+            await asyncio.wait(set(self._inflight), timeout=remaining)
+            await self._hand_back_parked()
+        left = set(self._inflight)
         for task in left:
             task.cancel()
         if left:
             await asyncio.wait(left, timeout=5)
-        # URLs that were parked while the drain ran.
-        late = self._parking.take_all()
-        await asyncio.gather(
-            *(self._defer(item, wake, origin=None) for _, item, wake in late),
-            return_exceptions=True,
-        )
+
+    async def _hand_back_parked(self) -> None:
+        parked = self._parking.take_all()
+        if parked:
+            log.info("handing back %d parked URL(s)", len(parked))
+            await asyncio.gather(
+                *(self._defer(item, wake) for _, item, wake in parked), return_exceptions=True
+            )
 
     async def _heartbeat(self) -> None:
         """Tell JetStream slow pages (and parked URLs) are still being worked on: one
@@ -384,9 +385,9 @@ class Worker:
             self._parking.resume(origin, until)
         due = self._parking.defer_slot(origin, eta, interval)
         self._telemetry.polite("deferred", item.why)
-        self._spawn(self._defer(item, due, origin=origin), item.msg)
+        self._spawn(self._defer(item, due), item.msg)
 
-    async def _defer(self, item: Parked, due: float, *, origin: str | None) -> None:
+    async def _defer(self, item: Parked, due: float) -> None:
         if await self._settler.defer(
             item.msg, item.task, until=due, attempts=item.prior_attempts, seq=item.seq
         ):

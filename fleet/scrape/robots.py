@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 ROBOTS_MAX_BYTES: Final = 500 * 1024  # RFC 9309 2.5: parse at least 500 KiB
 ROBOTS_RETRY_MAX_S: Final = 3600.0
 LOCAL_CACHE_SIZE: Final = 10_000
+ROBOTS_HEADERS: Final = {"Accept": "text/plain, */*;q=0.5"}
 
 
 class RobotsCache(Protocol):
@@ -259,6 +260,7 @@ class Robots:
         try:
             result = await self._fetcher.request(
                 robots_url(origin),
+                headers=ROBOTS_HEADERS,
                 http_errors="return",
                 max_bytes=ROBOTS_MAX_BYTES,
                 oversize="truncate",

@@ -85,7 +85,7 @@ class Metrics:
         self.politeness = Counter(
             "fleet_politeness",
             "URLs held back on purpose, by event (parked, deferred, skipped) and why (delay, "
-            "busy, paused, robots, error).",
+            "busy, paused, robots, queued, error).",
             ["event", "why"],
             registry=r,
         )
