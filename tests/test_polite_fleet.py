@@ -50,9 +50,11 @@ def _polite(settings: Settings, sites: list[PoliteSite], **overrides: Any) -> Se
 
 
 def _run(settings: Settings, path: Path, urls: list[str], workers: int = 2) -> dict[str, Any]:
+    """`fleet run --json` on the test's nats-server; the summary, with the run's log."""
     out = cli(settings, "run", str(write_urls(path, urls)), "--workers", str(workers), "--json")
     assert out.returncode == 0, out.stderr[-3000:]
     summary: dict[str, Any] = json.loads(out.stdout)
+    summary["log"] = out.stderr
     return summary
 
 
@@ -150,26 +152,31 @@ def test_unreachable_robots_then_recovery_urls_wait_never_dead_lettered(
     assert min(r.start for r in site.pages()) >= robots[-1].start
 
 
-def test_robots_redirect_and_oversize(
+def test_robots_redirect_oversize_and_capped_crawl_delay(
     settings: Settings, hosts: list[PoliteSite], tmp_path: Path
 ) -> None:
-    moved, huge = hosts[0], hosts[1]
+    moved, huge, greedy = hosts[0], hosts[1], hosts[2]
     moved.robots_redirect = "/robots-real.txt"
     moved.robots = (200, "User-agent: *\nDisallow: /private\n")
     padding = "# filler line\n" * (600 * 1024 // 14)
     huge.robots = (200, "User-agent: *\nDisallow: /private\n" + padding + "Disallow: /late\n")
-    s = _polite(settings, hosts, host_concurrency=0)
+    greedy.robots = (200, "User-agent: *\nCrawl-delay: 3600\n")
+    s = _polite(settings, hosts, host_concurrency=0, host_delay_max_s=0.3)
     urls = [
         moved.url("/page/1"),
         moved.url("/private/1"),
         huge.url("/page/1"),
         huge.url("/private/1"),
         huge.url("/late/1"),  # its rule is past the 500 KiB that are read
+        *(greedy.url(f"/page/{n}") for n in range(4)),
     ]
     summary = _run(s, tmp_path / "u.txt", urls)
-    assert summary["indexed"] == 3 and summary["skipped"] == {"robots": 2}
+    assert summary["indexed"] == 7 and summary["skipped"] == {"robots": 2}
     assert [r.path for r in moved.robots_hits()] == ["/robots.txt", "/robots-real.txt"]
     assert {r.path for r in huge.pages()} == {"/page/1", "/late/1"}
+    # An hour asked for, FLEET_HOST_DELAY_MAX_S given, and said so.
+    assert min(_gaps(greedy.pages())) >= 0.25
+    assert "asks for a delay of 3600s; capped at 0.3s" in summary["log"]
 
 
 def test_retry_after_pauses_the_host_for_the_whole_fleet(
