@@ -106,15 +106,21 @@ class Parking:
     def __len__(self) -> int:
         return self.size
 
+    def room(self) -> int | None:
+        """How many more URLs may park (None: no parking at all, limit 0)."""
+        return None if self.limit <= 0 else max(0, self.limit - self.size)
+
     def has(self, origin: str) -> bool:
         """Whether URLs of ``origin`` wait here (new ones then queue behind them)."""
         return origin in self._queues
 
     def queued(self, origin: str) -> int:
+        """URLs of ``origin`` parked here."""
         queue = self._queues.get(origin)
         return len(queue) if queue is not None else 0
 
     def wake_at(self, origin: str) -> float:
+        """When the head of ``origin`` may ask again (0: its head is out asking)."""
         return self._wake.get(origin, 0.0)
 
     def push(self, origin: str, item: Parked, *, wake_at: float, front: bool = False) -> None:
@@ -154,11 +160,13 @@ class Parking:
         return out
 
     def next_wake(self) -> float | None:
+        """The earliest time a head may ask again, or None."""
         while self._heap and self._wake.get(self._heap[0][1]) != self._heap[0][0]:
             heapq.heappop(self._heap)
         return self._heap[0][0] if self._heap else None
 
     def items(self) -> list[Parked]:
+        """Every parked URL (for heartbeats)."""
         return [item for queue in self._queues.values() for item in queue]
 
     def take_all(self) -> list[tuple[str, Parked, float]]:
@@ -233,10 +241,18 @@ class Worker:
             while not stop.is_set():
                 self._start_due()
                 free = concurrency - len(self._inflight)
-                if free <= 0:
-                    # Full: wait for a slot, or for SIGTERM (then drain at once).
+                # Each new URL may have to park: take no more than there is room for, so
+                # a full parking means "busy at the hosts' pace", not churn through the
+                # stream. (A parking of 0 parks nothing: every wait is deferred.)
+                room = self._parking.room()
+                want = min(free, MAX_FETCH_BATCH, free if room is None else room)
+                if want <= 0:
+                    # Full: wait for a slot, a parked URL's turn, or SIGTERM (then drain).
+                    wake = self._parking.next_wake() if free > 0 else None
                     await asyncio.wait(
-                        {*self._inflight, stopping}, return_when=asyncio.FIRST_COMPLETED
+                        {*self._inflight, stopping},
+                        timeout=None if wake is None else max(0.005, wake - time.time()),
+                        return_when=asyncio.FIRST_COMPLETED,
                     )
                     continue
                 wait_s = 1.0
@@ -248,7 +264,7 @@ class Worker:
                 # Ask for every free slot at once, so one pull request brings a batch.
                 msgs = await pull(
                     sub,
-                    min(free, MAX_FETCH_BATCH),
+                    want,
                     stop,
                     stream=self._settings.urls_stream,
                     wait_s=wait_s,
@@ -345,7 +361,13 @@ class Worker:
         await self._admit(origin, item, parked=False)
 
     async def _admit_parked(self, origin: str, item: Parked) -> None:
-        await self._admit(origin, item, parked=True)
+        try:
+            await self._admit(origin, item, parked=True)
+        finally:
+            if self._parking.has(origin) and not self._parking.wake_at(origin):
+                # The head never came back (a bug, or cancelled): its successors must not
+                # wait for it for ever.
+                self._parking.resume(origin, time.time() + 1.0)
 
     async def _admit(self, origin: str, item: Parked, *, parked: bool) -> None:
         assert self._politeness is not None

@@ -19,6 +19,7 @@ from fleet.scrape.politeness import (
     acquire,
     limits_for,
     release,
+    renew,
 )
 from fleet.scrape.robots import (
     ROBOTS_MAX_BYTES,
@@ -291,3 +292,28 @@ def test_deferred_urls_are_spread_at_the_host_pace() -> None:
     parking = Parking(limit=0)
     dues = [parking.defer_slot("a", 100.0, 2.0) for _ in range(3)]
     assert dues == [100.0, 102.0, 104.0]
+
+
+def test_short_leases_need_no_release_and_never_fill_the_slots_alone() -> None:
+    limits = _limits(concurrency=2, delay_s=0.5)
+    state: HostState | None = None
+    for n, now in enumerate((10.0, 10.5, 11.0, 11.5)):
+        state, lease = acquire(state, ORIGIN, limits, now=now, lease_id=f"l{n}", lease_ttl_s=30)
+        assert isinstance(lease, Lease) and lease.short_until == now + 1.0  # 2 x 0.5 s
+        assert state is not None
+        # A request that ended within its short lease: nothing to write.
+        assert release(state, lease, Outcome(200), limits, now=now + 0.1) is None
+
+
+def test_a_slow_request_renews_its_short_lease_and_is_released() -> None:
+    limits = _limits(concurrency=1, delay_s=0.5)
+    state, lease = acquire(None, ORIGIN, limits, now=10.0, lease_id="slow", lease_ttl_s=30)
+    assert isinstance(lease, Lease) and state is not None
+    held = renew(state, lease, until=40.0, now=10.25)
+    assert held is not None and held.leases == {"slow": 40.0}
+    # Still running past its short lease: the slot stays taken.
+    assert acquire(held, ORIGIN, limits, now=12.0, lease_id="next", lease_ttl_s=30)[1] == Wait(
+        12.0 + BUSY_POLL_S, "busy"
+    )
+    done = release(held, lease, Outcome(200), limits, now=13.0, renewed=True)
+    assert done is not None and done.leases == {}

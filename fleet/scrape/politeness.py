@@ -101,11 +101,16 @@ def _host_port(origin: str) -> tuple[str, int]:
 
 @dataclass(frozen=True, slots=True)
 class Lease:
-    """A granted request to ``origin`` (``id`` is recorded in the state when counted)."""
+    """A granted request to ``origin`` (``id`` is recorded in the state when counted).
+
+    ``short_until`` > 0: a short lease (see ``acquire``), counted until then unless the
+    request outlives it and the lease is renewed.
+    """
 
     origin: str
     id: str
     started_at: float
+    short_until: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +164,15 @@ def acquire(
     lease_id: str,
     lease_ttl_s: float,
 ) -> tuple[HostState | None, Lease | Wait]:
-    """Grant a request now, or say until when to wait. Returns (state to write or None, …)."""
+    """Grant a request now, or say until when to wait. Returns (state to write or None, …).
+
+    With a delay *d* and a concurrency *c*, a grant takes a **short lease** of *c* x *d*:
+    starts are *d* apart, so short leases alone never fill the *c* slots, and a request
+    that ends within its short lease needs no release write (one write per request, not
+    two). A request still running halfway through it has its lease renewed to the full
+    ``lease_ttl_s`` (``renew``), and is released when it ends. Without a delay, every
+    lease is a full one and is released.
+    """
     st = state if state is not None else HostState(origin=origin)
     if st.paused_until > now:
         return None, Wait(st.paused_until, "paused")
@@ -168,21 +181,43 @@ def acquire(
     leases = {k: v for k, v in st.leases.items() if v > now}
     if limits.concurrency > 0 and len(leases) >= limits.concurrency:
         return None, Wait(now + BUSY_POLL_S, "busy")
-    if limits.concurrency > 0:
-        leases[lease_id] = now + lease_ttl_s
     delay = effective_delay(st, limits)
+    short_until = 0.0
+    if limits.concurrency > 0:
+        if delay > 0:
+            short_until = now + delay * limits.concurrency
+        leases[lease_id] = short_until or now + lease_ttl_s
     new = msgspec.structs.replace(
         st, leases=leases, next_at=now + delay if delay > 0 else st.next_at
     )
-    return new, Lease(origin, lease_id, now)
+    return new, Lease(origin, lease_id, now, short_until)
+
+
+def renew(state: HostState | None, lease: Lease, *, until: float, now: float) -> HostState | None:
+    """A short lease whose request is still running becomes a full one (until ``until``)."""
+    st = state if state is not None else HostState(origin=lease.origin)
+    leases = {k: v for k, v in st.leases.items() if v > now}
+    leases[lease.id] = until
+    return msgspec.structs.replace(st, leases=leases)
 
 
 def release(
-    state: HostState | None, lease: Lease, outcome: Outcome, limits: Limits, *, now: float
+    state: HostState | None,
+    lease: Lease,
+    outcome: Outcome,
+    limits: Limits,
+    *,
+    now: float,
+    renewed: bool = False,
 ) -> HostState | None:
-    """The state after a granted request ended (None: nothing to write)."""
+    """The state after a granted request ended (None: nothing to write).
+
+    A short lease that was not renewed is left to expire: nothing to write for it.
+    """
     st = state if state is not None else HostState(origin=lease.origin)
-    leases = {k: v for k, v in st.leases.items() if v > now and k != lease.id}
+    leases = dict(st.leases)
+    if renewed or not lease.short_until:
+        leases.pop(lease.id, None)
     delay_s, paused_until, throttled, next_at = (
         st.delay_s,
         st.paused_until,
@@ -215,7 +250,20 @@ def release(
         throttled=throttled,
         next_at=next_at,
     )
-    return None if new == st and state is not None else new
+    if new == st and state is not None:
+        return None
+    # Written anyway: leave out the leases that ran out meanwhile.
+    return msgspec.structs.replace(new, leases={k: v for k, v in leases.items() if v > now})
+
+
+@dataclass(slots=True)
+class _Renewal:
+    task: asyncio.Task[None] | None = None
+    started: bool = False
+
+    def cancel(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
 
 
 class HostSlots(Protocol):
@@ -263,6 +311,7 @@ class Politeness:
         self._busy: dict[str, int] = {}
         self._delays: dict[str, float] = {}  # last delay seen in force, for estimates
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._renewals: dict[str, _Renewal] = {}
 
     @staticmethod
     def origin(url: str) -> str:
@@ -310,10 +359,19 @@ class Politeness:
         if lease is None:
             return
         limits = go.limits
+        renewal = self._renewals.pop(lease.id, None)
+        renewed = False
+        if renewal is not None:
+            # Renewing (or renewed): the lease is a full one now, or may be.
+            renewed = renewal.started
+            renewal.cancel()
         try:
             await self._slots.transact(
                 lease.origin,
-                lambda st: (release(st, lease, outcome, limits, now=self._clock()), None),
+                lambda st: (
+                    release(st, lease, outcome, limits, now=self._clock(), renewed=renewed),
+                    None,
+                ),
             )
         except Exception as exc:  # the lease expires on its own
             log.warning("could not release the slot on %s: %s", lease.origin, exc)
@@ -360,6 +418,8 @@ class Politeness:
         if isinstance(result, Wait):
             return self._wait(origin, result)
         self._busy.pop(origin, None)
+        if result.short_until:
+            self._keep(result)
         delay = self._delays.get(origin, limits.delay_s)
         if delay > 0:
             self._not_before[origin] = result.started_at + delay
@@ -393,6 +453,25 @@ class Politeness:
             after = limits.with_robots_delay(rules.delay_s if rules is not None else None)
             if after.active:
                 await self.done(Go(lease, after), outcome)
+
+    def _keep(self, lease: Lease) -> None:
+        """Renew a short lease halfway through it if its request is still running then."""
+        renewal = _Renewal()
+
+        async def renew_later() -> None:
+            await asyncio.sleep(max(0.0, (lease.short_until - lease.started_at) / 2))
+            renewal.started = True
+            until = self._clock() + self._lease_ttl_s
+            try:
+                await self._slots.transact(
+                    lease.origin,
+                    lambda st: (renew(st, lease, until=until, now=self._clock()), None),
+                )
+            except Exception as exc:  # counted until the short lease ends, then not
+                log.warning("could not renew the slot on %s: %s", lease.origin, exc)
+
+        renewal.task = asyncio.create_task(renew_later())
+        self._renewals[lease.id] = renewal
 
     def _wait(self, origin: str, wait: Wait) -> Wait:
         if wait.why == "busy":
