@@ -258,10 +258,13 @@ def release(
 
 @dataclass(slots=True)
 class _Renewal:
+    timer: asyncio.TimerHandle | None = None
     task: asyncio.Task[None] | None = None
     started: bool = False
 
     def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
         if self.task is not None:
             self.task.cancel()
 
@@ -455,23 +458,28 @@ class Politeness:
                 await self.done(Go(lease, after), outcome)
 
     def _keep(self, lease: Lease) -> None:
-        """Renew a short lease halfway through it if its request is still running then."""
+        """Renew a short lease halfway through it if its request is still running then
+        (a timer, not a task: most requests end long before and cancel it)."""
         renewal = _Renewal()
-
-        async def renew_later() -> None:
-            await asyncio.sleep(max(0.0, (lease.short_until - lease.started_at) / 2))
-            renewal.started = True
-            until = self._clock() + self._lease_ttl_s
-            try:
-                await self._slots.transact(
-                    lease.origin,
-                    lambda st: (renew(st, lease, until=until, now=self._clock()), None),
-                )
-            except Exception as exc:  # counted until the short lease ends, then not
-                log.warning("could not renew the slot on %s: %s", lease.origin, exc)
-
-        renewal.task = asyncio.create_task(renew_later())
+        halfway = max(0.0, (lease.short_until - lease.started_at) / 2)
+        renewal.timer = asyncio.get_running_loop().call_later(
+            halfway, self._renew_now, lease, renewal
+        )
         self._renewals[lease.id] = renewal
+
+    def _renew_now(self, lease: Lease, renewal: _Renewal) -> None:
+        renewal.started = True
+        renewal.task = asyncio.create_task(self._renew(lease))
+
+    async def _renew(self, lease: Lease) -> None:
+        until = self._clock() + self._lease_ttl_s
+        try:
+            await self._slots.transact(
+                lease.origin,
+                lambda st: (renew(st, lease, until=until, now=self._clock()), None),
+            )
+        except Exception as exc:  # counted until the short lease ends, then not
+            log.warning("could not renew the slot on %s: %s", lease.origin, exc)
 
     def _wait(self, origin: str, wait: Wait) -> Wait:
         if wait.why == "busy":
