@@ -377,8 +377,8 @@ class Worker:
             self._park_or_defer(origin, item, admission.until, front=parked)
             return
         if parked:
-            # Its successor asks next; the gate answers it locally until the host's turn.
-            self._parking.resume(origin, time.time())
+            # Its successor asks next, when the host's turn may have come.
+            self._parking.resume(origin, self._politeness.ready_at(origin))
         if isinstance(admission, Skip):
             await self._skip(item, admission)
             return

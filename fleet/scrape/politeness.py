@@ -339,6 +339,11 @@ class Politeness:
             return delay
         return BUSY_POLL_MAX_S / max(1, limits.concurrency) if limits.concurrency else 0.0
 
+    def ready_at(self, origin: str) -> float:
+        """The earliest time worth asking about ``origin`` again (from what this worker
+        knows: its own last grant there, or the wait it was given)."""
+        return max(self._not_before.get(origin, 0.0), self._clock())
+
     async def admit(self, url: str, origin: str | None = None) -> Admission:
         """May ``url`` be fetched now? Never raises: trouble with shared state is a Wait.
 
