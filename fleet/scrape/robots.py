@@ -245,6 +245,10 @@ class Robots:
         if not await self._cache.claim(origin, ttl_s=self._settings.fetch_timeout_s + 5.0):
             return None
         try:
+            # Another worker may have stored it between our lookup and our claim.
+            entry = await self._cache.get(origin)
+            if entry is not None and entry.expires_at > self._clock():
+                return self._remember(entry)
             return await self._fetch(origin)
         finally:
             try:
