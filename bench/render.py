@@ -288,6 +288,9 @@ async def run_fleet_worker(
             worker_concurrency=concurrency * 2,
             stream_prefix="BENCH",
             subject_prefix="bench",
+            # One loopback host, ours: no per-host limits.
+            host_concurrency=0,
+            host_delay_s=0.0,
         )
         env = {**os.environ, **settings.to_env(), **extra_env}
         log_file = (workdir / "worker.log").open("wb")

@@ -8,6 +8,9 @@
    private nats-server, end to end.
 6. Print pages/s, wall time, peak RSS and CPU time of both, the ratio and the targets.
    With --repeat N, steps 4-5 alternate N times and each tool's median round is shown.
+7. Politeness (bench/polite.py, unless --skip-polite): 200 loopback hosts x 20 pages with
+   FLEET_HOST_DELAY_S=0.2, against the rate those limits allow, and the CPU cost of the
+   politeness bookkeeping per page. Steps 4-5 run with politeness off for their one host.
 
 Both tools run as child processes of this one and are sampled every 0.1 s with psutil (RSS
 summed over the whole process tree). Targets are reported as PASS/MISS; a MISS does not change
@@ -596,6 +599,10 @@ def run_fleet(
     env = dict(os.environ)
     env.pop("FLEET_NATS_URL", None)  # unset: fleet starts its own private nats-server
     env["FLEET_ALLOW_HOSTS"] = f"127.0.0.1:{server.port}"
+    # One host, ours, many requests at once: no per-host limits (robots.txt is a 404 there;
+    # step 7 measures politeness on many hosts).
+    env["FLEET_HOST_CONCURRENCY"] = "0"
+    env["FLEET_HOST_DELAY_S"] = "0"
     cpu_before = server.cpu_seconds()
     run = run_measured(command, env=env, workdir=workdir, name="fleet", timeout_s=timeout_s)
     server_cpu = server.cpu_seconds() - cpu_before
@@ -833,6 +840,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-scrapy", action="store_true")
     parser.add_argument("--skip-fleet", action="store_true")
     parser.add_argument(
+        "--skip-polite", action="store_true", help="no politeness figure (200 hosts x 20 pages)"
+    )
+    parser.add_argument(
         "--repeat",
         type=int,
         default=1,
@@ -979,13 +989,24 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO = sys.stdout) -> int:
             "evaluation": evaluate(scrapy, fleet),
             "workdir_kept": str(workdir) if (args.keep or args.workdir) else None,
         }
+        polite_ok = True
+        if not args.skip_polite and not args.skip_fleet:
+            from bench import polite  # noqa: PLC0415 - it imports this module
+
+            time.sleep(SETTLE_S)
+            report["politeness"] = polite.run_politeness(workdir, workers=args.workers)
+            polite_ok = all(r["ok"] for r in report["politeness"]["runs"].values())
     if args.json:
         stdout.write(json.dumps(report, indent=2) + "\n")
     else:
         stdout.write(render(report, scrapy, fleet, scrapy_runs, fleet_runs))
+        if "politeness" in report:
+            from bench import polite  # noqa: PLC0415
+
+            stdout.write(polite.render(report["politeness"]))
     stdout.flush()
     failed = [r for r in (*scrapy_runs, *fleet_runs) if not r.ok]
-    return 1 if failed else 0
+    return 1 if failed or not polite_ok else 0
 
 
 if __name__ == "__main__":

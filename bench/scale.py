@@ -183,6 +183,9 @@ async def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 allow_hosts=(site,),
                 render="never",
                 worker_concurrency=args.concurrency,
+                # One loopback host, ours: no per-host limits (politeness is bench/polite.py).
+                host_concurrency=0,
+                host_delay_s=0.0,
                 supervisor_min=1,
                 supervisor_max=args.max,
                 supervisor_target_lag=args.target_lag,

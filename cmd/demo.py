@@ -40,7 +40,12 @@ def main() -> int:
         leftover.unlink(missing_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
     # The sample site is on loopback, which the SSRF guard refuses unless allow-listed.
-    env.update(FLEET_ALLOW_HOSTS=f"{host}:{port}", FLEET_SINK=f"sqlite:///{db}")
+    # It is our own site: no per-host limits for it (its robots.txt is still obeyed).
+    env.update(
+        FLEET_ALLOW_HOSTS=f"{host}:{port}",
+        FLEET_SINK=f"sqlite:///{db}",
+        FLEET_HOST_RULES=f"{host}:{port} concurrency=0 delay_s=0",
+    )
     fleet = [sys.executable, "-m", "fleet"]
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -51,7 +56,8 @@ def main() -> int:
             run = subprocess.run([*fleet, "run", str(urls), "--workers", "2"], env=env, check=False)
             if run.returncode != 0:
                 return run.returncode
-        print("(the list has one broken link on purpose: it ends dead-lettered, not lost)")
+        print("(the list has one broken link on purpose: it ends dead-lettered, not lost;")
+        print(" and one page its robots.txt disallows: it ends skipped, see `fleet skipped`)")
         for query in QUERIES:
             print(f"\n== fleet search {query!r}", flush=True)
             subprocess.run([*fleet, "search", query, "--limit", "3"], env=env, check=True)

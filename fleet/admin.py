@@ -1,4 +1,4 @@
-"""Operator views: `fleet status` and `fleet dlq list|replay`."""
+"""Operator views: `fleet status`, `fleet dlq list|replay` and `fleet skipped list`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerInfo, StreamInfo
 from nats.js.errors import NotFoundError
 
-from fleet.messages import DeadLetter, dead_letter_decoder
+from fleet.messages import DeadLetter, Skipped, dead_letter_decoder, skipped_decoder
 from fleet.nats.kv import learned_domains
 from fleet.nats.streams import INDEXER_CONSUMER, WORKERS_CONSUMER, require_jetstream
 from fleet.settings import Settings
@@ -46,6 +46,30 @@ async def dead_letter_counts(js: JetStreamContext, settings: Settings) -> dict[s
     return {subject.removeprefix(prefix): count for subject, count in subjects.items()}
 
 
+async def skipped_counts(js: JetStreamContext, settings: Settings) -> dict[str, int]:
+    """URLs skipped on purpose, by reason (robots); empty when there is no such stream."""
+    try:
+        info = await js.stream_info(
+            settings.skipped_stream, subjects_filter=f"{settings.skipped_subject}.>"
+        )
+    except NotFoundError:
+        return {}
+    subjects = info.state.subjects or {}
+    prefix = settings.skipped_subject + "."
+    return {subject.removeprefix(prefix): count for subject, count in subjects.items()}
+
+
+async def deferred_count(js: JetStreamContext, settings: Settings) -> int:
+    """URLs handed back to the stream for politeness, due later (scheduled messages)."""
+    try:
+        info = await js.stream_info(
+            settings.urls_stream, subjects_filter=f"{settings.deferred_subject}.>"
+        )
+    except NotFoundError:
+        return 0
+    return sum((info.state.subjects or {}).values())
+
+
 async def status(js: JetStreamContext, settings: Settings) -> dict[str, Any]:
     """Stream sizes, consumer backlogs, dead letters and learned render decisions (`fleet status`).
 
@@ -77,6 +101,8 @@ async def status(js: JetStreamContext, settings: Settings) -> dict[str, Any]:
         "consumers": consumers,
         "dead_letters": sum(by_stage.values()),
         "dead_letters_by_stage": by_stage,
+        "skipped": await skipped_counts(js, settings),
+        "deferred": await deferred_count(js, settings) if streams["urls"] else 0,
         "render_domains": [
             {
                 "domain": d.domain,
@@ -135,6 +161,57 @@ async def list_dead_letters(
             out.append(StoredDeadLetter(seq, dead_letter_decoder.decode(raw.data or b"")))
         except Exception as exc:
             log.warning("skipping undecodable dead letter #%d: %s", seq, exc)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredSkipped:
+    """A skipped-URL record with its sequence in the skipped stream."""
+
+    seq: int
+    record: Skipped
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON shape of `fleet skipped list --json`."""
+        r = self.record
+        return {
+            "seq": self.seq,
+            "url": r.url,
+            "id": r.id,
+            "reason": r.reason,
+            "detail": r.detail,
+            "skipped_at": r.skipped_at,
+            "source": r.source,
+        }
+
+
+async def list_skipped(
+    js: JetStreamContext,
+    settings: Settings,
+    *,
+    reason: str | None = None,
+    limit: int | None = None,
+) -> list[StoredSkipped]:
+    """Skipped URLs with their reason, oldest first (``reason``: only those)."""
+    try:
+        info = await js.stream_info(settings.skipped_stream)
+    except NotFoundError:
+        return []
+    out: list[StoredSkipped] = []
+    for seq in _seqs(info.state.first_seq, info.state.last_seq):
+        if limit is not None and len(out) >= limit:
+            break
+        try:
+            raw = await js.get_msg(settings.skipped_stream, seq)
+        except NotFoundError:
+            continue  # aged out meanwhile
+        try:
+            record = skipped_decoder.decode(raw.data or b"")
+        except Exception as exc:
+            log.warning("skipping undecodable skipped record #%d: %s", seq, exc)
+            continue
+        if reason is None or record.reason == reason:
+            out.append(StoredSkipped(seq, record))
     return out
 
 

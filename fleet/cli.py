@@ -419,6 +419,9 @@ def status(ctx: click.Context, nats_url: str | None, as_json: bool) -> None:
         shown = " ".join(f"{k}={v}" for k, v in view.items()) or "(missing)"
         click.echo(f"consumer {name:7} {shown}")
     click.echo(f"dead letters {info['dead_letters']}")
+    skipped = " ".join(f"{k}={v}" for k, v in sorted(info["skipped"].items()))
+    click.echo(f"skipped {sum(info['skipped'].values())}" + (f" ({skipped})" if skipped else ""))
+    click.echo(f"deferred {info['deferred']} (URLs due back later, for politeness)")
     for d in info["render_domains"]:
         path = "browser" if d["needs_render"] else "http"
         click.echo(
@@ -479,6 +482,45 @@ def dlq_replay(ctx: click.Context, nats_url: str | None, reason: str | None, as_
 
     count = _guard(lambda: _run(go()))
     click.echo(json.dumps({"replayed": count}) if as_json else f"replayed {count} dead letter(s)")
+
+
+@main.group()
+def skipped() -> None:
+    """URLs not fetched on purpose (robots.txt), with their reason."""
+
+
+@skipped.command("list")
+@nats_option
+@click.option("--reason", default=None, help="Only this reason (e.g. robots).")
+@click.option("--limit", type=int, default=1000, show_default=True)
+@json_option
+@click.pass_context
+def skipped_list(
+    ctx: click.Context, nats_url: str | None, reason: str | None, limit: int, as_json: bool
+) -> None:
+    """Show skipped URLs with their reason (kept FLEET_RESULTS_MAX_AGE_S)."""
+    settings = _settings(ctx, nats_url=nats_url)
+
+    async def go() -> list[dict[str, Any]]:
+        from fleet.admin import list_skipped
+        from fleet.nats.session import connect
+
+        nc = await connect(settings, name="fleet-skipped", reconnect=False)
+        try:
+            records = await list_skipped(nc.jetstream(), settings, reason=reason, limit=limit)
+            return [r.as_dict() for r in records]
+        finally:
+            await nc.close()
+
+    records = _guard(lambda: _run(go()))
+    if as_json:
+        click.echo(json.dumps(records))
+        return
+    for r in records:
+        click.echo(f"#{r['seq']} {r['reason']} {r['url']}")
+        if r["detail"]:
+            click.echo(f"    {r['detail']}")
+    click.echo(f"{len(records)} skipped URL(s)")
 
 
 @main.command()
@@ -573,8 +615,8 @@ def run(
         d = summary.as_dict()
         click.echo(
             f"published {d['published']}, indexed {d['indexed']}, dead-lettered "
-            f"{d['dead_lettered']}, invalid {d['invalid']} in {d['seconds']}s "
-            f"({d['pages_per_s']} pages/s)"
+            f"{d['dead_lettered']}, skipped {sum(d['skipped'].values())}, invalid "
+            f"{d['invalid']} in {d['seconds']}s ({d['pages_per_s']} pages/s)"
         )
     sys.exit(EXIT_OK if summary.completed else EXIT_FAILED)
 

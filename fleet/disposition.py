@@ -17,14 +17,25 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Literal, Protocol
 
+import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from fleet.errors import PermanentError, TransientError, error_reason
-from fleet.messages import DeadLetter, dead_letter_encoder, trace_headers, url_task_decoder
+from fleet.messages import (
+    DeadLetter,
+    Skipped,
+    UrlTask,
+    dead_letter_encoder,
+    skipped_encoder,
+    trace_headers,
+    url_task_decoder,
+    url_task_encoder,
+)
 from fleet.nats.streams import REAPER_CONSUMER, JsPublish, pull
 from fleet.settings import Settings
 
@@ -214,6 +225,74 @@ class Settler:
         """
         with contextlib.suppress(Exception):
             await msg.nak(delay=delay_s or None)
+
+    async def skip(self, msg: JetStreamMsg, record: Skipped, *, seq: int) -> bool:
+        """A URL not fetched on purpose: record it in the skipped stream, then ack.
+
+        Like a dead letter, the record is written first; if it cannot be, the message is
+        nak'ed (back after a short delay) rather than lost. Returns whether it was skipped.
+        """
+        try:
+            await self._js.publish(
+                f"{self._settings.skipped_subject}.{record.reason}",
+                skipped_encoder.encode(record),
+                stream=self._settings.skipped_stream,
+                headers={"Nats-Msg-Id": f"skip-{record.id}-{seq}"},
+            )
+        except Exception as exc:
+            log.warning(
+                "could not record skipped %s: %s", record.url, exc, extra={"url": record.url}
+            )
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=backoff_delay(1, self._settings.backoff_base_s, 30))
+            return False
+        log.info("skipped %s: %s", record.url, record.detail, extra={"url": record.url})
+        try:
+            await msg.ack()
+        except Exception as exc:  # redelivered later; the record's dedup id holds
+            log.warning("could not ack skipped %s: %s", record.url, exc, extra={"url": record.url})
+        return True
+
+    async def defer(
+        self, msg: JetStreamMsg, task: UrlTask, *, until: float, attempts: int, seq: int
+    ) -> bool:
+        """Hand a URL that must wait for its host back to the stream, due at ``until``.
+
+        A nak with a delay would cost a delivery attempt (JetStream counts every delivery
+        against max_deliver), so the task is re-published as a scheduled message
+        (``Nats-Schedule: @at``, nats-server 2.12+) that the server turns back into a URL
+        message when due. ``attempts`` (fetch attempts so far) travels in the task. The
+        original is acked only after the PubAck; its seq in the dedup id makes a repeat of
+        the same deferral harmless. Returns False (message nak'ed) if the publish failed.
+        """
+        s = self._settings
+        when = datetime.fromtimestamp(max(until, time.time()), UTC)
+        headers = {
+            **trace_headers(msg.headers),
+            "Nats-Msg-Id": f"defer-{task.id}-{seq}",
+            "Nats-Schedule": f"@at {when.isoformat(timespec='milliseconds')}".replace(
+                "+00:00", "Z"
+            ),
+            "Nats-Schedule-Target": s.urls_subject,
+        }
+        payload = url_task_encoder.encode(msgspec.structs.replace(task, attempts=attempts))
+        try:
+            await self._js.publish(
+                f"{s.deferred_subject}.{task.id}.{seq}",
+                payload,
+                stream=s.urls_stream,
+                headers=headers,
+            )
+        except Exception as exc:
+            log.warning("could not defer %s: %s", task.url, exc, extra={"url": task.url})
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=min(max(until - time.time(), 0.0), RETRY_AFTER_CAP_S))
+            return False
+        try:
+            await msg.ack()
+        except Exception as exc:  # redelivered later: deferred again under the same id
+            log.warning("could not ack deferred %s: %s", task.url, exc, extra={"url": task.url})
+        return True
 
     async def dead_letter(self, letter: DeadLetter, seq: int) -> bool:
         """Publish ``letter`` to the dead-letter stream; False (logged) if it could not be written.

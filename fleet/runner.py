@@ -2,8 +2,9 @@
 
 Starts a private nats-server when no NATS URL is configured, runs N worker processes and
 one indexer process (separate processes, so extraction uses every core), publishes the
-file, waits until the URLs work queue is empty and the indexer has acked every result, then
-stops everything.
+file, waits until the URLs work queue is empty (every URL indexed, dead-lettered or skipped;
+URLs deferred for politeness are still in it, scheduled) and the indexer has acked every
+result, then stops everything.
 
 With ``autoscale`` (`fleet run --autoscale`), the supervisor's policy and its local backend
 (`fleet/scaling/local.py`) start and stop the worker processes on the queue's lag instead.
@@ -20,7 +21,7 @@ from typing import Any
 
 from nats.js import JetStreamContext
 
-from fleet.admin import dead_letter_counts
+from fleet.admin import dead_letter_counts, skipped_counts
 from fleet.errors import TransientError
 from fleet.nats.server import EmbeddedNats
 from fleet.nats.session import nats_session
@@ -74,6 +75,7 @@ class RunSummary:
     invalid: int = 0
     indexed: int = 0
     dead_lettered: int = 0
+    skipped: dict[str, int] = dataclasses.field(default_factory=dict)
     seconds: float = 0.0
     completed: bool = False
 
@@ -88,6 +90,7 @@ class RunSummary:
             "published": self.published,
             "indexed": self.indexed,
             "dead_lettered": self.dead_lettered,
+            "skipped": dict(self.skipped),
             "invalid": self.invalid,
             "duplicates": self.duplicates,
             "seconds": round(self.seconds, 3),
@@ -134,9 +137,20 @@ async def _drained(js: JetStreamContext, settings: Settings) -> bool:
     return (acked or 0) >= results.state.last_seq and not indexer.num_ack_pending
 
 
-async def _counts(js: JetStreamContext, settings: Settings) -> tuple[int, dict[str, int]]:
+@dataclasses.dataclass(frozen=True)
+class _Counts:
+    results: int
+    dead_letters: dict[str, int]
+    skipped: dict[str, int]
+
+
+async def _counts(js: JetStreamContext, settings: Settings) -> _Counts:
     results = await js.stream_info(settings.results_stream)
-    return results.state.last_seq, await dead_letter_counts(js, settings)
+    return _Counts(
+        results.state.last_seq,
+        await dead_letter_counts(js, settings),
+        await skipped_counts(js, settings),
+    )
 
 
 async def _wait_done(
@@ -202,7 +216,7 @@ async def run_pipeline(
         ) as session:
             js = session.js
             try:
-                results_before, dlq_before = await _counts(js, settings)
+                before = await _counts(js, settings)
                 # One metrics port per child: the indexer's, then one per worker.
                 port = settings.metrics_port
                 children.spawn("indexer", *_metrics_args(port, 0))
@@ -232,10 +246,17 @@ async def run_pipeline(
                     crashed=lambda: children.crashed() + (scaler.crashed if scaler else []),
                 )
                 summary.seconds = time.monotonic() - started
-                results_after, dlq_after = await _counts(js, settings)
-                new_dl = {k: v - dlq_before.get(k, 0) for k, v in dlq_after.items()}
+                after = await _counts(js, settings)
+                new_dl = {
+                    k: v - before.dead_letters.get(k, 0) for k, v in after.dead_letters.items()
+                }
                 summary.dead_lettered = sum(new_dl.values())
-                summary.indexed = results_after - results_before - new_dl.get("indexer", 0)
+                summary.indexed = after.results - before.results - new_dl.get("indexer", 0)
+                summary.skipped = {
+                    reason: n - before.skipped.get(reason, 0)
+                    for reason, n in after.skipped.items()
+                    if n > before.skipped.get(reason, 0)
+                }
                 summary.completed = True
             finally:
                 if scaling is not None:

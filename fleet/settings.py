@@ -69,6 +69,17 @@ class Settings:
     max_links: int = 1000
     user_agent: str = "fleet/0.1 (+https://github.com/fleet-scraper/fleet)"
 
+    # Politeness, fleet-wide per host (scheme + host + port). 0 means no limit.
+    robots: str = "obey"  # obey | ignore robots.txt
+    robots_ttl_s: float = 24 * 3600.0  # a fetched robots.txt is trusted this long
+    robots_retry_s: float = 60.0  # first retry of an unreachable robots.txt (doubles, 1 h cap)
+    host_concurrency: int = 2  # most requests in flight to one host, whole fleet
+    host_delay_s: float = 1.0  # least time between the starts of two requests to one host
+    host_delay_max_s: float = 30.0  # cap on Crawl-delay and on the adaptive slow-down
+    host_rules: str = ""  # per-host overrides, see parse_host_rules
+    worker_parked_max: int = 1000  # URLs one worker holds while their host's turn comes
+    worker_park_max_s: float = 30.0  # longer waits go back to the stream, scheduled
+
     # Rendering (Playwright + Chromium) for pages whose content JavaScript builds.
     render: str = "auto"  # never | auto | always
     chromium_path: str | None = None  # None: Debian's chromium-headless-shell or chromium
@@ -165,6 +176,21 @@ class Settings:
         return f"{self.stream_prefix}_RENDER"
 
     @property
+    def skipped_stream(self) -> str:
+        """Stream of URLs not fetched on purpose (robots.txt), one small message each."""
+        return f"{self.stream_prefix}_SKIPPED"
+
+    @property
+    def hosts_bucket(self) -> str:
+        """JetStream KV bucket of the fleet-wide per-host limiter state (memory storage)."""
+        return f"{self.stream_prefix}_HOSTS"
+
+    @property
+    def robots_bucket(self) -> str:
+        """JetStream KV bucket of cached robots.txt files, one key per origin."""
+        return f"{self.stream_prefix}_ROBOTS_TXT"
+
+    @property
     def urls_subject(self) -> str:
         """Subject the URL tasks are published on."""
         return f"{self.subject_prefix}.urls"
@@ -178,6 +204,21 @@ class Settings:
     def dlq_subject(self) -> str:
         """Prefix of the dead-letter subjects (``.worker`` or ``.indexer`` is appended)."""
         return f"{self.subject_prefix}.dlq"
+
+    @property
+    def deferred_subject(self) -> str:
+        """Prefix of the scheduled messages that bring a deferred URL back (in FLEET_URLS)."""
+        return f"{self.urls_subject}.later"
+
+    @property
+    def skipped_subject(self) -> str:
+        """Prefix of the skipped-URL records (``.<reason>`` is appended)."""
+        return f"{self.subject_prefix}.skipped"
+
+    @property
+    def host_rule_list(self) -> tuple[HostRule, ...]:
+        """``host_rules`` parsed (validated when the settings were built)."""
+        return parse_host_rules(self.host_rules)
 
     def replace(self, **overrides: Any) -> Settings:
         """Apply CLI flags: a flag given (not None) wins over the environment."""
@@ -220,6 +261,37 @@ class Settings:
         settings = cls(**values)
         settings.validate()
         return settings
+
+    def _validate_politeness(self) -> None:
+        """The robots.txt mode, per-host limits and host rules."""
+        if self.robots not in ("obey", "ignore"):
+            raise SettingsError(f"{ENV_PREFIX}ROBOTS must be obey or ignore (got {self.robots!r})")
+        at_least_zero = {
+            "host_concurrency": self.host_concurrency,
+            "host_delay_s": self.host_delay_s,
+            "worker_parked_max": self.worker_parked_max,
+            "worker_park_max_s": self.worker_park_max_s,
+        }
+        for key, value in at_least_zero.items():
+            if value < 0:
+                raise SettingsError(
+                    f"{ENV_PREFIX}{key.upper()} must be >= 0 (got {value}); 0 means no limit"
+                )
+        for key, value in {
+            "robots_ttl_s": self.robots_ttl_s,
+            "robots_retry_s": self.robots_retry_s,
+            "host_delay_max_s": self.host_delay_max_s,
+        }.items():
+            if value <= 0:
+                raise SettingsError(
+                    f"{ENV_PREFIX}{key.upper()} must be > 0 (got {value}); set a positive value"
+                )
+        if self.host_delay_s > self.host_delay_max_s:
+            raise SettingsError(
+                f"{ENV_PREFIX}HOST_DELAY_S ({self.host_delay_s:g}) is above "
+                f"{ENV_PREFIX}HOST_DELAY_MAX_S ({self.host_delay_max_s:g}); raise the cap"
+            )
+        parse_host_rules(self.host_rules)
 
     def validate(self) -> None:
         """Raise ``SettingsError`` for an unusable value; the message names the variable and fix."""
@@ -264,6 +336,7 @@ class Settings:
             raise SettingsError(
                 f"{ENV_PREFIX}RENDER must be never, auto or always (got {self.render!r})"
             )
+        self._validate_politeness()
         if self.supervisor_backend not in SUPERVISOR_BACKENDS:
             raise SettingsError(
                 f"{ENV_PREFIX}SUPERVISOR_BACKEND must be one of {', '.join(SUPERVISOR_BACKENDS)} "
@@ -321,6 +394,84 @@ class Settings:
 
 
 _NATS_SCHEMES: tuple[str, ...] = ("nats", "tls", "ws", "wss")
+
+
+@dataclasses.dataclass(frozen=True)
+class HostRule:
+    """One ``FLEET_HOST_RULES`` entry: limits for the hosts its pattern matches.
+
+    Fields left None fall back to the global settings (``host_concurrency``,
+    ``host_delay_s``, ``robots``).
+    """
+
+    pattern: str
+    concurrency: int | None = None
+    delay_s: float | None = None
+    robots: str | None = None
+
+    def matches(self, host: str, port: int) -> bool:
+        """True for ``host:port`` (host lowercase, IPv6 in brackets)."""
+        name, want_port = split_host_pattern(self.pattern)
+        if want_port is not None and want_port != port:
+            return False
+        if name == "*":
+            return True
+        if name.startswith("*."):
+            return host.endswith(name[1:])
+        return host == name
+
+
+def split_host_pattern(pattern: str) -> tuple[str, int | None]:
+    """``host:port`` → (host, port); no port (or a bare IPv6 address) → (host, None)."""
+    head, sep, tail = pattern.rpartition(":")
+    if sep and tail.isdigit() and (head.endswith("]") or ":" not in head):
+        return head, int(tail)
+    return pattern, None
+
+
+_RULE_KEYS = ("concurrency", "delay_s", "robots")
+
+
+def parse_host_rules(text: str) -> tuple[HostRule, ...]:
+    """Parse ``FLEET_HOST_RULES``: rules separated by ``;``, each a host pattern then
+    ``key=value`` fields, e.g. ``*.intranet.lan concurrency=8 delay_s=0 robots=ignore``.
+
+    Patterns: ``host``, ``host:port``, ``*.domain`` (any subdomain of domain), ``*``; with
+    a port the rule matches that port only. The first matching rule wins.
+    """
+    rules: list[HostRule] = []
+    for chunk in text.split(";"):
+        words = chunk.split()
+        if not words:
+            continue
+        pattern, fields = words[0].lower(), words[1:]
+        where = f"{ENV_PREFIX}HOST_RULES rule {chunk.strip()!r}"
+        if "=" in pattern or not pattern:
+            raise SettingsError(
+                f"{where} must start with a host pattern (host, host:port, *.domain)"
+            )
+        values: dict[str, Any] = {}
+        for field in fields:
+            key, sep, raw = field.partition("=")
+            if not sep or key not in _RULE_KEYS:
+                raise SettingsError(
+                    f"{where}: {field!r} is not one of {', '.join(k + '=' for k in _RULE_KEYS)}"
+                )
+            try:
+                if key == "concurrency":
+                    values[key] = int(raw)
+                elif key == "delay_s":
+                    values[key] = float(raw)
+                else:
+                    values[key] = raw
+            except ValueError:
+                raise SettingsError(f"{where}: {field!r} is not a number") from None
+            if key == "robots" and raw not in ("obey", "ignore"):
+                raise SettingsError(f"{where}: robots must be obey or ignore")
+            if key != "robots" and values[key] < 0:
+                raise SettingsError(f"{where}: {key} must be >= 0 (0 means no limit)")
+        rules.append(HostRule(pattern=pattern, **values))
+    return tuple(rules)
 
 
 def _parse(name: str, raw: str, hint: Any) -> Any:

@@ -73,3 +73,15 @@ def redact_url(url: str) -> str:
 def redact_servers(urls: Iterable[str]) -> str:
     """A seed list of servers as messages show it: each URL redacted, comma-separated."""
     return ",".join(redact_url(url) for url in urls)
+
+
+def origin(url: str) -> str:
+    """``scheme://host:port`` of a normalised URL, the port always written: the unit of
+    politeness (robots.txt and per-host limits apply per origin, RFC 9309)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = parts.port or _DEFAULT_PORTS.get(scheme, 80)
+    return f"{scheme}://{host}:{port}"

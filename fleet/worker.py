@@ -8,26 +8,33 @@ worker only asks JetStream for as many messages as it has free slots.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import dataclasses
+import heapq
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from fleet.disposition import MaxDeliveriesReaper, Settler
-from fleet.errors import BadMessage, RenderUnavailable, TransientError
-from fleet.messages import Page, page_encoder, url_task_decoder
+from fleet.errors import BadMessage, HttpStatusError, RenderUnavailable, TransientError
+from fleet.messages import Page, Skipped, UrlTask, page_encoder, url_task_decoder
+from fleet.nats.hosts import KvHostSlots, KvRobotsCache, hosts_bucket, robots_bucket
 from fleet.nats.kv import KvDecisionStore, render_bucket
 from fleet.nats.session import nats_session
 from fleet.nats.streams import WORKERS_CONSUMER, pull
 from fleet.scrape.fetch import Fetcher
+from fleet.scrape.politeness import Go, Outcome, Politeness, Skip, Wait
 from fleet.scrape.proxy import GuardedProxy
 from fleet.scrape.render.chromium import cap_driver_heap
 from fleet.scrape.render.policy import RenderPolicy
 from fleet.scrape.render.pool import BrowserPool
+from fleet.scrape.robots import Robots
 from fleet.scrape.scraper import Scraper
 from fleet.settings import Settings
 from fleet.telemetry import Telemetry
@@ -40,6 +47,10 @@ PAYLOAD_HEADROOM = 4096
 
 
 MAX_FETCH_BATCH = 64
+
+# Pull waits while URLs are parked: short, so the parked ones start on time.
+PARKED_PULL_WAIT_MIN_S = 0.01
+PARKED_PULL_WAIT_MAX_S = 0.1
 
 
 def fit_page(page: Page, max_bytes: int) -> bytes:
@@ -67,11 +78,133 @@ def _replace(page: Page, **changes: object) -> Page:
     return msgspec.structs.replace(page, **changes)
 
 
-class Worker:
-    """Pulls URL tasks, scrapes them, publishes each page to the results stream, then settles.
+@dataclasses.dataclass(slots=True)
+class Parked:
+    """A URL held by this worker until its host's turn (in-progress heartbeats keep it)."""
 
-    At most ``worker_concurrency`` URLs are in hand at once; the URL is acked only after the
-    page's PubAck, so a crash loses nothing. ``processed`` counts the pages published.
+    msg: Msg
+    task: UrlTask
+    prior_attempts: int  # fetch attempts before this delivery
+    seq: int
+    why: str
+    beat_at: float = dataclasses.field(default_factory=time.monotonic)
+
+
+class Parking:
+    """Bounded per-origin FIFOs of parked URLs, each origin with the time its head may ask
+    again. Only the head of an origin asks the politeness gate; the others wait behind it
+    locally, so a host with many waiting URLs costs one question per turn, not one per URL.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+        self._queues: dict[str, collections.deque[Parked]] = {}
+        self._wake: dict[str, float] = {}  # origin -> wall time; absent: its head is out
+        self._heap: list[tuple[float, str]] = []
+        self._horizon: dict[str, float] = {}  # latest due time given to a deferred URL
+
+    def __len__(self) -> int:
+        return self.size
+
+    def room(self) -> int | None:
+        """How many more URLs may park (None: no parking at all, limit 0)."""
+        return None if self.limit <= 0 else max(0, self.limit - self.size)
+
+    def has(self, origin: str) -> bool:
+        """Whether URLs of ``origin`` wait here (new ones then queue behind them)."""
+        return origin in self._queues
+
+    def queued(self, origin: str) -> int:
+        """URLs of ``origin`` parked here."""
+        queue = self._queues.get(origin)
+        return len(queue) if queue is not None else 0
+
+    def wake_at(self, origin: str) -> float:
+        """When the head of ``origin`` may ask again (0: its head is out asking)."""
+        return self._wake.get(origin, 0.0)
+
+    def push(self, origin: str, item: Parked, *, wake_at: float, front: bool = False) -> None:
+        """Queue ``item``; ``front`` for a head that asked and must wait again."""
+        queue = self._queues.setdefault(origin, collections.deque())
+        if front:
+            queue.appendleft(item)
+            self._set_wake(origin, wake_at)
+        else:
+            queue.append(item)
+            if origin not in self._wake and len(queue) == 1:
+                self._set_wake(origin, wake_at)
+        self.size += 1
+
+    def resume(self, origin: str, wake_at: float) -> None:
+        """The head of ``origin`` left (fetched or skipped): the next may ask at ``wake_at``."""
+        if origin in self._queues:
+            self._set_wake(origin, wake_at)
+
+    def due(self, now: float, limit: int) -> list[tuple[str, Parked]]:
+        """Take up to ``limit`` heads whose time has come (one per origin)."""
+        out: list[tuple[str, Parked]] = []
+        while self._heap and len(out) < limit:
+            wake, origin = self._heap[0]
+            if wake > now:
+                break
+            heapq.heappop(self._heap)
+            if self._wake.get(origin) != wake:
+                continue  # stale heap entry
+            del self._wake[origin]
+            queue = self._queues[origin]
+            item = queue.popleft()
+            self.size -= 1
+            if not queue:
+                del self._queues[origin]
+            out.append((origin, item))
+        return out
+
+    def next_wake(self) -> float | None:
+        """The earliest time a head may ask again, or None."""
+        while self._heap and self._wake.get(self._heap[0][1]) != self._heap[0][0]:
+            heapq.heappop(self._heap)
+        return self._heap[0][0] if self._heap else None
+
+    def items(self) -> list[Parked]:
+        """Every parked URL (for heartbeats)."""
+        return [item for queue in self._queues.values() for item in queue]
+
+    def take_all(self) -> list[tuple[str, Parked, float]]:
+        """Empty the parking (drain): every item with the time its origin was due."""
+        out: list[tuple[str, Parked, float]] = []
+        for origin, queue in self._queues.items():
+            wake = self._wake.get(origin, 0.0)
+            out += [(origin, item, wake) for item in queue]
+        self._queues.clear()
+        self._wake.clear()
+        self._heap.clear()
+        self.size = 0
+        return out
+
+    def defer_slot(self, origin: str, earliest: float, interval_s: float) -> float:
+        """Due time for one more deferred URL of ``origin``: after those already deferred,
+        so that deferred URLs come back spread out at the host's pace, not all at once."""
+        horizon = self._horizon.get(origin, 0.0)
+        due = max(earliest, horizon + interval_s)
+        self._horizon[origin] = due
+        if len(self._horizon) > 4 * max(self.limit, 1024):
+            now = time.time()
+            self._horizon = {o: t for o, t in self._horizon.items() if t > now}
+        return due
+
+    def _set_wake(self, origin: str, wake_at: float) -> None:
+        self._wake[origin] = wake_at
+        heapq.heappush(self._heap, (wake_at, origin))
+
+
+class Worker:
+    """Pulls URL tasks, holds them for politeness where needed, scrapes them, publishes
+    each page to the results stream, then settles.
+
+    At most ``worker_concurrency`` URLs are being fetched at once (more may be parked,
+    waiting for their host); the URL is acked only after the page's PubAck, so a crash
+    loses nothing. ``processed`` counts the pages published.
     """
 
     def __init__(
@@ -83,6 +216,7 @@ class Worker:
         max_payload: int,
         on_page: Callable[[Page], None] | None = None,
         telemetry: Telemetry | None = None,
+        politeness: Politeness | None = None,
     ) -> None:
         self._js = js
         self._telemetry = telemetry or Telemetry.disabled()
@@ -92,7 +226,16 @@ class Worker:
         self._settler = Settler(js, settings, stage="worker", max_deliver=settings.max_deliver)
         self._inflight: dict[asyncio.Task[None], tuple[Msg, float]] = {}
         self._on_page = on_page
+        self._politeness = politeness
+        self._parking = Parking(settings.worker_parked_max)
         self.processed = 0
+        self.skipped = 0
+        self.deferred = 0
+
+    @property
+    def parked(self) -> int:
+        """URLs held right now for their host's turn."""
+        return len(self._parking)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until ``stop`` is set, then drain.
@@ -108,21 +251,38 @@ class Worker:
         concurrency = self._settings.worker_concurrency
         try:
             while not stop.is_set():
+                self._start_due()
                 free = concurrency - len(self._inflight)
-                if free <= 0:
-                    # Full: wait for a slot, or for SIGTERM (then drain at once).
+                # Each new URL may have to park: take no more than there is room for, so
+                # a full parking means "busy at the hosts' pace", not churn through the
+                # stream. (A parking of 0 parks nothing: every wait is deferred.)
+                room = self._parking.room()
+                want = min(free, MAX_FETCH_BATCH, free if room is None else room)
+                if want <= 0:
+                    # Full: wait for a slot, a parked URL's turn, or SIGTERM (then drain).
+                    wake = self._parking.next_wake() if free > 0 else None
                     await asyncio.wait(
-                        {*self._inflight, stopping}, return_when=asyncio.FIRST_COMPLETED
+                        {*self._inflight, stopping},
+                        timeout=None if wake is None else max(0.005, wake - time.time()),
+                        return_when=asyncio.FIRST_COMPLETED,
                     )
                     continue
+                wait_s = 1.0
+                if self._parking:
+                    # Parked URLs fall due while we wait for new ones: look again soon.
+                    wake = self._parking.next_wake()
+                    until = PARKED_PULL_WAIT_MAX_S if wake is None else wake - time.time()
+                    wait_s = min(PARKED_PULL_WAIT_MAX_S, max(PARKED_PULL_WAIT_MIN_S, until))
                 # Ask for every free slot at once, so one pull request brings a batch.
                 msgs = await pull(
-                    sub, min(free, MAX_FETCH_BATCH), stop, stream=self._settings.urls_stream
+                    sub,
+                    want,
+                    stop,
+                    stream=self._settings.urls_stream,
+                    wait_s=wait_s,
                 )
                 for msg in msgs:
-                    task = asyncio.create_task(self._handle(msg))
-                    self._inflight[task] = (msg, time.monotonic())
-                    task.add_done_callback(lambda t: self._inflight.pop(t, None))
+                    self._spawn(self._handle(msg), msg)
         finally:
             await self._drain()
             heartbeat.cancel()
@@ -130,19 +290,49 @@ class Worker:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
+    def _spawn(self, coro: Coroutine[Any, Any, None], msg: Msg) -> None:
+        task = asyncio.create_task(coro)
+        self._inflight[task] = (msg, time.monotonic())
+        task.add_done_callback(lambda t: self._inflight.pop(t, None))
+
+    def _start_due(self) -> None:
+        """Give free fetch slots to parked URLs whose host's turn has come (before new ones)."""
+        free = self._settings.worker_concurrency - len(self._inflight)
+        if free <= 0 or not self._parking:
+            return
+        for origin, item in self._parking.due(time.time(), free):
+            self._spawn(self._admit_parked(origin, item), item.msg)
+        self._telemetry.parked(len(self._parking))
+
     async def _drain(self) -> None:
-        """Stop pulling; give in-flight URLs the grace period, then nak what is left."""
+        """Stop pulling; parked URLs go back to the stream (due when they were), in-flight
+        URLs get the grace period, then what is left is nak'ed."""
+        await self._hand_back_parked()
         if not self._inflight:
             return
         log.info("draining %d in-flight URL(s)", len(self._inflight))
-        _, left = await asyncio.wait(set(self._inflight), timeout=self._settings.drain_timeout_s)
+        deadline = time.monotonic() + self._settings.drain_timeout_s
+        # In-flight admissions may still park or defer URLs: wait for those too.
+        while self._inflight and (remaining := deadline - time.monotonic()) > 0:
+            await asyncio.wait(set(self._inflight), timeout=remaining)
+            await self._hand_back_parked()
+        left = set(self._inflight)
         for task in left:
             task.cancel()
         if left:
             await asyncio.wait(left, timeout=5)
 
+    async def _hand_back_parked(self) -> None:
+        parked = self._parking.take_all()
+        if parked:
+            log.info("handing back %d parked URL(s)", len(parked))
+            await asyncio.gather(
+                *(self._defer(item, wake) for _, item, wake in parked), return_exceptions=True
+            )
+
     async def _heartbeat(self) -> None:
-        """Tell JetStream slow pages are still being worked on (one ticker, not one per msg).
+        """Tell JetStream slow pages (and parked URLs) are still being worked on: one
+        ticker, not one per message.
 
         Runs until cancelled, i.e. also through the drain after SIGTERM.
         """
@@ -154,47 +344,138 @@ class Worker:
                 if now - started >= interval:
                     with contextlib.suppress(Exception):
                         await msg.in_progress()
+            for item in self._parking.items():
+                if now - item.beat_at >= interval:
+                    item.beat_at = now
+                    with contextlib.suppress(Exception):
+                        await item.msg.in_progress()
 
     async def _handle(self, msg: Msg) -> None:
         meta = msg.metadata
-        attempt = meta.num_delivered or 1
+        delivered = meta.num_delivered or 1
         seq = meta.sequence.stream if meta.sequence else 0
+        try:
+            task = url_task_decoder.decode(msg.data)
+        except Exception as exc:
+            bad = BadMessage(f"undecodable URL message: {exc}")
+            await self._process(msg, task=None, bad=bad, attempt=delivered, seq=seq, go=None)
+            return
+        prior = task.attempts + delivered - 1
+        if self._politeness is None:
+            await self._process(msg, task=task, bad=None, attempt=prior + 1, seq=seq, go=None)
+            return
+        item = Parked(msg=msg, task=task, prior_attempts=prior, seq=seq, why="queued")
+        origin = self._politeness.origin(task.url)
+        if self._parking.has(origin):
+            # Others of this host wait here already: behind them, without asking.
+            self._park_or_defer(origin, item, self._parking.wake_at(origin), front=False)
+            return
+        await self._admit(origin, item, parked=False)
+
+    async def _admit_parked(self, origin: str, item: Parked) -> None:
+        try:
+            await self._admit(origin, item, parked=True)
+        finally:
+            if self._parking.has(origin) and not self._parking.wake_at(origin):
+                # The head never came back (a bug, or cancelled): its successors must not
+                # wait for it for ever.
+                self._parking.resume(origin, time.time() + 1.0)
+
+    async def _admit(self, origin: str, item: Parked, *, parked: bool) -> None:
+        assert self._politeness is not None
+        admission = await self._politeness.admit(item.task.url, origin)
+        if isinstance(admission, Wait):
+            item.why = admission.why
+            self._park_or_defer(origin, item, admission.until, front=parked)
+            return
+        if parked:
+            # Its successor asks next, when the host's turn may have come.
+            self._parking.resume(origin, self._politeness.ready_at(origin))
+        if isinstance(admission, Skip):
+            await self._skip(item, admission)
+            return
+        await self._process(
+            item.msg,
+            task=item.task,
+            bad=None,
+            attempt=item.prior_attempts + 1,
+            seq=item.seq,
+            go=admission,
+        )
+
+    def _park_or_defer(self, origin: str, item: Parked, until: float, *, front: bool) -> None:
+        assert self._politeness is not None
+        now = time.time()
+        interval = self._politeness.interval_s(origin)
+        ahead = 0 if front else self._parking.queued(origin)
+        eta = max(until, now) + ahead * interval
+        room = front or len(self._parking) < self._parking.limit
+        if room and eta - now <= self._settings.worker_park_max_s:
+            self._parking.push(origin, item, wake_at=until, front=front)
+            self._telemetry.polite("parked", item.why)
+            return
+        if front:
+            # The head goes: its successor (if any) asks at the head's time.
+            self._parking.resume(origin, until)
+        due = self._parking.defer_slot(origin, eta, interval)
+        self._telemetry.polite("deferred", item.why)
+        self._spawn(self._defer(item, due), item.msg)
+
+    async def _defer(self, item: Parked, due: float) -> None:
+        if await self._settler.defer(
+            item.msg, item.task, until=due, attempts=item.prior_attempts, seq=item.seq
+        ):
+            self.deferred += 1
+
+    async def _skip(self, item: Parked, skip: Skip) -> None:
+        record = Skipped(
+            url=item.task.url,
+            id=item.task.id,
+            reason=skip.reason,
+            detail=skip.detail,
+            skipped_at=time.time(),
+            source=item.task.source,
+        )
+        if await self._settler.skip(item.msg, record, seq=item.seq):
+            self.skipped += 1
+            self._telemetry.polite("skipped", skip.reason)
+
+    async def _process(
+        self,
+        msg: Msg,
+        *,
+        task: UrlTask | None,
+        bad: BaseException | None,
+        attempt: int,
+        seq: int,
+        go: Go | None,
+    ) -> None:
+        """Scrape (the host's slot is held, if any), publish the page, settle the message."""
         with self._telemetry.processing(msg, stage="worker", attempt=attempt, seq=seq) as hook:
             url, item_id = "?", "?"
-            error: BaseException | None = None
+            error: BaseException | None = bad
+            outcome = Outcome()
             try:
-                try:
-                    task = url_task_decoder.decode(msg.data)
-                except Exception as exc:
-                    raise BadMessage(f"undecodable URL message: {exc}") from None
-                url, item_id = task.url, task.id
-                hook.set_url(url)
-                page = await self._scraper.scrape(task, attempt)
-                payload = fit_page(page, self._max_payload)
-                # Same id on a redelivery of the same message: a result is never doubled.
-                msg_id = f"{page.id}-{seq}"
-                headers = {"Nats-Msg-Id": msg_id}
-                subject = self._settings.results_subject
-                with self._telemetry.publishing(subject, headers, message_id=msg_id):
-                    try:
-                        await self._js.publish(
-                            subject, payload, stream=self._settings.results_stream, headers=headers
-                        )
-                    except Exception as exc:
-                        # NATS trouble, not the page's fault: retry like any transient error.
-                        raise TransientError(
-                            f"could not publish the result of {url}: {exc!r}",
-                            reason="result_publish_failed",
-                        ) from exc
-                self.processed += 1
-                if self._on_page is not None:
-                    self._on_page(page)
+                if task is not None:
+                    url, item_id = task.url, task.id
+                    hook.set_url(url)
+                    page = await self._scraper.scrape(task, attempt)
+                    outcome = Outcome(status=page.status)
+                    await self._publish(page, url, seq)
+                    self.processed += 1
+                    if self._on_page is not None:
+                        self._on_page(page)
             except asyncio.CancelledError:
                 # Drain ran out of time: hand the URL back at once for another worker.
                 await self._settler.release(msg)
                 raise
             except Exception as exc:
                 error = exc
+                if isinstance(exc, HttpStatusError):
+                    outcome = Outcome(status=exc.status, retry_after_s=exc.retry_after_s)
+            finally:
+                if go is not None and self._politeness is not None:
+                    await asyncio.shield(self._politeness.done(go, outcome))
             decision = await self._settler.settle(
                 msg, error, attempt=attempt, url=url, item_id=item_id, seq=seq
             )
@@ -204,6 +485,24 @@ class Worker:
                 reason=decision.reason,
                 dead_letter=decision.dead_letter,
             )
+
+    async def _publish(self, page: Page, url: str, seq: int) -> None:
+        payload = fit_page(page, self._max_payload)
+        # Same id on a redelivery of the same message: a result is never doubled.
+        msg_id = f"{page.id}-{seq}"
+        headers = {"Nats-Msg-Id": msg_id}
+        subject = self._settings.results_subject
+        with self._telemetry.publishing(subject, headers, message_id=msg_id):
+            try:
+                await self._js.publish(
+                    subject, payload, stream=self._settings.results_stream, headers=headers
+                )
+            except Exception as exc:
+                # NATS trouble, not the page's fault: retry like any transient error.
+                raise TransientError(
+                    f"could not publish the result of {url}: {exc!r}",
+                    reason="result_publish_failed",
+                ) from exc
 
 
 async def serve(settings: Settings, stop: asyncio.Event, telemetry: Telemetry | None = None) -> int:
@@ -238,6 +537,28 @@ async def _start_browser(
     return pool
 
 
+def politeness_needed(settings: Settings) -> bool:
+    """False when nothing is limited: robots ignored, no limits, no rule that sets any."""
+    if settings.robots == "obey" or settings.host_concurrency or settings.host_delay_s:
+        return True
+    return any(r.robots == "obey" or r.concurrency or r.delay_s for r in settings.host_rule_list)
+
+
+async def politeness_for(
+    js: JetStreamContext, settings: Settings, fetcher: Fetcher
+) -> Politeness | None:
+    """The worker's politeness gate over the fleet-wide KV buckets (None: nothing limited)."""
+    if not politeness_needed(settings):
+        return None
+    slots = KvHostSlots(await hosts_bucket(js, settings))
+    robots = Robots(
+        KvRobotsCache(js, await robots_bucket(js, settings), settings.robots_bucket),
+        fetcher,
+        settings,
+    )
+    return Politeness(slots, robots, settings)
+
+
 async def _serve(
     settings: Settings, stop: asyncio.Event, telemetry: Telemetry | None, pool: BrowserPool | None
 ) -> int:
@@ -254,6 +575,7 @@ async def _serve(
                 settings,
                 max_payload=nc.max_payload,
                 telemetry=telemetry,
+                politeness=await politeness_for(js, settings, fetcher),
             )
             reaper = MaxDeliveriesReaper(
                 js,

@@ -86,6 +86,10 @@ def settings(nats_server: EmbeddedNats, site: LoopbackSite, tmp_path: Path) -> S
         indexer_batch_wait_s=0.1,
         drain_timeout_s=5.0,
         dedup_window_s=600.0,
+        # One loopback host, many requests at once: tests choose their politeness limits.
+        # robots.txt stays obeyed (the loopback site answers 404 for it: all allowed).
+        host_concurrency=0,
+        host_delay_s=0.0,
     )
 
 

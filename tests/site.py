@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -68,6 +70,16 @@ class LoopbackSite:
         self._thread.join(10)
 
     async def _start(self) -> None:
+        app = self._app()
+        # Short shutdown: slow handlers (sleeping pages) must not hold up test teardown.
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, 0)
+        await site.start()
+        server: Any = site._server
+        self.port = server.sockets[0].getsockname()[1]
+
+    def _app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/page/{n}", self._page)
         app.router.add_get("/slow/{n}", self._slow)
@@ -87,13 +99,7 @@ class LoopbackSite:
         app.router.add_get("/static/{name}", self._static)
         app.router.add_get("/api/data/{n}", self._api_data)
         app.router.add_get("/probe", self._probe_page)
-        # Short shutdown: slow handlers (sleeping pages) must not hold up test teardown.
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, 0)
-        await site.start()
-        server: Any = site._server
-        self.port = server.sockets[0].getsockname()[1]
+        return app
 
     async def _stop(self) -> None:
         if self._runner is not None:
@@ -199,6 +205,132 @@ class LoopbackSite:
             f"try {{ new WebSocket({target!r}.replace('http', 'ws') + '/ws'); }} catch (e) {{}}"
             "</script></body></html>"
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """One request as the server saw it (monotonic clock of the test process)."""
+
+    path: str
+    start: float
+    end: float
+    status: int
+
+
+class PoliteSite(LoopbackSite):
+    """A loopback host that logs every request's start and end, with a robots.txt the
+    test sets, for measuring politeness at the server.
+
+    * ``robots``: (status, body) of /robots.txt; None: 404. ``robots_queue``: answers given
+      first, one per request, before ``robots`` (e.g. a 500 then recovery).
+      ``robots_redirect``: /robots.txt redirects there (same host) instead.
+    * every other path is a page; ``page_s`` is how long it takes, ``hold`` an event that
+      pages wait for while it is clear (set by default), ``answers`` statuses (with
+      headers) given first, one per page request, before 200.
+    """
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        super().__init__(host)
+        self.robots: tuple[int, str] | None = None
+        self.robots_queue: list[tuple[int, str]] = []
+        self.robots_redirect: str | None = None
+        self.page_s = 0.0
+        self.answers: list[tuple[int, dict[str, str]]] = []
+        self.log: list[Request] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._open: dict[int, float] = {}  # in-flight requests: id -> start
+        self._hold: asyncio.Event | None = None
+        self._lock = threading.Lock()
+
+    def set_hold(self, held: bool) -> None:
+        """Hold page answers (True) or let them go (False), from any thread."""
+
+        def apply() -> None:
+            assert self._hold is not None
+            if held:
+                self._hold.clear()
+            else:
+                self._hold.set()
+
+        self._loop.call_soon_threadsafe(apply)
+
+    def in_flight_since(self) -> float:
+        """Start of the oldest request still in flight."""
+        with self._lock:
+            return min(self._open.values())
+
+    def pages(self) -> list[Request]:
+        """Page requests (not robots.txt), in order of arrival."""
+        with self._lock:
+            return sorted(
+                (r for r in self.log if not r.path.startswith("/robots")), key=lambda r: r.start
+            )
+
+    def robots_hits(self) -> list[Request]:
+        with self._lock:
+            return [r for r in self.log if r.path.startswith("/robots")]
+
+    def _app(self) -> web.Application:
+        self._hold = asyncio.Event()
+        self._hold.set()
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", self._any)
+        return app
+
+    async def _any(self, request: web.Request) -> web.StreamResponse:
+        start = time.monotonic()
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            self._open[id(request)] = start
+        status = 500
+        try:
+            response = await self._answer(request)
+            status = response.status
+            return response
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+                self._open.pop(id(request), None)
+                self.log.append(Request(request.path, start, time.monotonic(), status))
+
+    async def _answer(self, request: web.Request) -> web.Response:
+        path = request.path
+        if path == "/robots.txt" and self.robots_redirect is not None:
+            return web.Response(status=301, headers={"Location": self.robots_redirect})
+        if path == "/robots.txt" or (
+            self.robots_redirect is not None and path == self.robots_redirect
+        ):
+            if self.robots_queue:
+                status, body = self.robots_queue.pop(0)
+            elif self.robots is not None:
+                status, body = self.robots
+            else:
+                status, body = 404, "no robots.txt here"
+            return web.Response(status=status, text=body, content_type="text/plain")
+        assert self._hold is not None
+        await self._hold.wait()
+        if self.page_s:
+            await asyncio.sleep(self.page_s)
+        if self.answers:
+            status, headers = self.answers.pop(0)
+            return web.Response(status=status, text=f"status {status}", headers=headers)
+        n = sum(map(ord, path)) % 1000
+        body = page_html(n).replace("<title>", f"<title>{path} ")
+        return web.Response(text=body, content_type="text/html", charset="utf-8")
+
+
+def max_starts_in_window(requests: list[Request], window_s: float = 1.0) -> int:
+    """The most request starts that fall in any window of ``window_s`` (closed interval)."""
+    starts = sorted(r.start for r in requests)
+    best = 0
+    j = 0
+    for i, t in enumerate(starts):
+        while starts[j] < t - window_s:
+            j += 1
+        best = max(best, i - j + 1)
+    return best
 
 
 def _html(text: str) -> web.Response:

@@ -220,6 +220,8 @@ def test_fleet_run_all_in_one_with_private_server(site: LoopbackSite, tmp_path: 
         FLEET_ALLOW_HOSTS=site.hostport,
         FLEET_SINK=f"sqlite:///{tmp_path / 'run.db'}",
         FLEET_BACKOFF_BASE_S="0.05",
+        # The one loopback host is ours: no per-host limits (robots.txt is a 404 there).
+        FLEET_HOST_RULES=f"{site.hostport} concurrency=0 delay_s=0",
     )
     out = subprocess.run(
         [*fleet_cli(), "run", str(path), "--workers", "2", "--json"],

@@ -63,6 +63,8 @@ WORKER_ENV = {
     "FLEET_WORKER_CONCURRENCY": "8",
     "FLEET_DRAIN_TIMEOUT_S": "8",
     "FLEET_ACK_WAIT_S": "10",
+    "FLEET_HOST_CONCURRENCY": "0",  # one test site: no per-host limits
+    "FLEET_HOST_DELAY_S": "0",
 }
 
 

@@ -181,6 +181,8 @@ def test_fleet_run_autoscale(site: LoopbackSite, tmp_path: Path) -> None:
         FLEET_WORKER_CONCURRENCY="8",
         FLEET_SUPERVISOR_TARGET_LAG="50",
         FLEET_SUPERVISOR_INTERVAL_S="0.5",
+        FLEET_HOST_CONCURRENCY="0",  # one loopback host: no per-host limits
+        FLEET_HOST_DELAY_S="0",
     )
     out = subprocess.run(
         [*fleet_cli(), "run", str(path), "--autoscale", "--workers", "3", "--json"],

@@ -84,6 +84,7 @@ class Topology:
     results: StreamConfig
     dlq: StreamConfig
     advisories: StreamConfig
+    skipped: StreamConfig
     workers: ConsumerConfig
     indexer: ConsumerConfig
     reaper: ConsumerConfig
@@ -94,11 +95,16 @@ def topology(settings: Settings) -> Topology:
     urls = StreamConfig(
         name=settings.urls_stream,
         description="fleet: URLs waiting to be fetched",
-        subjects=[settings.urls_subject],
+        # <urls>.later.<id>.<seq>: URLs deferred for politeness, as scheduled messages
+        # (nats-server 2.12+) that the server publishes back to <urls> when they are due.
+        subjects=[settings.urls_subject, f"{settings.deferred_subject}.>"],
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
-        discard=DiscardPolicy.NEW,
+        # Message schedules require discard old. fleet sets no limits on this stream, so
+        # nothing is ever discarded (do not give it max_msgs/max_bytes/max_age).
+        discard=DiscardPolicy.OLD,
         duplicate_window=settings.dedup_window_s,
+        allow_msg_schedules=True,
     )
     results = StreamConfig(
         name=settings.results_stream,
@@ -119,11 +125,22 @@ def topology(settings: Settings) -> Topology:
         storage=StorageType.FILE,
         duplicate_window=settings.dedup_window_s,
     )
+    skipped = StreamConfig(
+        name=settings.skipped_stream,
+        description="fleet: URLs not fetched on purpose (robots.txt), one message each",
+        subjects=[f"{settings.skipped_subject}.>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=settings.results_max_age_s,
+        duplicate_window=settings.dedup_window_s,
+    )
     workers = ConsumerConfig(
         durable_name=WORKERS_CONSUMER,
         description="fleet workers (competing pull consumer)",
         deliver_policy=DeliverPolicy.ALL,
         ack_policy=AckPolicy.EXPLICIT,
+        # Not the deferred URLs' schedules: the server publishes those to urls when due.
+        filter_subject=settings.urls_subject,
         ack_wait=settings.ack_wait_s,
         max_deliver=settings.max_deliver,
         # No consumer-level `backoff`: nats-server then ignores the delay of a NAK and
@@ -169,6 +186,7 @@ def topology(settings: Settings) -> Topology:
         results=replicated(results, settings),
         dlq=replicated(dlq, settings),
         advisories=replicated(advisories, settings),
+        skipped=replicated(skipped, settings),
         workers=workers,
         indexer=indexer,
         reaper=reaper,
@@ -189,13 +207,20 @@ _MUTABLE_STREAM_FIELDS = (
     "discard",
     "num_replicas",
     "placement",
+    "allow_msg_schedules",
 )
 
 
 _IMMUTABLE_CONSUMER_FIELDS = ("deliver_policy", "ack_policy")
 
 
-_MUTABLE_CONSUMER_FIELDS = ("ack_wait", "max_deliver", "backoff", "max_ack_pending")
+_MUTABLE_CONSUMER_FIELDS = (
+    "ack_wait",
+    "max_deliver",
+    "backoff",
+    "max_ack_pending",
+    "filter_subject",
+)
 
 
 def _differs(want: Any, have: Any) -> bool:
@@ -337,13 +362,21 @@ def cluster_busy(exc: BaseException) -> bool:
     return isinstance(exc, NatsTimeoutError | TimeoutError)
 
 
-async def require_jetstream(js: JetStreamContext, settings: Settings) -> None:
-    """Raise ``ConfigError`` with the fix when the NATS server has JetStream switched off.
+# JetStream API level 2 = nats-server 2.12: message schedules (URLs deferred for
+# politeness come back on their own) and per-message TTLs (robots.txt cache, claims).
+MIN_API_LEVEL = 2
+
+
+async def require_jetstream(
+    js: JetStreamContext, settings: Settings, *, min_api_level: int = 0
+) -> None:
+    """Raise ``ConfigError`` with the fix when the NATS server has JetStream switched off
+    or is older than ``min_api_level`` needs.
 
     A cluster answering 503 (electing its leader) is not that: the error passes through.
     """
     try:
-        await js.account_info()
+        info = await js.account_info()
     except (ServiceUnavailableError, NoRespondersError) as exc:
         if cluster_busy(exc):
             raise
@@ -352,6 +385,13 @@ async def require_jetstream(js: JetStreamContext, settings: Settings) -> None:
             f"JetStream is not enabled on the NATS server at {shown}; "
             "start it with `nats-server -js` (or `jetstream {}` in its config)"
         ) from None
+    level = (info.api.level if info.api is not None else None) or 0
+    if level < min_api_level:
+        raise ConfigError(
+            f"the NATS server at {redact_servers(settings.nats_servers)} is too old for fleet "
+            f"(JetStream API level {level}, need {min_api_level}: nats-server 2.12 or newer, "
+            "for message schedules and per-message TTLs); upgrade nats-server"
+        )
 
 
 async def ensure_topology(
@@ -384,8 +424,8 @@ async def ensure_topology(
 
 async def _ensure_topology(js: JetStreamContext, settings: Settings) -> Topology:
     topo = topology(settings)
-    await require_jetstream(js, settings)
-    for stream in (topo.urls, topo.results, topo.dlq, topo.advisories):
+    await require_jetstream(js, settings, min_api_level=MIN_API_LEVEL)
+    for stream in (topo.urls, topo.results, topo.dlq, topo.advisories, topo.skipped):
         await ensure_stream(js, stream)
     await ensure_consumer(js, settings.urls_stream, topo.workers)
     await ensure_consumer(js, settings.results_stream, topo.indexer)

@@ -166,14 +166,18 @@ class Fetcher:
         headers: Mapping[str, str] | None = None,
         http_errors: Literal["raise", "return"] = "return",
         follow_redirects: bool = True,
+        max_bytes: int | None = None,
+        oversize: Literal["raise", "truncate"] = "raise",
     ) -> FetchResult:
         """The one guarded fetch behind pages and the browser's requests.
 
         ``accept``: content types taken (None: any); ``headers``: added to the request;
         ``http_errors="return"``: a 4xx/5xx (or a redirect without Location) is a result,
         not an exception; ``follow_redirects=False`` returns a redirect as it is (its next
-        hop is then the caller's, and is checked when requested). Guard, deadline and body
-        cap are the same in every mode.
+        hop is then the caller's, and is checked when requested). ``max_bytes`` lowers the
+        body cap (never raises it above max_body_bytes); ``oversize="truncate"`` keeps the
+        first ``max_bytes`` of a bigger body instead of failing (robots.txt). Guard and
+        deadline are the same in every mode.
         """
         session = self._ensure_session()
         started = time.perf_counter()
@@ -184,7 +188,14 @@ class Fetcher:
                     session,
                     url,
                     started,
-                    _Mode(accept, headers, http_errors == "raise", follow_redirects),
+                    _Mode(
+                        accept,
+                        headers,
+                        http_errors == "raise",
+                        follow_redirects,
+                        min(max_bytes, self._max_body) if max_bytes else self._max_body,
+                        oversize == "truncate",
+                    ),
                 )
         except FleetError:
             raise
@@ -234,7 +245,7 @@ class Fetcher:
                         f"content type {content_type!r} from {current} is not fetched "
                         f"(accepted: {', '.join(sorted(mode.accept))})"
                     )
-                body = await self._read_capped(resp, current)
+                body = await self._read_capped(resp, current, mode.max_bytes, mode.truncate)
                 return FetchResult(
                     url=url,
                     final_url=current,
@@ -247,13 +258,14 @@ class Fetcher:
                     headers={k.lower(): v for k, v in resp.headers.items()},
                 )
 
-    async def _read_capped(self, resp: aiohttp.ClientResponse, url: str) -> bytes:
-        limit = self._max_body
+    async def _read_capped(
+        self, resp: aiohttp.ClientResponse, url: str, limit: int, truncate: bool
+    ) -> bytes:
         try:
             declared = resp.content_length
         except ValueError:
             declared = None  # a garbage Content-Length: the aiohttp parser rejects it anyway
-        if declared is not None and declared > limit:
+        if declared is not None and declared > limit and not truncate:
             raise BodyTooLarge(
                 f"{url} declares {declared} bytes, over the {limit} byte limit (max_body_bytes)"
             )
@@ -264,6 +276,10 @@ class Fetcher:
         size = 0
         while chunk := await content.readany():
             size += len(chunk)
+            if size > limit and truncate:
+                # The rest is dropped with the connection on release.
+                chunks.append(chunk[: len(chunk) - (size - limit)])
+                return b"".join(chunks)
             if size > limit:
                 raise BodyTooLarge(
                     f"{url} body exceeds the {limit} byte limit (max_body_bytes); stopped reading"
@@ -278,6 +294,8 @@ class _Mode:
     headers: Mapping[str, str] | None
     raise_http_errors: bool
     follow_redirects: bool
+    max_bytes: int
+    truncate: bool
 
 
 def _redirect_target(current: str, location: str) -> str:

@@ -83,6 +83,16 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.politeness = Counter(
+            "fleet_politeness",
+            "URLs held back on purpose, by event (parked, deferred, skipped) and why (delay, "
+            "busy, paused, robots, queued, error).",
+            ["event", "why"],
+            registry=r,
+        )
+        self.parked = Gauge(
+            "fleet_parked", "URLs a worker holds while their host's turn comes.", registry=r
+        )
         self.dead_letters = Counter(
             "fleet_dead_letters",
             "Messages written to the dead-letter stream, by stage and reason.",

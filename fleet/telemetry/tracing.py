@@ -160,6 +160,17 @@ class Telemetry:
         if self.metrics is not None:
             self.metrics.context_recycles.inc()
 
+    def polite(self, event: str, why: str) -> None:
+        """Count a politeness decision: parked, deferred or skipped, and why (delay, busy,
+        paused, robots, error)."""
+        if self.metrics is not None:
+            self.metrics.politeness.labels(event, why).inc()
+
+    def parked(self, count: int) -> None:
+        """URLs this worker holds for their host's turn right now."""
+        if self.metrics is not None:
+            self.metrics.parked.set(count)
+
     @classmethod
     def disabled(cls, role: str = "fleet") -> Telemetry:
         """Tracing and metrics off: every hook is the shared do-nothing one."""
