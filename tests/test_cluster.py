@@ -57,6 +57,9 @@ def cluster_settings(cluster: NatsCluster, site: LoopbackSite, tmp_path: Path) -
         allow_hosts=(site.hostport,),
         sink=f"sqlite:///{tmp_path / 'fleet.db'}",
         render="never",
+        # One loopback host, many requests at once: the test chooses no politeness limits.
+        host_concurrency=0,
+        host_delay_s=0.0,
         ack_wait_s=5.0,
         backoff_base_s=0.5,
         backoff_max_s=5.0,
