@@ -46,6 +46,19 @@ async def dead_letter_counts(js: JetStreamContext, settings: Settings) -> dict[s
     return {subject.removeprefix(prefix): count for subject, count in subjects.items()}
 
 
+async def skipped_counts(js: JetStreamContext, settings: Settings) -> dict[str, int]:
+    """URLs skipped on purpose, by reason (scope, cancelled...); empty without the stream."""
+    try:
+        info = await js.stream_info(
+            settings.skipped_stream, subjects_filter=f"{settings.skipped_subject}.>"
+        )
+    except NotFoundError:
+        return {}
+    subjects = info.state.subjects or {}
+    prefix = settings.skipped_subject + "."
+    return {subject.removeprefix(prefix): count for subject, count in subjects.items()}
+
+
 async def status(js: JetStreamContext, settings: Settings) -> dict[str, Any]:
     await require_jetstream(js, settings)
     streams = {}
@@ -72,6 +85,7 @@ async def status(js: JetStreamContext, settings: Settings) -> dict[str, Any]:
         "consumers": consumers,
         "dead_letters": sum(by_stage.values()),
         "dead_letters_by_stage": by_stage,
+        "skipped": await skipped_counts(js, settings),
         "render_domains": [
             {
                 "domain": d.domain,

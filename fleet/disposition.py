@@ -15,7 +15,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Literal, Protocol
 
 from nats.aio.client import Client as NATS
@@ -25,7 +25,13 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from fleet.errors import PermanentError, TransientError, error_reason
-from fleet.messages import DeadLetter, dead_letter_encoder, trace_headers, url_task_decoder
+from fleet.messages import (
+    DeadLetter,
+    UrlTask,
+    dead_letter_encoder,
+    trace_headers,
+    url_task_decoder,
+)
 from fleet.nats.streams import WORKERS_CONSUMER, JsPublish
 from fleet.settings import Settings
 
@@ -134,7 +140,14 @@ class Settler:
         url: str,
         item_id: str,
         seq: int,
+        before_term: Callable[[], Awaitable[None]] | None = None,
     ) -> Decision:
+        """Carry out the decision for ``error`` (None: success) on ``msg``.
+
+        ``before_term`` runs after a dead letter is written and before the message is
+        terminated (a crawl counts the URL there); if it fails the message is nak'ed, and
+        both are repeated on the redelivery (each is idempotent).
+        """
         decision = self.decide(error, attempt)
         try:
             if decision.action is Action.ACK:
@@ -162,7 +175,7 @@ class Settler:
                     payload=msg.data,
                     trace_headers=trace_headers(msg.headers),
                 )
-                if not await self.dead_letter(letter, seq):
+                if not await self.dead_letter(letter, seq) or not await _run_hook(before_term, url):
                     # Keep the message rather than lose it; it comes back after the delay.
                     await msg.nak(delay=backoff_delay(attempt, self._settings.backoff_base_s, 30))
                     return Decision(Action.NAK, delay_s=0, reason="dead_letter_failed")
@@ -208,6 +221,17 @@ class Settler:
         return True
 
 
+async def _run_hook(hook: Callable[[], Awaitable[None]] | None, url: str) -> bool:
+    if hook is None:
+        return True
+    try:
+        await hook()
+    except Exception as exc:
+        log.warning("could not record the dead letter of %s: %s", url, exc, extra={"url": url})
+        return False
+    return True
+
+
 class MaxDeliveriesReaper:
     """Dead-letters URLs whose last allowed delivery ended without an ack or a term.
 
@@ -228,8 +252,12 @@ class MaxDeliveriesReaper:
         settings: Settings,
         *,
         on_dead_letter: Callable[[str, str], None] | None = None,
+        before_delete: Callable[[UrlTask], Awaitable[None]] | None = None,
     ):
+        """``before_delete`` runs for a decoded task after its dead letter is written and
+        before the URL leaves the stream (a crawl counts it there)."""
         self._on_dead_letter = on_dead_letter
+        self._before_delete = before_delete
         self._nc = nc
         self._js = js
         self._settler = settler
@@ -263,6 +291,7 @@ class MaxDeliveriesReaper:
             log.warning("could not handle max-deliveries advisory: %s", exc)
             return
         data = raw.data or b""
+        task: UrlTask | None = None
         try:
             task = url_task_decoder.decode(data)
             url, item_id = task.url, task.id
@@ -280,6 +309,10 @@ class MaxDeliveriesReaper:
             trace_headers=trace_headers(raw.headers),
         )
         if await self._settler.dead_letter(letter, seq):
+            if task is not None and self._before_delete is not None:
+                hook = self._before_delete
+                if not await _run_hook(lambda: hook(task), url):
+                    return  # the next advisory (or a restart's) tries again
             if self._on_dead_letter is not None:
                 self._on_dead_letter("worker", letter.reason)
             with contextlib.suppress(NotFoundError):

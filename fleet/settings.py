@@ -51,6 +51,10 @@ class Settings:
     max_links: int = 1000
     user_agent: str = "fleet/0.1 (+https://github.com/fleet-scraper/fleet)"
 
+    # Crawls: URLs of the seen-set a worker remembers as seen (saves frontier round trips;
+    # the seen-set itself is in JetStream, this only bounds the worker's memory).
+    crawl_seen_cache: int = 200_000
+
     # Rendering (Playwright + Chromium) for pages whose content JavaScript builds.
     render: str = "auto"  # never | auto | always
     chromium_path: str | None = None  # None: Debian's chromium-headless-shell or chromium
@@ -122,6 +126,30 @@ class Settings:
         return f"{self.stream_prefix}_RENDER"
 
     @property
+    def skipped_stream(self) -> str:
+        """Stream of URLs not fetched on purpose (scope, cancelled, robots...), one each."""
+        return f"{self.stream_prefix}_SKIPPED"
+
+    @property
+    def frontier_stream(self) -> str:
+        """Crawls' seen-sets: one message per (crawl, URL), first writer wins."""
+        return f"{self.stream_prefix}_FRONTIER"
+
+    @property
+    def crawl_stream(self) -> str:
+        """Crawls' counted events (queued, fetched, skipped...) and held depth layers."""
+        return f"{self.stream_prefix}_CRAWL"
+
+    @property
+    def crawls_bucket(self) -> str:
+        """JetStream KV bucket of the crawl jobs (spec and state), one key per crawl."""
+        return f"{self.stream_prefix}_CRAWLS"
+
+    def crawl_cap_stream(self, crawl: str) -> str:
+        """The ``--max-pages`` stream of one crawl: its message limit is the cap."""
+        return f"{self.stream_prefix}_CAP_{crawl}"
+
+    @property
     def urls_subject(self) -> str:
         return f"{self.subject_prefix}.urls"
 
@@ -132,6 +160,18 @@ class Settings:
     @property
     def dlq_subject(self) -> str:
         return f"{self.subject_prefix}.dlq"
+
+    @property
+    def skipped_subject(self) -> str:
+        return f"{self.subject_prefix}.skipped"
+
+    @property
+    def frontier_subject(self) -> str:
+        return f"{self.subject_prefix}.frontier"
+
+    @property
+    def crawl_subject(self) -> str:
+        return f"{self.subject_prefix}.crawl"
 
     def replace(self, **overrides: Any) -> Settings:
         """Apply CLI flags: a flag given (not None) wins over the environment."""
@@ -189,6 +229,7 @@ class Settings:
             "supervisor_activation_lag": self.supervisor_activation_lag,
             "supervisor_max_step": self.supervisor_max_step,
             "supervisor_interval_s": self.supervisor_interval_s,
+            "crawl_seen_cache": self.crawl_seen_cache,
         }
         for key, value in positive.items():
             if value <= 0:

@@ -11,15 +11,17 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from fleet.crawl import CrawlCoordinator, CrawlWork
 from fleet.disposition import MaxDeliveriesReaper, Settler
 from fleet.errors import BadMessage, RenderUnavailable, TransientError
 from fleet.messages import Page, page_encoder, url_task_decoder
+from fleet.nats.frontier import Frontier
 from fleet.nats.kv import KvDecisionStore, render_bucket
 from fleet.nats.session import nats_session
 from fleet.nats.streams import WORKERS_CONSUMER, pull
@@ -77,6 +79,7 @@ class Worker:
         max_payload: int,
         on_page: Callable[[Page], None] | None = None,
         telemetry: Telemetry | None = None,
+        crawl: CrawlWork | None = None,
     ) -> None:
         self._js = js
         self._telemetry = telemetry or Telemetry.disabled()
@@ -86,6 +89,7 @@ class Worker:
         self._settler = Settler(js, settings, stage="worker", max_deliver=settings.max_deliver)
         self._inflight: dict[asyncio.Task[None], tuple[Msg, float]] = {}
         self._on_page = on_page
+        self._crawl = crawl
         self.processed = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -158,26 +162,20 @@ class Worker:
                     raise BadMessage(f"undecodable URL message: {exc}") from None
                 url, item_id = task.url, task.id
                 hook.set_url(url)
-                page = await self._scraper.scrape(task, attempt)
-                payload = fit_page(page, self._max_payload)
-                # Same id on a redelivery of the same message: a result is never doubled.
-                msg_id = f"{page.id}-{seq}"
-                headers = {"Nats-Msg-Id": msg_id}
-                subject = self._settings.results_subject
-                with self._telemetry.publishing(subject, headers, message_id=msg_id):
-                    try:
-                        await self._js.publish(
-                            subject, payload, stream=self._settings.results_stream, headers=headers
-                        )
-                    except Exception as exc:
-                        # NATS trouble, not the page's fault: retry like any transient error.
-                        raise TransientError(
-                            f"could not publish the result of {url}: {exc!r}",
-                            reason="result_publish_failed",
-                        ) from exc
-                self.processed += 1
-                if self._on_page is not None:
-                    self._on_page(page)
+                if task.crawl is not None and self._crawl is not None:
+                    page = await self._crawl.handle(
+                        task,
+                        attempt=attempt,
+                        redelivered=attempt > 1,
+                        publish=lambda p: self._publish(p, seq),
+                    )
+                else:
+                    page = await self._scraper.scrape(task, attempt)
+                    await self._publish(page, seq)
+                if page is not None:
+                    self.processed += 1
+                    if self._on_page is not None:
+                        self._on_page(page)
             except asyncio.CancelledError:
                 # Drain ran out of time: hand the URL back at once for another worker.
                 await self._settler.release(msg)
@@ -185,7 +183,13 @@ class Worker:
             except Exception as exc:
                 error = exc
             decision = await self._settler.settle(
-                msg, error, attempt=attempt, url=url, item_id=item_id, seq=seq
+                msg,
+                error,
+                attempt=attempt,
+                url=url,
+                item_id=item_id,
+                seq=seq,
+                before_term=self._crawl_dead_letter(msg) if error is not None else None,
             )
             hook.settled(
                 error,
@@ -193,6 +197,38 @@ class Worker:
                 reason=decision.reason,
                 dead_letter=decision.dead_letter,
             )
+
+    async def _publish(self, page: Page, seq: int) -> None:
+        """Publish a page's result; acked by JetStream before the URL is."""
+        payload = fit_page(page, self._max_payload)
+        # Same id on a redelivery of the same message: a result is never doubled.
+        msg_id = f"{page.id}-{seq}"
+        headers = {"Nats-Msg-Id": msg_id}
+        subject = self._settings.results_subject
+        with self._telemetry.publishing(subject, headers, message_id=msg_id):
+            try:
+                await self._js.publish(
+                    subject, payload, stream=self._settings.results_stream, headers=headers
+                )
+            except Exception as exc:
+                # NATS trouble, not the page's fault: retry like any transient error.
+                raise TransientError(
+                    f"could not publish the result of {page.url}: {exc!r}",
+                    reason="result_publish_failed",
+                ) from exc
+
+    def _crawl_dead_letter(self, msg: Msg) -> Callable[[], Awaitable[None]] | None:
+        """For a crawl task: count it dead before its term."""
+        crawl = self._crawl
+        if crawl is None:
+            return None
+        try:
+            task = url_task_decoder.decode(msg.data)
+        except Exception:
+            return None
+        if task.crawl is None:
+            return None
+        return lambda: crawl.dead_lettered(task)
 
 
 async def serve(settings: Settings, stop: asyncio.Event, telemetry: Telemetry | None = None) -> int:
@@ -237,12 +273,15 @@ async def _serve(
             policy = RenderPolicy(KvDecisionStore(await render_bucket(js, settings)))
         async with Fetcher(settings) as fetcher:
             scraper = Scraper(fetcher, settings, telemetry=telemetry, renderer=pool, policy=policy)
+            frontier = Frontier(nc, js, settings)
+            crawl = CrawlWork(frontier, scraper, fetcher)
             worker = Worker(
                 js,
                 scraper,
                 settings,
                 max_payload=nc.max_payload,
                 telemetry=telemetry,
+                crawl=crawl,
             )
             reaper = MaxDeliveriesReaper(
                 nc,
@@ -250,10 +289,16 @@ async def _serve(
                 Settler(js, settings, stage="worker", max_deliver=settings.max_deliver),
                 settings,
                 on_dead_letter=telemetry.dead_lettered if telemetry is not None else None,
+                before_delete=crawl.dead_lettered,
             )
             await reaper.start()
+            coordinating = asyncio.create_task(CrawlCoordinator(frontier).run(stop))
             try:
                 await worker.run(stop)
             finally:
                 await reaper.stop()
+                coordinating.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await coordinating
+                await frontier.close()
             return worker.processed

@@ -31,6 +31,7 @@ from nats.js.api import (
 from nats.js.errors import FetchTimeoutError, NotFoundError, ServiceUnavailableError
 
 from fleet.errors import ConfigError
+from fleet.nats.frontier import crawl_topology
 from fleet.settings import Settings
 from fleet.urls import redact_url
 
@@ -48,6 +49,9 @@ class Topology:
     urls: StreamConfig
     results: StreamConfig
     dlq: StreamConfig
+    frontier: StreamConfig
+    crawl: StreamConfig
+    skipped: StreamConfig
     workers: ConsumerConfig
     indexer: ConsumerConfig
 
@@ -105,7 +109,17 @@ def topology(settings: Settings) -> Topology:
         max_ack_pending=20_000,
         max_waiting=512,
     )
-    return Topology(urls=urls, results=results, dlq=dlq, workers=workers, indexer=indexer)
+    frontier, crawl, skipped = crawl_topology(settings)
+    return Topology(
+        urls=urls,
+        results=results,
+        dlq=dlq,
+        frontier=frontier,
+        crawl=crawl,
+        skipped=skipped,
+        workers=workers,
+        indexer=indexer,
+    )
 
 
 # Fields the server refuses to change on an existing stream.
@@ -200,7 +214,7 @@ async def require_jetstream(js: JetStreamContext, settings: Settings) -> None:
 async def ensure_topology(js: JetStreamContext, settings: Settings) -> Topology:
     topo = topology(settings)
     await require_jetstream(js, settings)
-    for stream in (topo.urls, topo.results, topo.dlq):
+    for stream in (topo.urls, topo.results, topo.dlq, topo.frontier, topo.crawl, topo.skipped):
         await ensure_stream(js, stream)
     await ensure_consumer(js, settings.urls_stream, topo.workers)
     await ensure_consumer(js, settings.results_stream, topo.indexer)

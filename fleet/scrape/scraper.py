@@ -6,12 +6,14 @@ Knows nothing of NATS: the worker role hands it a task and settles what it retur
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from fleet.errors import RenderUnavailable, TransientError
 from fleet.messages import Page, UrlTask
 from fleet.scrape import extract as extraction
-from fleet.scrape.fetch import FetchResult
+from fleet.scrape.fetch import FetchResult, redirect_target
 from fleet.scrape.render.assess import assess
 from fleet.scrape.render.policy import Plan, RenderPlanning
 from fleet.scrape.render.pool import Rendering
@@ -23,7 +25,39 @@ HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 
 
 class Fetching(Protocol):
-    async def fetch(self, url: str) -> FetchResult: ...
+    async def fetch(
+        self,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        follow_redirects: bool = True,
+    ) -> FetchResult: ...
+
+
+@dataclass(frozen=True, slots=True)
+class NotModified:
+    """A crawl's conditional request was answered 304: the stored page is current."""
+
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
+class Redirected:
+    """A crawl URL redirects: the crawl queues ``target`` (once) instead of following."""
+
+    url: str
+    target: str
+    status: int
+
+
+def conditional_headers(task: UrlTask) -> dict[str, str]:
+    """If-None-Match / If-Modified-Since from the validators a recrawl task carries."""
+    headers: dict[str, str] = {}
+    if task.etag:
+        headers["If-None-Match"] = task.etag
+    if task.last_modified:
+        headers["If-Modified-Since"] = task.last_modified
+    return headers
 
 
 class Scraper:
@@ -49,10 +83,32 @@ class Scraper:
         self._policy = policy
 
     async def scrape(self, task: UrlTask, attempt: int) -> Page:
+        """Fetch (following redirects), render if needed, extract."""
         started = time.perf_counter()
         with self._telemetry.fetching(task.url) as fetching:
             fetched = await self._fetcher.fetch(task.url)
             fetching.response(fetched.status)
+        return await self._page(task, attempt, fetched, started)
+
+    async def scrape_crawl(self, task: UrlTask, attempt: int) -> Page | NotModified | Redirected:
+        """A crawl's fetch: conditional when the task has validators, and redirects are
+        handed back (the crawl queues their targets once) instead of followed."""
+        started = time.perf_counter()
+        with self._telemetry.fetching(task.url) as fetching:
+            fetched = await self._fetcher.fetch(
+                task.url, headers=conditional_headers(task) or None, follow_redirects=False
+            )
+            fetching.response(fetched.status)
+        if fetched.status == 304:
+            return NotModified(task.url)
+        location = fetched.headers.get("location")
+        if 300 <= fetched.status < 400 and location:
+            return Redirected(task.url, redirect_target(task.url, location), fetched.status)
+        return await self._page(task, attempt, fetched, started)
+
+    async def _page(
+        self, task: UrlTask, attempt: int, fetched: FetchResult, started: float
+    ) -> Page:
         fetch_ms = (time.perf_counter() - started) * 1000
         with self._telemetry.stage("extract"):
             ex = self._extract(fetched.body, fetched, fetched.content_type, fetched.charset)
@@ -107,6 +163,11 @@ class Scraper:
             via=via,
             via_reason=plan.reason,
             attempt=attempt,
+            etag=fetched.headers.get("etag", ""),
+            last_modified=fetched.headers.get("last-modified", ""),
+            nofollow=ex.nofollow,
+            crawl=task.crawl,
+            depth=task.depth,
         )
 
     def _extract(
