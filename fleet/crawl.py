@@ -34,6 +34,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final, Literal, Protocol
 from urllib.parse import urlsplit
 
+import msgspec
+
 from fleet.errors import ConfigError, InvalidUrl, PermanentError
 from fleet.messages import (
     CrawlEvent,
@@ -312,7 +314,7 @@ async def cancel_crawl(frontier: Frontier, key: str) -> CrawlSpec:
     (reason ``cancelled``) as they come up; nothing else is touched."""
     spec = await find_crawl(frontier, key)
     if spec.state != "cancelled":
-        spec = dataclasses.replace(spec, state="cancelled", cancelled_at=time.time())
+        spec = msgspec.structs.replace(spec, state="cancelled", cancelled_at=time.time())
         await frontier.put_spec(spec)
     return spec
 

@@ -101,6 +101,7 @@ def crawl_topology(settings: Settings) -> tuple[StreamConfig, StreamConfig, Stre
         discard=DiscardPolicy.NEW,
         discard_new_per_subject=True,
         allow_direct=True,
+        duplicate_window=settings.dedup_window_s,  # unused (no msg ids): the server default
     )
     events = StreamConfig(
         name=settings.crawl_stream,
