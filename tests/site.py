@@ -380,7 +380,7 @@ class CrawlSite:
         depth = {"/docs/index.html": 0}
         frontier = ["/docs/index.html"]
         while frontier:
-            nxt = []
+            nxt: list[str] = []
             for path in frontier:
                 step = 0 if path in self.redirects else 1
                 for target in self.graph.get(path, []):

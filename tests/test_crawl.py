@@ -169,7 +169,7 @@ async def _cancel_mid_crawl(crawl_settings: Settings, site: CrawlSite) -> None:
     crawl = start_crawl_cli(crawl_settings, site.url("/docs/index.html"))
 
     async def some_fetched() -> bool:
-        return (await crawl_view(crawl_settings, crawl))["fetched"] >= 3
+        return bool((await crawl_view(crawl_settings, crawl))["fetched"] >= 3)
 
     await wait_for(some_fetched, timeout=60)
     out = cli(crawl_settings, "crawl", "cancel", crawl)
@@ -182,3 +182,39 @@ async def _cancel_mid_crawl(crawl_settings: Settings, site: CrawlSite) -> None:
     assert total + view["dead_lettered"] == view["discovered"]
     assert hits_at_settle < len(site.reachable())
     assert out.stdout.strip() == crawl
+
+
+@pytest.mark.fault
+async def test_sigkill_of_a_worker_mid_crawl_loses_nothing(
+    crawl_settings: Settings, crawl_site: CrawlSite
+) -> None:
+    site = crawl_site
+    site.delay_s = 0.2
+    settings = crawl_settings.replace(worker_concurrency=4)
+    roles = Roles(settings)
+    try:
+        roles.start("indexer")
+        victim = roles.start("worker")
+        roles.start("worker")
+        crawl = start_crawl_cli(settings, site.url("/docs/index.html"), "--sitemaps")
+
+        async def under_way() -> bool:
+            return bool((await crawl_view(settings, crawl))["fetched"] >= 10)
+
+        await wait_for(under_way, timeout=60)
+        victim.kill()  # SIGKILL: its in-flight URLs come back after AckWait
+        victim.wait()
+        roles.start("worker")
+        view = await wait_crawl_settled(settings, crawl)
+    finally:
+        roles.stop_all()
+    pages = site.pages_of(site.reachable()) | set(site.orphans)
+    assert _paths(site, indexed_urls(settings)) == pages
+    assert set(indexed_urls(settings).values()) == {1}
+    assert view["state"] == "done"
+    assert view["fetched"] == view["indexed"] == len(pages)
+    assert view["discovered"] == len(site.reachable()) + len(site.orphans)
+    assert view["queued"] == view["dead_lettered"] == 0
+    # Only what the killed worker had in flight was requested twice.
+    assert all(site.hits[p] >= 1 for p in pages)
+    assert sum(site.hits.values()) - len(site.hits) <= settings.worker_concurrency

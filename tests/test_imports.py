@@ -22,6 +22,7 @@ ROLES = {
     "fleet.admin",
     "fleet.check",
     "fleet.disposition",
+    "fleet.crawl",
     "fleet.cli",
 }
 
