@@ -3,13 +3,17 @@ loopback site whose link graph the test knows (tests/site.py CrawlSite)."""
 
 from __future__ import annotations
 
+import json
+import os
 import sqlite3
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from fleet.settings import Settings
-from tests.conftest import Canary, Roles, wait_for
+from tests.conftest import Canary, Roles, fleet_cli, wait_for
 from tests.pipeline_helpers import (
     cli,
     crawl_view,
@@ -218,3 +222,32 @@ async def test_sigkill_of_a_worker_mid_crawl_loses_nothing(
     # Only what the killed worker had in flight was requested twice.
     assert all(site.hits[p] >= 1 for p in pages)
     assert sum(site.hits.values()) - len(site.hits) <= settings.worker_concurrency
+
+
+def test_fleet_run_crawl_all_in_one(crawl_site: CrawlSite, tmp_path: Path) -> None:
+    site = crawl_site
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
+    env |= {"FLEET_ALLOW_HOSTS": site.hostport, "FLEET_SINK": f"sqlite:///{tmp_path / 'r.db'}"}
+    seed = site.url("/docs/index.html")
+    out = subprocess.run(
+        [*fleet_cli(), "run", "--crawl", seed, "--workers", "2", "--max-depth", "2", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    within = site.reachable(max_depth=2)
+    pages = site.pages_of(within)
+    for key in ("published", "indexed", "dead_lettered", "invalid", "duplicates", "seconds"):
+        assert key in summary
+    assert summary["pages_per_s"] > 0
+    # Discovered: in scope, followed or over the depth limit.
+    assert summary["discovered"] == len(within) + summary["skipped"]["depth"]
+    assert summary["published"] == len(within)
+    assert summary["indexed"] == len(pages)
+    assert summary["dead_lettered"] == summary["invalid"] == 0
+    assert summary["skipped"]["depth"] > 0
+    assert dict(site.hits) == dict.fromkeys(within, 1)
