@@ -389,6 +389,8 @@ def status(ctx: click.Context, nats_url: str | None, as_json: bool) -> None:
         shown = " ".join(f"{k}={v}" for k, v in view.items()) or "(missing)"
         click.echo(f"consumer {name:7} {shown}")
     click.echo(f"dead letters {info['dead_letters']}")
+    skipped = " ".join(f"{k}={v}" for k, v in sorted(info["skipped"].items()))
+    click.echo(f"skipped {sum(info['skipped'].values())}" + (f" ({skipped})" if skipped else ""))
     for d in info["render_domains"]:
         path = "browser" if d["needs_render"] else "http"
         click.echo(
