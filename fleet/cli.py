@@ -144,10 +144,10 @@ def crawl_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             click.option(
                 "--scope",
                 type=click.Choice(["host", "domain", "prefix", "any"]),
-                default="prefix",
-                show_default=True,
+                default=None,
                 help="Follow links on the seed's host, registrable domain, URL prefix "
-                "(scheme, host, path up to its last /), or anywhere",
+                "(scheme, host, path up to its last /), or anywhere [prefix; a recrawl: "
+                "the earlier crawl's]",
             ),
             click.option(
                 "--include",

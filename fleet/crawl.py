@@ -93,7 +93,7 @@ class CrawlOptions:
     """What `fleet crawl start` / `fleet run --crawl` were asked for."""
 
     seeds: Sequence[str]
-    scope: str = "prefix"
+    scope: str | None = None  # None: prefix (or, on a recrawl, the earlier crawl's)
     include: Sequence[str] = ()
     exclude: Sequence[str] = ()
     max_depth: int | None = None
@@ -101,6 +101,22 @@ class CrawlOptions:
     sitemaps: bool = False
     name: str = ""
     recrawl: str | None = None  # id or name of an earlier crawl to revisit
+
+    def over(self, earlier: CrawlSpec | None) -> CrawlOptions:
+        """These options, with what was not given taken from the crawl being revisited."""
+        if earlier is None:
+            return dataclasses.replace(self, scope=self.scope or "prefix")
+        return dataclasses.replace(
+            self,
+            seeds=self.seeds or earlier.seeds,
+            scope=self.scope or earlier.scope,
+            include=self.include or earlier.include,
+            exclude=self.exclude or earlier.exclude,
+            max_depth=self.max_depth if self.max_depth is not None else earlier.max_depth,
+            max_pages=self.max_pages if self.max_pages is not None else earlier.max_pages,
+            sitemaps=self.sitemaps or earlier.sitemaps,
+            name=self.name or earlier.name,
+        )
 
 
 def layered(spec: CrawlSpec) -> bool:
@@ -260,13 +276,14 @@ async def start_crawl(frontier: Frontier, options: CrawlOptions) -> CrawlSpec:
     elif options.name:
         named = [s for s in await frontier.specs() if s.name == options.name]
         earlier = named[-1] if named else None
-    seeds = _seed_urls(options.seeds or (earlier.seeds if earlier else ()))
+    options = options.over(earlier)
+    seeds = _seed_urls(options.seeds)
     if options.max_depth is not None and options.max_depth < 0:
         raise ConfigError("--max-depth must be 0 or more")
     if options.max_pages is not None and options.max_pages < 1:
         raise ConfigError("--max-pages must be 1 or more")
-    scope: CrawlScopeName = options.scope  # type: ignore[assignment]  # checked by build
-    CrawlScope.build(seeds, options.scope, options.include, options.exclude)  # validates
+    scope: CrawlScopeName = options.scope or "prefix"  # type: ignore[assignment]  # built
+    CrawlScope.build(seeds, scope, options.include, options.exclude)  # validates
     spec = CrawlSpec(
         id=_new_id(),
         seeds=seeds,
@@ -276,7 +293,7 @@ async def start_crawl(frontier: Frontier, options: CrawlOptions) -> CrawlSpec:
         max_depth=options.max_depth,
         max_pages=options.max_pages,
         sitemaps=options.sitemaps,
-        name=options.name or (earlier.name if earlier else ""),
+        name=options.name,
         created_at=time.time(),
         recrawl_of=earlier.id if earlier else None,
     )
@@ -354,8 +371,15 @@ class CrawlLinks:
         by_url = {t.url: t for t in revisit}
         cands = [Candidate(u, url_id(u), 0) for u in seeds if u not in by_url]
         cands += [Candidate(t.url, t.id, t.depth) for t in revisit]
-        hold = layered(self._spec) and self._spec.sitemaps
-        await self._claim_and_queue("seed", cands, recheck=False, hold=hold, validators=by_url)
+        if not layered(self._spec):
+            await self._claim_and_queue("seed", cands, recheck=False, hold=False, validators=by_url)
+            return
+        # Layer by layer: depth 0 goes now (after the sitemaps, if any), the rest is held.
+        now = [c for c in cands if c.depth == 0]
+        later = [c for c in cands if c.depth > 0]
+        hold_now = self._spec.sitemaps
+        await self._claim_and_queue("seed", now, recheck=False, hold=hold_now, validators=by_url)
+        await self._claim_and_queue("seed", later, recheck=False, hold=True, validators=by_url)
 
     async def discover(
         self, parent: UrlTask, urls: Sequence[str], depth: int, *, recheck: bool

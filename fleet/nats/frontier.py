@@ -188,6 +188,7 @@ class JsPipe:
         await self.start()
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[bytes]] = []
+        replies_to: list[str] = []
         try:
             for subject, payload, headers in items:
                 await self._window.acquire()
@@ -197,6 +198,7 @@ class JsPipe:
                 future.add_done_callback(lambda _f: self._window.release())
                 self._futures[reply] = future
                 futures.append(future)
+                replies_to.append(reply)
                 await self._nc.publish(subject, payload, reply=reply, headers=headers)
             async with asyncio.timeout(PIPE_TIMEOUT_S):
                 replies = await asyncio.gather(*futures)
@@ -210,9 +212,10 @@ class JsPipe:
                 f"JetStream publish failed: {exc!r}", reason="frontier_unavailable"
             ) from exc
         finally:
-            for future in futures:
+            for reply, future in zip(replies_to, futures, strict=True):
                 if not future.done():
                     future.cancel()
+                    self._futures.pop(reply, None)
         return [_ack(data) for data in replies]
 
     async def close(self) -> None:
@@ -324,18 +327,25 @@ class Frontier:
         ]
         self.checks += len(items)
         acks = await self._pipe.publish(items)
+        existing: list[int] = []
         for i, ack in zip(todo, acks, strict=True):
             if ack.ok:
                 mine[i] = True
             elif ack.code in _EXISTS_CODES:
-                if recheck:
-                    mine[i] = await self._owned_by(crawl, candidates[i].uid, owner)
-                if not mine[i]:
-                    self._seen.add((crawl, candidates[i].uid))
+                existing.append(i)
             else:
                 raise TransientError(
                     f"frontier refused an entry (err_code {ack.code})", reason="frontier_error"
                 )
+        if recheck and existing:
+            owned = await asyncio.gather(
+                *(self._owned_by(crawl, candidates[i].uid, owner) for i in existing)
+            )
+            for i, own in zip(existing, owned, strict=True):
+                mine[i] = own
+        for i in existing:
+            if not mine[i]:
+                self._seen.add((crawl, candidates[i].uid))
         return mine
 
     async def _owned_by(self, crawl: str, uid: str, owner: str) -> bool:

@@ -20,10 +20,8 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Final
+from typing import Any, Final
 from urllib.parse import urlsplit
-
-import tldextract
 
 from fleet.errors import ConfigError
 from fleet.messages import CrawlScopeName
@@ -55,9 +53,6 @@ NON_HTML_EXTENSIONS: Final = frozenset(
     }
 )  # fmt: skip
 
-# Offline: the snapshot of the Public Suffix List bundled with tldextract, never fetched.
-_EXTRACT: Final = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
-
 
 class ScopeError(ConfigError):
     """A crawl's scope or patterns cannot be used; the message names the fix."""
@@ -81,11 +76,21 @@ def prefix_of(seed: str) -> str:
     return f"{parts.scheme}://{parts.netloc}{path[: path.rfind('/') + 1]}"
 
 
+@lru_cache(maxsize=1)
+def _suffixes() -> Any:
+    # Loaded on first use (--scope domain only): its import and list cost ~0.1 s, which every
+    # worker would otherwise pay at start-up. Offline: the Public Suffix List snapshot that
+    # tldextract bundles, never fetched.
+    import tldextract  # noqa: PLC0415
+
+    return tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
+
+
 @lru_cache(maxsize=4096)
 def registrable_domain(host: str) -> str:
     """``docs.python.org`` -> ``python.org``; an IP address or a bare name is itself."""
-    ext = _EXTRACT(host)
-    return ext.top_domain_under_public_suffix or host
+    ext = _suffixes()(host)
+    return str(ext.top_domain_under_public_suffix or host)
 
 
 @dataclass(frozen=True)
@@ -118,8 +123,8 @@ class CrawlScope:
         parsed = []
         for seed in seeds:
             parts = urlsplit(seed)
-            host = parts.hostname or ""
-            parsed.append(_SeedScope(parts.netloc, registrable_domain(host), prefix_of(seed)))
+            domain = registrable_domain(parts.hostname or "") if scope == "domain" else ""
+            parsed.append(_SeedScope(parts.netloc, domain, prefix_of(seed)))
         return cls(
             scope=scope,  # type: ignore[arg-type]  # checked against SCOPES above
             seeds=tuple(parsed),

@@ -14,10 +14,6 @@ import zlib
 from dataclasses import dataclass
 from typing import Final
 
-from protego import Protego
-from usp.objects.sitemap import AbstractIndexSitemap, InvalidSitemap
-from usp.tree import sitemap_from_str
-
 from fleet.errors import BodyTooLarge, InvalidUrl
 from fleet.scrape.extract import decode_body
 from fleet.urls import normalize_url
@@ -51,6 +47,8 @@ class SitemapContent:
 
 def robots_sitemaps(robots_txt: str) -> list[str]:
     """The normalised ``Sitemap:`` URLs of a robots.txt, in order, without repeats."""
+    from protego import Protego  # noqa: PLC0415 - loaded by the first crawl with --sitemaps
+
     out: dict[str, None] = {}
     for raw in Protego.parse(robots_txt).sitemaps:
         try:
@@ -80,6 +78,10 @@ def parse_sitemap(body: bytes, charset: str | None = None) -> SitemapContent:
     URLs that do not normalise are dropped; at most MAX_SITEMAP_URLS pages are kept.
     A file that is no sitemap at all gives nothing (logged), not an error.
     """
+    # Loaded by the first sitemap read: usp's import costs every worker ~0.1 s otherwise.
+    from usp.objects.sitemap import AbstractIndexSitemap, InvalidSitemap  # noqa: PLC0415
+    from usp.tree import sitemap_from_str  # noqa: PLC0415
+
     text = decode_body(gunzip_capped(body), charset)
     parsed = sitemap_from_str(text)
     pages: dict[str, None] = {}
