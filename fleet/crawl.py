@@ -559,7 +559,7 @@ class CrawlWork:
         """Process one crawl task; returns the page published, if any."""
         links = await self._crawl(task)
         if links is None or links.spec.state == "cancelled":
-            await self._skip(task, CANCELLED, "crawl cancelled" if links else "crawl deleted")
+            await self.skip(task, CANCELLED, "crawl cancelled" if links else "crawl deleted")
             return None
         if task.kind != "page":
             await self._read_sitemap(links, task, redelivered)
@@ -604,7 +604,9 @@ class CrawlWork:
         assert task.crawl is not None
         await self._f.record(task.crawl, [Event(kind, task.id, task.depth, body, reason)])
 
-    async def _skip(self, task: UrlTask, reason: str, detail: str) -> None:
+    async def skip(self, task: UrlTask, reason: str, detail: str) -> None:
+        """Count a crawl task not fetched on purpose (``cancelled``; ``robots`` from the
+        politeness gate) and record it in the skipped stream; the caller then acks it."""
         assert task.crawl is not None
         if task.kind != "page":
             await self._count(task, SITEMAP_DONE, CrawlEvent(url=task.url, detail=detail))

@@ -21,6 +21,7 @@ from tests.pipeline_helpers import (
     sqlite_path,
     start_crawl_cli,
     wait_crawl_settled,
+    write_urls,
 )
 from tests.site import CrawlSite
 
@@ -71,17 +72,22 @@ async def test_crawl_from_the_root_finds_exactly_the_reachable_pages(
 
 
 async def test_max_depth_is_exact(
-    crawl_settings: Settings, crawl_site: CrawlSite, fleet_roles: Roles
+    crawl_settings: Settings, crawl_site: CrawlSite, fleet_roles: Roles, tmp_path: Path
 ) -> None:
     site = crawl_site
     crawl = start_crawl_cli(crawl_settings, site.url("/docs/index.html"), "--max-depth", "3")
+    # A plain published URL shares the workers with the crawl, and stays out of its counts.
+    plain = site.url("/docs/orphan1.html")
+    urls = write_urls(tmp_path / "urls.txt", [plain])
+    assert cli(crawl_settings, "publish", str(urls)).returncode == 0
     view = await wait_crawl_settled(crawl_settings, crawl)
     within = site.reachable(max_depth=3)
     assert len(within) < len(site.reachable())
-    assert dict(site.hits) == dict.fromkeys(within, 1)
+    assert dict(site.hits) == {**dict.fromkeys(within, 1), "/docs/orphan1.html": 1}
     assert view["state"] == "done"
     assert view["fetched"] == len(site.pages_of(within))
     assert view["skipped"]["depth"] > 0
+    assert plain in indexed_urls(crawl_settings)
 
 
 async def test_include_exclude_and_max_pages(
