@@ -6,7 +6,7 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: help venv demo test test-fast lint fmt bench bench-render bench-scale clean \
+.PHONY: help venv demo test test-fast lint fmt bench bench-crawl bench-render bench-scale clean \
 	images base-image dev-image ci-images up down logs ps scale compose-env
 
 # Containers (docs/containers.md). BuildKit is required; CI passes DOCKER=/usr/bin/docker
@@ -29,6 +29,7 @@ help:
 	@echo "make test   - run the test suite (real nats-server, loopback HTTP servers)"
 	@echo "make lint   - ruff + mypy --strict"
 	@echo "make bench  - fleet vs Scrapy on a generated 2,000-page loopback site"
+	@echo "make bench-crawl  - fleet run --crawl vs Scrapy CrawlSpider vs Crawlee, 2,000 pages from the root"
 	@echo "make bench-render - worker --render always vs a bare Playwright loop (Chromium)"
 	@echo "make bench-scale  - supervisor: burst to max replicas, drain to min, URLs/s per replica count"
 	@echo "make images - build $(IMAGE) and $(BROWSER_IMAGE) (BASE_IMAGE=fleet-base:local offline)"
@@ -64,6 +65,10 @@ fmt: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.run $(BENCH_ARGS)
+	$(PY) -m bench.crawl $(BENCH_CRAWL_ARGS)
+
+bench-crawl: $(STAMP)
+	$(PY) -m bench.crawl $(BENCH_ARGS)
 
 bench-render: $(STAMP)
 	$(PY) -m bench.render $(BENCH_ARGS)

@@ -47,7 +47,7 @@ async def dead_letter_counts(js: JetStreamContext, settings: Settings) -> dict[s
 
 
 async def skipped_counts(js: JetStreamContext, settings: Settings) -> dict[str, int]:
-    """URLs skipped on purpose, by reason (robots); empty when there is no such stream."""
+    """URLs skipped on purpose, by reason (scope, cancelled...); empty without the stream."""
     try:
         info = await js.stream_info(
             settings.skipped_stream, subjects_filter=f"{settings.skipped_subject}.>"

@@ -140,6 +140,64 @@ metrics_option = click.option(
 )
 
 
+def crawl_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The follow rules shared by `fleet crawl start` and `fleet run --crawl`."""
+    for option in reversed(
+        [
+            click.option(
+                "--scope",
+                type=click.Choice(["host", "domain", "prefix", "any"]),
+                default=None,
+                help="Follow links on the seed's host, registrable domain, URL prefix "
+                "(scheme, host, path up to its last /), or anywhere [prefix; a recrawl: "
+                "the earlier crawl's]",
+            ),
+            click.option(
+                "--include",
+                multiple=True,
+                metavar="REGEX",
+                help="Follow only links matching one of these (repeatable)",
+            ),
+            click.option(
+                "--exclude",
+                multiple=True,
+                metavar="REGEX",
+                help="Never follow links matching one of these (repeatable)",
+            ),
+            click.option("--max-depth", type=int, default=None, help="Clicks from a seed [∞]"),
+            click.option("--max-pages", type=int, default=None, help="Hard cap on pages queued"),
+            click.option(
+                "--sitemaps", is_flag=True, help="Also queue the pages of robots.txt/sitemap.xml"
+            ),
+            click.option("--name", default="", help="A name; starting it again is a recrawl"),
+            click.option(
+                "--recrawl",
+                default=None,
+                metavar="ID",
+                help="Revisit crawl ID's pages with conditional requests",
+            ),
+        ]
+    ):
+        fn = option(fn)
+    return fn
+
+
+def _crawl_opts(seeds: tuple[str, ...], **kw: Any) -> Any:
+    from fleet.crawl import CrawlOptions
+
+    return CrawlOptions(
+        seeds=seeds,
+        scope=kw["scope"],
+        include=tuple(kw["include"]),
+        exclude=tuple(kw["exclude"]),
+        max_depth=kw["max_depth"],
+        max_pages=kw["max_pages"],
+        sitemaps=kw["sitemaps"],
+        name=kw["name"],
+        recrawl=kw["recrawl"],
+    )
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--log-level", default=None, help="DEBUG, INFO, WARNING… [env FLEET_LOG_LEVEL]")
 @click.option(
@@ -486,7 +544,7 @@ def dlq_replay(ctx: click.Context, nats_url: str | None, reason: str | None, as_
 
 @main.group()
 def skipped() -> None:
-    """URLs not fetched on purpose (robots.txt), with their reason."""
+    """URLs not fetched on purpose (robots.txt, crawl scope, cancelled...), with their reason."""
 
 
 @skipped.command("list")
@@ -523,8 +581,120 @@ def skipped_list(
     click.echo(f"{len(records)} skipped URL(s)")
 
 
+@main.group()
+def crawl() -> None:
+    """Crawls: follow links from seed URLs within a scope, on the shared NATS server."""
+
+
+def _frontier_call(settings: Settings, name: str, call: Callable[[Any], Awaitable[T]]) -> T:
+    async def go() -> T:
+        from fleet.nats.frontier import Frontier
+        from fleet.nats.session import nats_session
+
+        async with nats_session(settings, name=name, reconnect=False) as session:
+            frontier = Frontier(session.nc, session.js, settings)
+            try:
+                return await call(frontier)
+            finally:
+                await frontier.close()
+
+    return _guard(lambda: _run(go()))
+
+
+@crawl.command("start")
+@click.argument("urls", nargs=-1)
+@crawl_options
+@nats_option
+@json_option
+@click.pass_context
+def crawl_start(
+    ctx: click.Context, /, urls: tuple[str, ...], nats_url: str | None, as_json: bool, **kw: Any
+) -> None:
+    """Start a crawl from URLS (a --recrawl or a known --name may omit them); prints its id."""
+    settings = _settings(ctx, nats_url=nats_url)
+    from fleet.crawl import start_crawl
+
+    options = _crawl_opts(urls, **kw)
+    if not urls and not (options.recrawl or options.name):
+        _fail("give at least one seed URL (or --recrawl ID)")
+    spec = _frontier_call(settings, "fleet-crawl", lambda f: start_crawl(f, options))
+    if as_json:
+        view = {"crawl": spec.id, "name": spec.name, "seeds": spec.seeds, "scope": spec.scope}
+        click.echo(json.dumps({**view, "recrawl_of": spec.recrawl_of}))
+    else:
+        click.echo(spec.id)
+
+
+@crawl.command("list")
+@nats_option
+@json_option
+@click.pass_context
+def crawl_list(ctx: click.Context, nats_url: str | None, as_json: bool) -> None:
+    """Every crawl with its state and counters."""
+    settings = _settings(ctx, nats_url=nats_url)
+    from fleet.crawl import list_crawls
+
+    views = _frontier_call(settings, "fleet-crawl", list_crawls)
+    if as_json:
+        click.echo(json.dumps(views))
+        return
+    for v in views:
+        click.echo(
+            f"{v['crawl']} {v['state']:9} {v['name'] or '-'} fetched={v['fetched']} "
+            f"queued={v['queued']} discovered={v['discovered']} {' '.join(v['seeds'])}"
+        )
+    if not views:
+        click.echo("no crawls")
+
+
+@crawl.command("status")
+@click.argument("crawl_id")
+@nats_option
+@json_option
+@click.pass_context
+def crawl_status_cmd(
+    ctx: click.Context, crawl_id: str, nats_url: str | None, as_json: bool
+) -> None:
+    """Counters and state of crawl CRAWL_ID (an id, or a name: its newest crawl)."""
+    settings = _settings(ctx, nats_url=nats_url)
+    from fleet.crawl import crawl_status
+
+    view = _frontier_call(settings, "fleet-crawl", lambda f: crawl_status(f, crawl_id))
+    if as_json:
+        click.echo(json.dumps(view))
+        return
+    for key in ("crawl", "name", "state", "discovered", "queued", "fetched", "unchanged"):
+        click.echo(f"{key:14} {view[key]}")
+    for key in ("redirected", "indexed", "dead_lettered", "sitemaps_read"):
+        click.echo(f"{key:14} {view[key]}")
+    skipped = " ".join(f"{k}={n}" for k, n in view["skipped"].items())
+    click.echo(f"{'skipped':14} {sum(view['skipped'].values())} {skipped}".rstrip())
+
+
+@crawl.command("cancel")
+@click.argument("crawl_id")
+@nats_option
+@json_option
+@click.pass_context
+def crawl_cancel(ctx: click.Context, crawl_id: str, nats_url: str | None, as_json: bool) -> None:
+    """Stop crawl CRAWL_ID: in-flight URLs finish, queued ones are skipped (cancelled)."""
+    settings = _settings(ctx, nats_url=nats_url)
+    from fleet.crawl import cancel_crawl
+
+    spec = _frontier_call(settings, "fleet-crawl", lambda f: cancel_crawl(f, crawl_id))
+    click.echo(json.dumps({"crawl": spec.id, "state": spec.state}) if as_json else spec.id)
+
+
 @main.command()
-@click.argument("file")
+@click.argument("file", required=False)
+@click.option(
+    "--crawl",
+    "crawl_seeds",
+    multiple=True,
+    metavar="URL",
+    help="Crawl from URL (repeatable) instead of a file of URLs; until the crawl is done",
+)
+@crawl_options
 @click.option(
     "--workers",
     type=int,
@@ -551,8 +721,10 @@ def skipped_list(
 @click.pass_context
 def run(
     ctx: click.Context,
+    /,
     *,  # click passes every parameter by name
-    file: str,
+    file: str | None,
+    crawl_seeds: tuple[str, ...],
     workers: int | None,
     autoscale: bool,
     nats_url: str | None,
@@ -560,8 +732,12 @@ def run(
     render: str | None,
     metrics_port: int | None,
     as_json: bool,
+    **crawl_kw: Any,
 ) -> None:
-    """All in one: publish FILE, run workers and the indexer until every URL is done."""
+    """All in one: publish FILE (or crawl from --crawl URL), run workers and the indexer
+    until every URL is done."""
+    if bool(file) == bool(crawl_seeds):
+        _fail("give a FILE of URLs or --crawl URL (not both)")
     settings = _settings(
         ctx, nats_url=nats_url, sink=sink, render=render, metrics_port=metrics_port
     )
@@ -584,7 +760,21 @@ def run(
             min_replicas=min(settings.supervisor_min, most),
         )
 
+    crawl_options_ = _crawl_opts(crawl_seeds, **crawl_kw) if crawl_seeds else None
+
     async def go() -> RunSummary:
+        if crawl_options_ is not None:
+            return await run_pipeline(
+                settings,
+                (),
+                workers=n_workers,
+                base_env=os.environ,
+                on_invalid=_invalid_reporter("-"),
+                telemetry=telemetry,
+                autoscale=policy,
+                crawl=crawl_options_,
+            )
+        assert file is not None
         with _open_lines(file) as fh:
             bar = _progress(file, not as_json)
             try:
@@ -613,8 +803,9 @@ def run(
         click.echo(json.dumps(summary.as_dict()))
     else:
         d = summary.as_dict()
+        found = f"crawl {d['crawl']}: discovered {d['discovered']}, " if "crawl" in d else ""
         click.echo(
-            f"published {d['published']}, indexed {d['indexed']}, dead-lettered "
+            f"{found}published {d['published']}, indexed {d['indexed']}, dead-lettered "
             f"{d['dead_lettered']}, skipped {sum(d['skipped'].values())}, invalid "
             f"{d['invalid']} in {d['seconds']}s ({d['pages_per_s']} pages/s)"
         )

@@ -16,7 +16,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Literal, Protocol
 
@@ -156,13 +156,16 @@ class Settler:
         url: str,
         item_id: str,
         seq: int,
+        before_term: Callable[[], Awaitable[None]] | None = None,
     ) -> Decision:
-        """Carry out the decision for ``error`` on ``msg`` and return it.
+        """Carry out the decision for ``error`` (None: success) on ``msg`` and return it.
 
         Ack, nak with a delay, or write the dead letter and term. If the dead letter cannot be
         written the message is nak'ed instead and the returned decision is a NAK with reason
-        ``dead_letter_failed``. A failed ack/nak/term is logged, not raised: the connection is down
-        and the server redelivers after AckWait.
+        ``dead_letter_failed``. ``before_term`` runs after a dead letter is written and before
+        the message is terminated (a crawl counts the URL there); if it fails the message is
+        nak'ed, and both are repeated on the redelivery (each is idempotent). A failed
+        ack/nak/term is logged, not raised: the server redelivers after AckWait.
         """
         decision = self.decide(error, attempt)
         try:
@@ -191,7 +194,7 @@ class Settler:
                     payload=msg.data,
                     trace_headers=trace_headers(msg.headers),
                 )
-                if not await self.dead_letter(letter, seq):
+                if not await self.dead_letter(letter, seq) or not await _run_hook(before_term, url):
                     # Keep the message rather than lose it; it comes back after the delay.
                     await msg.nak(delay=backoff_delay(attempt, self._settings.backoff_base_s, 30))
                     return Decision(Action.NAK, delay_s=0, reason="dead_letter_failed")
@@ -316,6 +319,17 @@ class Settler:
         return True
 
 
+async def _run_hook(hook: Callable[[], Awaitable[None]] | None, url: str) -> bool:
+    if hook is None:
+        return True
+    try:
+        await hook()
+    except Exception as exc:
+        log.warning("could not record the dead letter of %s: %s", url, exc, extra={"url": url})
+        return False
+    return True
+
+
 class MaxDeliveriesReaper:
     """Dead-letters URLs whose last allowed delivery ended without an ack or a term.
 
@@ -338,8 +352,12 @@ class MaxDeliveriesReaper:
         settings: Settings,
         *,
         on_dead_letter: Callable[[str, str], None] | None = None,
+        before_delete: Callable[[UrlTask], Awaitable[None]] | None = None,
     ):
+        """``before_delete`` runs for a decoded task after its dead letter is written and
+        before the URL leaves the stream (a crawl counts it there)."""
         self._on_dead_letter = on_dead_letter
+        self._before_delete = before_delete
         self._js = js
         self._settler = settler
         self._settings = settings
@@ -393,6 +411,7 @@ class MaxDeliveriesReaper:
             log.warning("dropping a malformed max-deliveries advisory: %s", exc)
             return True
         data = raw.data or b""
+        task: UrlTask | None = None
         try:
             task = url_task_decoder.decode(data)
             url, item_id = task.url, task.id
@@ -411,6 +430,10 @@ class MaxDeliveriesReaper:
         )
         if not await self._settler.dead_letter(letter, seq):
             return False
+        if task is not None and self._before_delete is not None:
+            hook = self._before_delete
+            if not await _run_hook(lambda: hook(task), url):
+                return False  # tried again: the advisory goes back to the stream
         if self._on_dead_letter is not None:
             self._on_dead_letter("worker", letter.reason)
         with contextlib.suppress(NotFoundError):

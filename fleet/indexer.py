@@ -19,13 +19,15 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from fleet.disposition import Settler, backoff_delay
-from fleet.errors import BadMessage, PermanentError, SinkUnavailable
-from fleet.messages import Page, page_decoder
+from fleet.errors import BadMessage, FleetError, PermanentError, SinkUnavailable
+from fleet.messages import CrawlEvent, Page, page_decoder
+from fleet.nats.frontier import INDEX_FAILED, INDEXED, Event, Frontier
 from fleet.nats.session import nats_session
 from fleet.nats.streams import INDEXER_CONSUMER, pull
 from fleet.settings import Settings
 from fleet.sinks import Sink
 from fleet.telemetry import Hook, Telemetry
+from fleet.urls import url_id
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +56,10 @@ class Indexer:
         settings: Settings,
         *,
         telemetry: Telemetry | None = None,
+        frontier: Frontier | None = None,
     ) -> None:
         self._js = js
+        self._frontier = frontier
         self._telemetry = telemetry or Telemetry.disabled()
         self._sink = sink
         self._settings = settings
@@ -124,6 +128,10 @@ class Indexer:
         for item in items:
             if item.page is not None and item.page.id in rejected:
                 item.error = PermanentError(rejected[item.page.id], reason="sink_rejected")
+        if not await self._count_crawl_pages(items):
+            for item in items:
+                await self._settler.release(item.msg)
+            return
         self.batches += 1
         for index, item in enumerate(items):
             meta = item.msg.metadata
@@ -148,6 +156,34 @@ class Indexer:
                 )
             if item.error is None:
                 self.indexed += 1
+
+    async def _count_crawl_pages(self, items: list[_Item]) -> bool:
+        """Count crawl pages indexed (or refused) before their acks; False if that failed
+        (the batch is then handed back: its upsert and these counts are idempotent)."""
+        if self._frontier is None:
+            return True
+        by_crawl: dict[str, list[Event]] = {}
+        for item in items:
+            page = item.page
+            if page is None or page.crawl is None:
+                continue
+            if item.error is None:
+                kind = INDEXED
+            elif isinstance(item.error, PermanentError):
+                kind = INDEX_FAILED
+            else:
+                continue
+            body = CrawlEvent(url=page.url, depth=page.depth)
+            by_crawl.setdefault(page.crawl, []).append(
+                Event(kind, url_id(page.url), page.depth, body)
+            )
+        try:
+            for crawl, events in by_crawl.items():
+                await self._frontier.record(crawl, events)
+        except FleetError as exc:
+            log.warning("could not count indexed crawl pages (%s); batch handed back", exc)
+            return False
+        return True
 
     async def _upsert(
         self, pages: Sequence[Page], msgs: list[Msg], stop: asyncio.Event
@@ -217,6 +253,10 @@ async def serve(
                 log.warning("sink unavailable at start (%s); retrying in %.1fs", exc, delay)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=delay)
-        indexer = Indexer(session.js, sink, settings, telemetry=telemetry)
-        await indexer.run(stop)
+        frontier = Frontier(session.nc, session.js, settings)
+        indexer = Indexer(session.js, sink, settings, telemetry=telemetry, frontier=frontier)
+        try:
+            await indexer.run(stop)
+        finally:
+            await frontier.close()
         return indexer.indexed

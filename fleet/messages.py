@@ -20,6 +20,14 @@ class UrlTask(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     # Fetch attempts made on earlier messages of this URL: a URL deferred for politeness
     # comes back as a new message, and its attempts still count towards max_deliver.
     attempts: int = 0
+    # Crawl tasks only (plain URLs leave these out): the crawl, the link depth from its
+    # seeds, what to do with the URL, and the validators of the last fetch (recrawl).
+    crawl: str | None = None
+    depth: int = 0
+    kind: Literal["page", "sitemap", "robots"] = "page"
+    etag: str = ""
+    last_modified: str = ""
+    content_hash: str = ""
 
 
 class Page(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -44,6 +52,14 @@ class Page(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     via: Literal["http", "browser"] = "http"
     via_reason: str = ""
     attempt: int = 1
+    # Cache validators of the response (conditional requests on a recrawl).
+    etag: str = ""
+    last_modified: str = ""
+    # <meta name="robots" content="nofollow">: the page's links are not to be followed.
+    nofollow: bool = False
+    # The crawl (if any) the page was fetched for, and its depth there.
+    crawl: str | None = None
+    depth: int = 0
 
 
 class DeadLetter(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -77,10 +93,62 @@ class RenderDecision(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
     decided_at: float = 0.0
 
 
-class Skipped(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """A URL not fetched on purpose (``reason``: robots), kept in the skipped stream.
+CrawlScopeName = Literal["host", "domain", "prefix", "any"]
 
-    Accounted for like a dead letter, but not one: nothing failed and nothing is replayed.
+
+class CrawlSpec(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A crawl job: what to follow from which seeds, and whether it was cancelled.
+
+    Kept in the crawls KV bucket (one key per crawl id); everything but ``state`` is fixed
+    when the crawl starts. "done" is not stored: it is read from the crawl's counters.
+    """
+
+    id: str
+    seeds: list[str]
+    scope: CrawlScopeName = "prefix"
+    include: list[str] = msgspec.field(default_factory=list)
+    exclude: list[str] = msgspec.field(default_factory=list)
+    max_depth: int | None = None
+    max_pages: int | None = None
+    sitemaps: bool = False
+    name: str = ""
+    created_at: float = 0.0
+    state: Literal["running", "cancelled"] = "running"
+    cancelled_at: float = 0.0
+    recrawl_of: str | None = None
+
+
+class FrontierEntry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A URL's one entry in a crawl's seen-set (first writer wins, kept for the crawl's life).
+
+    ``owner`` is the task that discovered it: when that task is redelivered it finds its
+    own entries and queues them again (idempotently), where any other task skips them.
+    """
+
+    url: str
+    depth: int = 0
+    owner: str = ""
+    verdict: str = ""  # "" queued, else the reason it was skipped (scope, filtered, ...)
+
+
+class CrawlEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One counted event of a crawl (queued, fetched, skipped...): one message per URL and
+    kind, deduplicated by its message id, so counters are message counts and stay exact."""
+
+    url: str
+    depth: int = 0
+    detail: str = ""
+    # fetched: the validators a recrawl sends back.
+    etag: str = ""
+    last_modified: str = ""
+    content_hash: str = ""
+
+
+class Skipped(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A URL not fetched on purpose (``reason``: scope, cancelled, robots...), kept in the
+    skipped stream. Accounted for like a dead letter, but not one: nothing failed.
+
+    Same record as the politeness work's (robots); ``crawl`` says which crawl skipped it.
     """
 
     url: str
@@ -89,6 +157,7 @@ class Skipped(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     detail: str = ""
     skipped_at: float
     source: str | None = None
+    crawl: str | None = None
 
 
 class RobotsEntry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -137,6 +206,14 @@ robots_entry_encoder = msgspec.json.Encoder()
 robots_entry_decoder = msgspec.json.Decoder(RobotsEntry)
 host_state_encoder = msgspec.json.Encoder()
 host_state_decoder = msgspec.json.Decoder(HostState)
+crawl_spec_encoder = msgspec.json.Encoder()
+crawl_spec_decoder = msgspec.json.Decoder(CrawlSpec)
+frontier_entry_encoder = msgspec.json.Encoder()
+frontier_entry_decoder = msgspec.json.Decoder(FrontierEntry)
+crawl_event_encoder = msgspec.json.Encoder()
+crawl_event_decoder = msgspec.json.Decoder(CrawlEvent)
+skipped_encoder = msgspec.json.Encoder()
+skipped_decoder = msgspec.json.Decoder(Skipped)
 
 TRACE_HEADERS = ("traceparent", "tracestate")
 

@@ -16,13 +16,15 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from nats.js import JetStreamContext
 
 from fleet.admin import dead_letter_counts, skipped_counts
+from fleet.crawl import CrawlOptions, read_counts, start_crawl
 from fleet.errors import TransientError
+from fleet.nats.frontier import Frontier
 from fleet.nats.server import EmbeddedNats
 from fleet.nats.session import nats_session
 from fleet.nats.streams import INDEXER_CONSUMER
@@ -78,6 +80,10 @@ class RunSummary:
     skipped: dict[str, int] = dataclasses.field(default_factory=dict)
     seconds: float = 0.0
     completed: bool = False
+    # `fleet run --crawl`: the crawl's id and distinct in-scope URLs found.
+    crawl: str | None = None
+    discovered: int = 0
+    unchanged: int = 0
 
     @property
     def pages_per_s(self) -> float:
@@ -90,11 +96,16 @@ class RunSummary:
             "published": self.published,
             "indexed": self.indexed,
             "dead_lettered": self.dead_lettered,
-            "skipped": dict(self.skipped),
             "invalid": self.invalid,
             "duplicates": self.duplicates,
+            "skipped": dict(self.skipped),
             "seconds": round(self.seconds, 3),
             "pages_per_s": self.pages_per_s,
+            **(
+                {"crawl": self.crawl, "discovered": self.discovered, "unchanged": self.unchanged}
+                if self.crawl
+                else {}
+            ),
         }
 
 
@@ -159,9 +170,11 @@ async def _wait_done(
     *,
     deadline: float,
     crashed: Callable[[], list[str]],
+    also: Callable[[], Awaitable[bool]] | None = None,
 ) -> None:
-    """Until `_drained`; raises when a role process crashed or ``deadline`` passed."""
-    while not await _drained(js, settings):
+    """Until `_drained` (and ``also``); raises when a role process crashed or ``deadline``
+    passed."""
+    while not (await _drained(js, settings) and (also is None or await also())):
         if roles := crashed():
             raise RoleCrashed(f"role process(es) exited: {', '.join(roles)}", roles=roles)
         if time.monotonic() > deadline:
@@ -171,6 +184,78 @@ async def _wait_done(
                 timeout_s=settings.run_timeout_s,
             )
         await asyncio.sleep(POLL_S)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Input:
+    """What a run feeds the pipeline: the file's lines, or a crawl."""
+
+    lines: Iterable[tuple[int, str]]
+    crawl: CrawlOptions | None
+    on_invalid: Callable[[int, str], None]
+    progress: Progress | None
+    source: str | None
+    telemetry: Telemetry
+
+
+async def _feed(
+    js: JetStreamContext,
+    frontier: Frontier,
+    settings: Settings,
+    summary: RunSummary,
+    feed: _Input,
+) -> Callable[[], Awaitable[bool]] | None:
+    """Publish the file, or start the crawl; returns the crawl's "settled" check."""
+    crawl = feed.crawl
+    if crawl is None:
+        publisher = Publisher(
+            js, settings, headers_for=feed.telemetry.publish_headers(settings.urls_subject)
+        )
+        report = await publisher.publish_urls(
+            feed.lines, on_invalid=feed.on_invalid, progress=feed.progress, source=feed.source
+        )
+        summary.published, summary.duplicates = report.published, report.duplicates
+        summary.invalid = report.invalid
+        return None
+    spec = await start_crawl(frontier, crawl)
+    summary.crawl = spec.id
+    log.info("crawl %s started from %s", spec.id, ", ".join(spec.seeds))
+
+    async def settled() -> bool:
+        counts = await read_counts(frontier, spec.id)
+        return counts.settled and counts.queued_total > 0
+
+    return settled
+
+
+async def _finish(
+    js: JetStreamContext,
+    frontier: Frontier,
+    settings: Settings,
+    summary: RunSummary,
+    before: _Counts,
+) -> None:
+    """The summary's counts: what the streams hold now that they did not before."""
+    after = await _counts(js, settings)
+    new_dl = {k: v - before.dead_letters.get(k, 0) for k, v in after.dead_letters.items()}
+    summary.dead_lettered = sum(new_dl.values())
+    summary.indexed = after.results - before.results - new_dl.get("indexer", 0)
+    summary.skipped = {
+        reason: n - before.skipped.get(reason, 0)
+        for reason, n in after.skipped.items()
+        if n > before.skipped.get(reason, 0)
+    }
+    if summary.crawl is not None:
+        await _crawl_summary(frontier, summary)
+    summary.completed = True
+
+
+async def _crawl_summary(frontier: Frontier, summary: RunSummary) -> None:
+    assert summary.crawl is not None
+    counts = await read_counts(frontier, summary.crawl)
+    summary.published = counts.queued_total
+    summary.discovered = counts.discovered
+    summary.unchanged = counts.total("unchanged")
 
 
 def _metrics_args(base_port: int, offset: int) -> tuple[str, ...]:
@@ -188,10 +273,15 @@ async def run_pipeline(
     source: str | None = None,
     telemetry: Telemetry | None = None,
     autoscale: Policy | None = None,
+    crawl: CrawlOptions | None = None,
 ) -> RunSummary:
-    """Run the file through the pipeline. ``workers`` processes, or with ``autoscale``
-    between its min and max, chosen by the supervisor's policy every
-    ``supervisor_interval_s`` (the workers then serve no metrics port)."""
+    """Run the file (or, with ``crawl``, a crawl from its seeds) through the pipeline.
+
+    ``workers`` processes, or with ``autoscale`` between its min and max, chosen by the
+    supervisor's policy every ``supervisor_interval_s`` (the workers then serve no metrics
+    port). A crawl run ends when the crawl is settled: every URL it queued has its outcome
+    and every page it fetched is indexed (or dead-lettered)."""
+    feed = _Input(lines, crawl, on_invalid, progress, source, telemetry or Telemetry.disabled())
     telemetry = telemetry or Telemetry.disabled()
     server: EmbeddedNats | None = None
     if settings.nats_url is None:
@@ -231,33 +321,20 @@ async def run_pipeline(
                 else:
                     for n in range(workers):
                         children.spawn("worker", *_metrics_args(port, 1 + n))
-                publisher = Publisher(
-                    js, settings, headers_for=telemetry.publish_headers(settings.urls_subject)
-                )
-                report = await publisher.publish_urls(
-                    lines, on_invalid=on_invalid, progress=progress, source=source
-                )
-                summary.published, summary.duplicates = report.published, report.duplicates
-                summary.invalid = report.invalid
-                await _wait_done(
-                    js,
-                    settings,
-                    deadline=started + settings.run_timeout_s,
-                    crashed=lambda: children.crashed() + (scaler.crashed if scaler else []),
-                )
-                summary.seconds = time.monotonic() - started
-                after = await _counts(js, settings)
-                new_dl = {
-                    k: v - before.dead_letters.get(k, 0) for k, v in after.dead_letters.items()
-                }
-                summary.dead_lettered = sum(new_dl.values())
-                summary.indexed = after.results - before.results - new_dl.get("indexer", 0)
-                summary.skipped = {
-                    reason: n - before.skipped.get(reason, 0)
-                    for reason, n in after.skipped.items()
-                    if n > before.skipped.get(reason, 0)
-                }
-                summary.completed = True
+                frontier = Frontier(session.nc, js, settings)
+                try:
+                    also = await _feed(js, frontier, settings, summary, feed)
+                    await _wait_done(
+                        js,
+                        settings,
+                        deadline=started + settings.run_timeout_s,
+                        crashed=lambda: children.crashed() + (scaler.crashed if scaler else []),
+                        also=also,
+                    )
+                    summary.seconds = time.monotonic() - started
+                    await _finish(js, frontier, settings, summary, before)
+                finally:
+                    await frontier.close()
             finally:
                 if scaling is not None:
                     stop_scaling.set()

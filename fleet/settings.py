@@ -79,6 +79,9 @@ class Settings:
     host_rules: str = ""  # per-host overrides, see parse_host_rules
     worker_parked_max: int = 1000  # URLs one worker holds while their host's turn comes
     worker_park_max_s: float = 30.0  # longer waits go back to the stream, scheduled
+    # Crawls: URLs of the seen-set a worker remembers as seen (saves frontier round trips;
+    # the seen-set itself is in JetStream, this only bounds the worker's memory).
+    crawl_seen_cache: int = 200_000
 
     # Rendering (Playwright + Chromium) for pages whose content JavaScript builds.
     render: str = "auto"  # never | auto | always
@@ -177,7 +180,7 @@ class Settings:
 
     @property
     def skipped_stream(self) -> str:
-        """Stream of URLs not fetched on purpose (robots.txt), one small message each."""
+        """Stream of URLs not fetched on purpose (scope, cancelled, robots...), one each."""
         return f"{self.stream_prefix}_SKIPPED"
 
     @property
@@ -189,6 +192,25 @@ class Settings:
     def robots_bucket(self) -> str:
         """JetStream KV bucket of cached robots.txt files, one key per origin."""
         return f"{self.stream_prefix}_ROBOTS_TXT"
+
+    @property
+    def frontier_stream(self) -> str:
+        """Crawls' seen-sets: one message per (crawl, URL), first writer wins."""
+        return f"{self.stream_prefix}_FRONTIER"
+
+    @property
+    def crawl_stream(self) -> str:
+        """Crawls' counted events (queued, fetched, skipped...) and held depth layers."""
+        return f"{self.stream_prefix}_CRAWL"
+
+    @property
+    def crawls_bucket(self) -> str:
+        """JetStream KV bucket of the crawl jobs (spec and state), one key per crawl."""
+        return f"{self.stream_prefix}_CRAWLS"
+
+    def crawl_cap_stream(self, crawl: str) -> str:
+        """The ``--max-pages`` stream of one crawl: its message limit is the cap."""
+        return f"{self.stream_prefix}_CAP_{crawl}"
 
     @property
     def urls_subject(self) -> str:
@@ -219,6 +241,16 @@ class Settings:
     def host_rule_list(self) -> tuple[HostRule, ...]:
         """``host_rules`` parsed (validated when the settings were built)."""
         return parse_host_rules(self.host_rules)
+
+    @property
+    def frontier_subject(self) -> str:
+        """Prefix of the crawls' seen-set subjects (``.<crawl>.<url hash>``)."""
+        return f"{self.subject_prefix}.frontier"
+
+    @property
+    def crawl_subject(self) -> str:
+        """Prefix of the crawls' event subjects."""
+        return f"{self.subject_prefix}.crawl"
 
     def replace(self, **overrides: Any) -> Settings:
         """Apply CLI flags: a flag given (not None) wins over the environment."""
@@ -314,6 +346,7 @@ class Settings:
             "supervisor_activation_lag": self.supervisor_activation_lag,
             "supervisor_max_step": self.supervisor_max_step,
             "supervisor_interval_s": self.supervisor_interval_s,
+            "crawl_seen_cache": self.crawl_seen_cache,
         }
         for key, value in positive.items():
             if value <= 0:

@@ -14,16 +14,18 @@ import dataclasses
 import heapq
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from fleet.crawl import CrawlCoordinator, CrawlWork
 from fleet.disposition import MaxDeliveriesReaper, Settler
 from fleet.errors import BadMessage, HttpStatusError, RenderUnavailable, TransientError
 from fleet.messages import Page, Skipped, UrlTask, page_encoder, url_task_decoder
+from fleet.nats.frontier import Frontier
 from fleet.nats.hosts import KvHostSlots, KvRobotsCache, hosts_bucket, robots_bucket
 from fleet.nats.kv import KvDecisionStore, render_bucket
 from fleet.nats.session import nats_session
@@ -217,6 +219,7 @@ class Worker:
         on_page: Callable[[Page], None] | None = None,
         telemetry: Telemetry | None = None,
         politeness: Politeness | None = None,
+        crawl: CrawlWork | None = None,
     ) -> None:
         self._js = js
         self._telemetry = telemetry or Telemetry.disabled()
@@ -228,6 +231,7 @@ class Worker:
         self._on_page = on_page
         self._politeness = politeness
         self._parking = Parking(settings.worker_parked_max)
+        self._crawl = crawl
         self.processed = 0
         self.skipped = 0
         self.deferred = 0
@@ -436,9 +440,19 @@ class Worker:
             skipped_at=time.time(),
             source=item.task.source,
         )
-        if await self._settler.skip(item.msg, record, seq=item.seq):
-            self.skipped += 1
-            self._telemetry.polite("skipped", skip.reason)
+        if item.task.crawl is not None and self._crawl is not None:
+            # A crawl counts its skipped URLs (and records them) itself, or it never settles.
+            try:
+                await self._crawl.skip(item.task, skip.reason, skip.detail)
+            except Exception as exc:
+                log.warning("could not record skipped %s: %s", record.url, exc)
+                await self._settler.release(item.msg, self._settings.backoff_base_s)
+                return
+            await self._settler.done(item.msg)
+        elif not await self._settler.skip(item.msg, record, seq=item.seq):
+            return
+        self.skipped += 1
+        self._telemetry.polite("skipped", skip.reason)
 
     async def _process(
         self,
@@ -459,12 +473,22 @@ class Worker:
                 if task is not None:
                     url, item_id = task.url, task.id
                     hook.set_url(url)
-                    page = await self._scraper.scrape(task, attempt)
-                    outcome = Outcome(status=page.status)
-                    await self._publish(page, url, seq)
-                    self.processed += 1
-                    if self._on_page is not None:
-                        self._on_page(page)
+                    if task.crawl is not None and self._crawl is not None:
+                        # A deferred task comes back as a new message: still a redelivery.
+                        page = await self._crawl.handle(
+                            task,
+                            attempt=attempt,
+                            redelivered=attempt > 1 or task.attempts > 0,
+                            publish=lambda p: self._publish(p, seq),
+                        )
+                    else:
+                        page = await self._scraper.scrape(task, attempt)
+                        await self._publish(page, seq)
+                    if page is not None:
+                        outcome = Outcome(status=page.status)
+                        self.processed += 1
+                        if self._on_page is not None:
+                            self._on_page(page)
             except asyncio.CancelledError:
                 # Drain ran out of time: hand the URL back at once for another worker.
                 await self._settler.release(msg)
@@ -477,7 +501,13 @@ class Worker:
                 if go is not None and self._politeness is not None:
                     await asyncio.shield(self._politeness.done(go, outcome))
             decision = await self._settler.settle(
-                msg, error, attempt=attempt, url=url, item_id=item_id, seq=seq
+                msg,
+                error,
+                attempt=attempt,
+                url=url,
+                item_id=item_id,
+                seq=seq,
+                before_term=self._crawl_dead_letter(msg) if error is not None else None,
             )
             hook.settled(
                 error,
@@ -486,7 +516,8 @@ class Worker:
                 dead_letter=decision.dead_letter,
             )
 
-    async def _publish(self, page: Page, url: str, seq: int) -> None:
+    async def _publish(self, page: Page, seq: int) -> None:
+        """Publish a page's result; acked by JetStream before the URL is."""
         payload = fit_page(page, self._max_payload)
         # Same id on a redelivery of the same message: a result is never doubled.
         msg_id = f"{page.id}-{seq}"
@@ -500,9 +531,22 @@ class Worker:
             except Exception as exc:
                 # NATS trouble, not the page's fault: retry like any transient error.
                 raise TransientError(
-                    f"could not publish the result of {url}: {exc!r}",
+                    f"could not publish the result of {page.url}: {exc!r}",
                     reason="result_publish_failed",
                 ) from exc
+
+    def _crawl_dead_letter(self, msg: Msg) -> Callable[[], Awaitable[None]] | None:
+        """For a crawl task: count it dead before its term."""
+        crawl = self._crawl
+        if crawl is None:
+            return None
+        try:
+            task = url_task_decoder.decode(msg.data)
+        except Exception:
+            return None
+        if task.crawl is None:
+            return None
+        return lambda: crawl.dead_lettered(task)
 
 
 async def serve(settings: Settings, stop: asyncio.Event, telemetry: Telemetry | None = None) -> int:
@@ -569,6 +613,8 @@ async def _serve(
             policy = RenderPolicy(KvDecisionStore(await render_bucket(js, settings)))
         async with Fetcher(settings) as fetcher:
             scraper = Scraper(fetcher, settings, telemetry=telemetry, renderer=pool, policy=policy)
+            frontier = Frontier(nc, js, settings)
+            crawl = CrawlWork(frontier, scraper, fetcher)
             worker = Worker(
                 js,
                 scraper,
@@ -576,16 +622,23 @@ async def _serve(
                 max_payload=nc.max_payload,
                 telemetry=telemetry,
                 politeness=await politeness_for(js, settings, fetcher),
+                crawl=crawl,
             )
             reaper = MaxDeliveriesReaper(
                 js,
                 Settler(js, settings, stage="worker", max_deliver=settings.max_deliver),
                 settings,
                 on_dead_letter=telemetry.dead_lettered if telemetry is not None else None,
+                before_delete=crawl.dead_lettered,
             )
             await reaper.start()
+            coordinating = asyncio.create_task(CrawlCoordinator(frontier).run(stop))
             try:
                 await worker.run(stop)
             finally:
                 await reaper.stop()
+                coordinating.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await coordinating
+                await frontier.close()
             return worker.processed

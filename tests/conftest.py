@@ -24,7 +24,7 @@ from fleet.nats.server import EmbeddedNats, find_nats_server
 from fleet.scrape.render.chromium import chromium_executable
 from fleet.settings import Settings
 from tests.docker_helpers import docker_available
-from tests.site import LoopbackSite
+from tests.site import CrawlSite, LoopbackSite
 
 IN_CI = bool(os.environ.get("CI"))
 
@@ -74,9 +74,14 @@ def site() -> Iterator[LoopbackSite]:
 
 @pytest.fixture
 def settings(nats_server: EmbeddedNats, site: LoopbackSite, tmp_path: Path) -> Settings:
+    return make_settings(nats_server, site.hostport, tmp_path)
+
+
+def make_settings(nats_server: EmbeddedNats, hostport: str, tmp_path: Path) -> Settings:
+    """The tests' settings (one place: short timeouts, the loopback site allowed)."""
     return Settings(
         nats_url=nats_server.url,
-        allow_hosts=(site.hostport,),
+        allow_hosts=(hostport,),
         sink=f"sqlite:///{tmp_path / 'fleet.db'}",
         ack_wait_s=3.0,
         max_deliver=3,
@@ -91,6 +96,18 @@ def settings(nats_server: EmbeddedNats, site: LoopbackSite, tmp_path: Path) -> S
         host_concurrency=0,
         host_delay_s=0.0,
     )
+
+
+@pytest.fixture
+def crawl_site(canary: Canary) -> Iterator[CrawlSite]:
+    """The known-graph docs site; its external links point at the canary (never hit)."""
+    with CrawlSite(external=canary.url) as s:
+        yield s
+
+
+@pytest.fixture
+def crawl_settings(nats_server: EmbeddedNats, crawl_site: CrawlSite, tmp_path: Path) -> Settings:
+    return make_settings(nats_server, crawl_site.hostport, tmp_path)
 
 
 async def wait_for(

@@ -12,7 +12,9 @@ from typing import Any
 import nats
 
 from fleet.admin import status
+from fleet.crawl import crawl_status
 from fleet.messages import Page, page_decoder
+from fleet.nats.frontier import Frontier
 from fleet.settings import Settings
 from tests.conftest import fleet_cli, wait_for
 
@@ -100,3 +102,35 @@ async def wait_indexed(settings: Settings, urls: list[str], timeout: float = 90)
 
     await wait_for(done, timeout=timeout, interval=0.2)
     assert set(indexed_urls(settings).values()) == {1}
+
+
+async def crawl_view(settings: Settings, crawl_id: str) -> dict[str, Any]:
+    """`fleet crawl status --json` of one crawl, read in-process (cheap to poll)."""
+    nc = await nats.connect(settings.nats_server)
+    frontier = Frontier(nc, nc.jetstream(), settings)
+    try:
+        return await crawl_status(frontier, crawl_id)
+    finally:
+        await frontier.close()
+        await nc.close()
+
+
+async def wait_crawl_settled(
+    settings: Settings, crawl_id: str, timeout: float = 120
+) -> dict[str, Any]:
+    """Poll until the crawl has settled (every URL has its outcome, pages indexed)."""
+    view: dict[str, Any] = {}
+
+    async def settled() -> bool:
+        nonlocal view
+        view = await crawl_view(settings, crawl_id)
+        return bool(view["settled"]) and await drained(settings)
+
+    await wait_for(settled, timeout=timeout, interval=0.2)
+    return view
+
+
+def start_crawl_cli(settings: Settings, *args: str) -> str:
+    """`fleet crawl start ARGS --json` → the crawl id."""
+    out = cli_json(settings, "crawl", "start", *args)
+    return str(out["crawl"])

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import gzip
+import random
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -440,3 +442,211 @@ def borderline_html(n: int) -> str:
         + "x" * 200
         + " */</script></body></html>"
     )
+
+
+# --------------------------------------------------------------------------------------
+# A site with a known link graph, for crawls
+
+
+CRAWL_LAST_MODIFIED = "Wed, 21 Oct 2026 07:28:00 GMT"
+
+
+class CrawlSite:
+    """A docs site under /docs/ whose link graph the tests know (``graph``), served from its
+    own thread like LoopbackSite, counting every request by path (``hits``).
+
+    Besides ordinary pages (links written absolute, relative, with fragments and queries it
+    drops): links out of the /docs/ prefix (/blog/), to another host (``external``, a port
+    that must never see a request), to images, mailto:, rel=nofollow links, a page with
+    <meta name=robots content=nofollow>, an <area href>, a <base href>, a redirect
+    (/docs/old.html -> /docs/p2.html), robots.txt with a Sitemap: line, a sitemap index
+    (a gzip XML sitemap and a text sitemap) and /sitemap.xml, listing orphan pages no link
+    reaches. Pages answer ETag / Last-Modified and 304 to a matching If-None-Match.
+    """
+
+    def __init__(self, pages: int = 40, seed: int = 7, external: str = "") -> None:
+        rng = random.Random(seed)
+        self.external = external or "http://127.0.0.1:9/"
+        self.paths = ["/docs/index.html"] + [f"/docs/p{i}.html" for i in range(1, pages)]
+        # The followable edges: page path -> target paths (redirect source as written).
+        self.graph: dict[str, list[str]] = {}
+        for i, path in enumerate(self.paths):
+            # A chain keeps depths interesting; random cross links make shortcuts.
+            targets = [self.paths[i + 1]] if i + 1 < len(self.paths) else []
+            targets += rng.sample(self.paths, 2)
+            self.graph[path] = list(dict.fromkeys(t for t in targets if t != path))
+        specials = {
+            "/docs/map.html": ["/docs/area-only.html"],
+            "/docs/based.html": ["/docs/sub/x.html"],
+            "/docs/meta-nofollow.html": [],
+            "/docs/old.html": ["/docs/p2.html"],
+            "/docs/area-only.html": [],
+            "/docs/sub/x.html": [],
+        }
+        self.graph.update(specials)
+        self.graph["/docs/index.html"] += ["/docs/map.html", "/docs/based.html"]
+        self.graph["/docs/p3.html"] += ["/docs/meta-nofollow.html", "/docs/old.html"]
+        self.redirects = {"/docs/old.html": "/docs/p2.html"}
+        self.never = ["/docs/hidden.html", "/docs/behind-meta.html", "/blog/b1.html"]
+        self.orphans = ["/docs/orphan1.html", "/docs/orphan2.html", "/docs/orphan3.html"]
+        self.version: dict[str, int] = {}
+        self.etag_salt: dict[str, int] = {}
+        self.delay_s = 0.0
+        self.hits: collections.Counter[str] = collections.Counter()
+        self.not_modified: collections.Counter[str] = collections.Counter()
+        self.host = "127.0.0.1"
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def hostport(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def url(self, path: str) -> str:
+        return f"http://{self.hostport}{path}"
+
+    def reachable(self, max_depth: int | None = None) -> dict[str, int]:
+        """Path -> shortest click distance from /docs/index.html (redirects keep it)."""
+        depth = {"/docs/index.html": 0}
+        frontier = ["/docs/index.html"]
+        while frontier:
+            nxt: list[str] = []
+            for path in frontier:
+                step = 0 if path in self.redirects else 1
+                for target in self.graph.get(path, []):
+                    d = depth[path] + step
+                    if (max_depth is None or d <= max_depth) and target not in depth:
+                        depth[target] = d
+                        (frontier if step == 0 else nxt).append(target)
+            frontier = nxt
+        return depth
+
+    def pages_of(self, reachable: dict[str, int]) -> set[str]:
+        """The reachable paths that are pages (a redirect is fetched but indexes nothing)."""
+        return {p for p in reachable if p not in self.redirects}
+
+    def change(self, path: str) -> None:
+        """New content (and ETag) for ``path``."""
+        self.version[path] = self.version.get(path, 0) + 1
+
+    def touch(self, path: str) -> None:
+        """A new ETag, the same content."""
+        self.etag_salt[path] = self.etag_salt.get(path, 0) + 1
+
+    def __enter__(self) -> CrawlSite:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        async def stop() -> None:
+            if self._runner is not None:
+                await self._runner.cleanup()
+
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    async def _start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/robots.txt", self._robots)
+        app.router.add_get("/sitemap.xml", self._root_sitemap)
+        app.router.add_get("/sitemaps/index.xml", self._sitemap_index)
+        app.router.add_get("/sitemaps/pages.xml.gz", self._sitemap_gz)
+        app.router.add_get("/sitemaps/list.txt", self._sitemap_txt)
+        app.router.add_get("/{tail:.*}", self._page)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, 0)
+        await site.start()
+        server: Any = site._server
+        self.port = server.sockets[0].getsockname()[1]
+
+    async def _robots(self, request: web.Request) -> web.Response:
+        self.hits[request.path] += 1
+        body = f"User-agent: *\nAllow: /\nSitemap: {self.url('/sitemaps/index.xml')}\n"
+        return web.Response(text=body, content_type="text/plain")
+
+    def _urlset(self, paths: list[str]) -> str:
+        urls = "".join(f"<url><loc>{self.url(p)}</loc></url>" for p in paths)
+        return (
+            '<?xml version="1.0" encoding="UTF-8"?>'
+            f'<urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">{urls}</urlset>'
+        )
+
+    async def _root_sitemap(self, request: web.Request) -> web.Response:
+        self.hits[request.path] += 1
+        return web.Response(text=self._urlset(["/docs/orphan3.html"]), content_type="text/xml")
+
+    async def _sitemap_index(self, request: web.Request) -> web.Response:
+        self.hits[request.path] += 1
+        maps = "".join(
+            f"<sitemap><loc>{self.url(p)}</loc></sitemap>"
+            for p in ("/sitemaps/pages.xml.gz", "/sitemaps/list.txt")
+        )
+        return web.Response(
+            text='<?xml version="1.0" encoding="UTF-8"?><sitemapindex '
+            f'xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">{maps}</sitemapindex>',
+            content_type="application/xml",
+        )
+
+    async def _sitemap_gz(self, request: web.Request) -> web.Response:
+        self.hits[request.path] += 1
+        xml = self._urlset(["/docs/orphan1.html", "/docs/p5.html", "/blog/b9.html"])
+        return web.Response(body=gzip.compress(xml.encode()), content_type="application/gzip")
+
+    async def _sitemap_txt(self, request: web.Request) -> web.Response:
+        self.hits[request.path] += 1
+        return web.Response(text=self.url("/docs/orphan2.html") + "\n", content_type="text/plain")
+
+    async def _page(self, request: web.Request) -> web.StreamResponse:
+        path = request.path
+        self.hits[path] += 1
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if path in self.redirects:
+            raise web.HTTPMovedPermanently(self.redirects[path])
+        known = path in self.graph or path in self.never or path in self.orphans
+        if not known:
+            raise web.HTTPNotFound()
+        etag = f'"v{self.version.get(path, 0)}-{self.etag_salt.get(path, 0)}"'
+        if request.headers.get("If-None-Match") == etag:
+            self.not_modified[path] += 1
+            return web.Response(status=304, headers={"ETag": etag})
+        headers = {"ETag": etag, "Last-Modified": CRAWL_LAST_MODIFIED}
+        return web.Response(
+            text=self._html(path), content_type="text/html", charset="utf-8", headers=headers
+        )
+
+    def _html(self, path: str) -> str:
+        name = path.rsplit("/", 1)[-1].removesuffix(".html")
+        head = f"<title>{name}</title>"
+        body = [f"<h1>{name}</h1><p>crawlword {name} version {self.version.get(path, 0)}</p>"]
+        for i, target in enumerate(self.graph.get(path, [])):
+            if path == "/docs/map.html":
+                body.append(f'<map name="m"><area href="{target.rsplit("/", 1)[-1]}"></map>')
+                continue
+            if path == "/docs/based.html":
+                head += '<base href="/docs/sub/">'
+                body.append('<a href="x.html">x</a>')
+                continue
+            href = target if i % 3 == 0 else target.removeprefix("/docs/")
+            if target.startswith("/docs/sub/"):
+                href = target
+            suffix = "#part" if i % 2 else ""
+            body.append(f'<a href="{href}{suffix}">link {i}</a>')
+        if path == "/docs/meta-nofollow.html":
+            head += '<meta name="robots" content="noindex, nofollow">'
+            body.append('<a href="behind-meta.html">behind</a>')
+        body.append('<a href="/blog/b1.html">blog</a>')
+        body.append(f'<a href="{self.external}ext/{name}">elsewhere</a>')
+        body.append(f'<a href="/docs/pic-{name}.png">picture</a>')
+        body.append('<a href="mailto:docs@example.org">mail</a>')
+        body.append('<a rel="nofollow" href="/docs/hidden.html">hidden</a>')
+        return (
+            f'<!doctype html><html lang="en"><head>{head}</head><body><main>'
+            + "".join(body)
+            + "</main></body></html>"
+        )

@@ -23,6 +23,7 @@ ROLES = {
     "fleet.backup",
     "fleet.check",
     "fleet.disposition",
+    "fleet.crawl",
     "fleet.cli",
 }
 

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import nats
@@ -191,7 +192,13 @@ class FakeFetcher:
         self.body = body.encode()
         self.content_type = content_type
 
-    async def fetch(self, url: str) -> FetchResult:
+    async def fetch(
+        self,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        follow_redirects: bool = True,
+    ) -> FetchResult:
         return FetchResult(url, url, 200, self.content_type, "utf-8", self.body, 1.0, 0)
 
 

@@ -39,6 +39,7 @@ from nats.js.api import (
 from nats.js.errors import APIError, FetchTimeoutError, NotFoundError, ServiceUnavailableError
 
 from fleet.errors import ConfigError, TransientError
+from fleet.nats.frontier import crawl_topology
 from fleet.settings import Settings
 from fleet.urls import redact_servers
 
@@ -84,6 +85,8 @@ class Topology:
     results: StreamConfig
     dlq: StreamConfig
     advisories: StreamConfig
+    frontier: StreamConfig
+    crawl: StreamConfig
     skipped: StreamConfig
     workers: ConsumerConfig
     indexer: ConsumerConfig
@@ -181,12 +184,15 @@ def topology(settings: Settings) -> Topology:
         max_deliver=-1,  # an advisory not handled yet is retried until it is
         max_ack_pending=1_000,
     )
+    frontier, crawl = crawl_topology(settings)
     return Topology(
         urls=replicated(urls, settings),
         results=replicated(results, settings),
         dlq=replicated(dlq, settings),
         advisories=replicated(advisories, settings),
         skipped=replicated(skipped, settings),
+        frontier=replicated(frontier, settings),
+        crawl=replicated(crawl, settings),
         workers=workers,
         indexer=indexer,
         reaper=reaper,
@@ -425,7 +431,8 @@ async def ensure_topology(
 async def _ensure_topology(js: JetStreamContext, settings: Settings) -> Topology:
     topo = topology(settings)
     await require_jetstream(js, settings, min_api_level=MIN_API_LEVEL)
-    for stream in (topo.urls, topo.results, topo.dlq, topo.advisories, topo.skipped):
+    streams = (topo.urls, topo.results, topo.dlq, topo.advisories, topo.skipped)
+    for stream in (*streams, topo.frontier, topo.crawl):
         await ensure_stream(js, stream)
     await ensure_consumer(js, settings.urls_stream, topo.workers)
     await ensure_consumer(js, settings.results_stream, topo.indexer)

@@ -64,6 +64,8 @@ class Extracted:
     canonical_url: str
     links: list[str]
     content_hash: str
+    # <meta name="robots" content="nofollow|none">: the links are not to be followed.
+    nofollow: bool = False
 
 
 @lru_cache(maxsize=256)
@@ -319,11 +321,15 @@ def _links(tree: LexborHTMLParser, base: str, max_links: int) -> list[str]:
     resolve = _LinkResolver(base).resolve
     seen_raw: set[str] = set()
     seen: set[str] = set()
-    for node in tree.css("a[href]"):
-        href = node.attributes.get("href")  # faster than .attrs for a single lookup
+    for node in tree.css("a[href], area[href]"):
+        attrs = node.attributes  # faster than .attrs for a lookup or two
+        href = attrs.get("href")
         # Pages repeat the same href many times (menus, pagination): resolve each once.
         if not href or href in seen_raw:
             continue
+        rel = attrs.get("rel")
+        if rel and "nofollow" in rel.lower().split():
+            continue  # the page does not vouch for it: neither kept nor followed
         seen_raw.add(href)
         url = resolve(href)
         if url is None or url in seen:
@@ -333,6 +339,15 @@ def _links(tree: LexborHTMLParser, base: str, max_links: int) -> list[str]:
         if len(out) >= max_links:
             break
     return out
+
+
+def _meta_nofollow(tree: LexborHTMLParser) -> bool:
+    """<meta name="robots" content="... nofollow ..."> (or "none")."""
+    for node in tree.css('meta[name="robots" i][content]'):
+        words = (node.attrs.get("content") or "").lower().replace(",", " ").split()
+        if "nofollow" in words or "none" in words:
+            return True
+    return False
 
 
 def _hash(text: str) -> str:
@@ -398,6 +413,7 @@ def extract(
             canonical_url = candidate
 
     links = _links(tree, base, max_links)
+    nofollow = _meta_nofollow(tree)
     lang = _lang(tree)
 
     # Mutates the tree (drops chrome), so it runs after everything read from the full page.
@@ -414,4 +430,5 @@ def extract(
         canonical_url=canonical_url,
         links=links,
         content_hash=_hash(text),
+        nofollow=nofollow,
     )

@@ -153,10 +153,27 @@ class Fetcher:
         if resolver is not None:
             await resolver.close()
 
-    async def fetch(self, url: str) -> FetchResult:
+    async def fetch(
+        self,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        follow_redirects: bool = True,
+    ) -> FetchResult:
         """Fetch a page: follow redirects, accept only HTML/text, raise a fleet error on
-        any failure, HTTP error statuses included."""
-        return await self.request(url, accept=ACCEPTED_CONTENT_TYPES, http_errors="raise")
+        any failure, HTTP error statuses included.
+
+        Crawls pass ``headers`` (conditional ``If-None-Match``/``If-Modified-Since``: a 304
+        is then returned, with no body) and ``follow_redirects=False`` (a redirect is then
+        returned with its ``location`` header, for the crawl to queue the target once).
+        """
+        return await self.request(
+            url,
+            accept=ACCEPTED_CONTENT_TYPES,
+            headers=headers,
+            http_errors="raise",
+            follow_redirects=follow_redirects,
+        )
 
     async def request(
         self,
@@ -229,9 +246,12 @@ class Fetcher:
                             f"(last hop {current} -> {location})"
                         )
                     await _drain(resp)
-                    current = _redirect_target(current, location)
+                    current = redirect_target(current, location)
                     redirects += 1
                     continue
+                if mode.raise_http_errors and _passed_on(status, location, mode):
+                    await _drain(resp)
+                    return _bodiless(url, current, resp, started, redirects)
                 if mode.raise_http_errors and not 200 <= status < 300:
                     retry_after = None
                     if status == 429 or status >= 500:
@@ -298,7 +318,36 @@ class _Mode:
     truncate: bool
 
 
-def _redirect_target(current: str, location: str) -> str:
+def _passed_on(status: int, location: str | None, mode: _Mode) -> bool:
+    """Statuses a raising fetch returns rather than raises: a redirect it was told not to
+    follow, and 304 Not Modified to a conditional request."""
+    if status in REDIRECT_STATUSES and location and not mode.follow_redirects:
+        return True
+    return status == 304 and bool(mode.headers) and _conditional(mode.headers)
+
+
+def _conditional(headers: Mapping[str, str] | None) -> bool:
+    return any(k.lower() in ("if-none-match", "if-modified-since") for k in headers or {})
+
+
+def _bodiless(
+    url: str, current: str, resp: aiohttp.ClientResponse, started: float, redirects: int
+) -> FetchResult:
+    return FetchResult(
+        url=url,
+        final_url=current,
+        status=resp.status,
+        content_type="",
+        charset=None,
+        body=b"",
+        elapsed_ms=(time.perf_counter() - started) * 1000.0,
+        redirects=redirects,
+        headers={k.lower(): v for k, v in resp.headers.items()},
+    )
+
+
+def redirect_target(current: str, location: str) -> str:
+    """The normalised URL a redirect from ``current`` points to (InvalidUrl if none)."""
     try:
         return normalize_url(urljoin(current, location.strip()))
     except InvalidUrl as exc:

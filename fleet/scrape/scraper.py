@@ -6,12 +6,14 @@ Knows nothing of NATS: the worker role hands it a task and settles what it retur
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from fleet.errors import RenderUnavailable, TransientError
 from fleet.messages import Page, UrlTask
 from fleet.scrape import extract as extraction
-from fleet.scrape.fetch import FetchResult
+from fleet.scrape.fetch import FetchResult, redirect_target
 from fleet.scrape.render.assess import assess
 from fleet.scrape.render.policy import Plan, RenderPlanning
 from fleet.scrape.render.pool import Rendering
@@ -25,8 +27,42 @@ HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 class Fetching(Protocol):
     """The page fetch the scraper needs (``Fetcher``)."""
 
-    async def fetch(self, url: str) -> FetchResult:
-        """Fetch a page, redirects followed, HTML or text only; any failure raises a fleet error."""
+    async def fetch(
+        self,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        follow_redirects: bool = True,
+    ) -> FetchResult:
+        """Fetch a page, HTML or text only; any failure raises a fleet error. ``headers`` are
+        sent with it (conditional requests); ``follow_redirects=False`` returns a redirect."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class NotModified:
+    """A crawl's conditional request was answered 304: the stored page is current."""
+
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
+class Redirected:
+    """A crawl URL redirects: the crawl queues ``target`` (once) instead of following."""
+
+    url: str
+    target: str
+    status: int
+
+
+def conditional_headers(task: UrlTask) -> dict[str, str]:
+    """If-None-Match / If-Modified-Since from the validators a recrawl task carries."""
+    headers: dict[str, str] = {}
+    if task.etag:
+        headers["If-None-Match"] = task.etag
+    if task.last_modified:
+        headers["If-Modified-Since"] = task.last_modified
+    return headers
 
 
 class Scraper:
@@ -53,6 +89,9 @@ class Scraper:
 
     async def scrape(self, task: UrlTask, attempt: int) -> Page:
         """Fetch ``task.url``, render it if the plan says so, and extract it into a ``Page``.
+        Crawl tasks get conditional requests and redirects as results (``NotModified``,
+        ``Redirected``) instead of a followed fetch.
+
 
         Fetch errors propagate, for the settler to retry or dead-letter. In auto mode a missing
         browser, or a render failing on the last attempt (``max_deliver``), gives the HTTP result
@@ -62,6 +101,27 @@ class Scraper:
         with self._telemetry.fetching(task.url) as fetching:
             fetched = await self._fetcher.fetch(task.url)
             fetching.response(fetched.status)
+        return await self._page(task, attempt, fetched, started)
+
+    async def scrape_crawl(self, task: UrlTask, attempt: int) -> Page | NotModified | Redirected:
+        """A crawl's fetch: conditional when the task has validators, and redirects are
+        handed back (the crawl queues their targets once) instead of followed."""
+        started = time.perf_counter()
+        with self._telemetry.fetching(task.url) as fetching:
+            fetched = await self._fetcher.fetch(
+                task.url, headers=conditional_headers(task) or None, follow_redirects=False
+            )
+            fetching.response(fetched.status)
+        if fetched.status == 304:
+            return NotModified(task.url)
+        location = fetched.headers.get("location")
+        if 300 <= fetched.status < 400 and location:
+            return Redirected(task.url, redirect_target(task.url, location), fetched.status)
+        return await self._page(task, attempt, fetched, started)
+
+    async def _page(
+        self, task: UrlTask, attempt: int, fetched: FetchResult, started: float
+    ) -> Page:
         fetch_ms = (time.perf_counter() - started) * 1000
         with self._telemetry.stage("extract"):
             ex = self._extract(fetched.body, fetched, fetched.content_type, fetched.charset)
@@ -116,6 +176,11 @@ class Scraper:
             via=via,
             via_reason=plan.reason,
             attempt=attempt,
+            etag=fetched.headers.get("etag", ""),
+            last_modified=fetched.headers.get("last-modified", ""),
+            nofollow=ex.nofollow,
+            crawl=task.crawl,
+            depth=task.depth,
         )
 
     def _extract(
