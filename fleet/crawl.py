@@ -143,6 +143,7 @@ class CrawlCounts:
     raw: dict[str, dict[int, int]]
 
     def total(self, kind: str) -> int:
+        """Events of ``kind`` (bare kind only, not ``kind.reason``), all depths summed."""
         return sum(self.raw.get(kind, {}).values())
 
     def below(self, kinds: frozenset[str], depth: int) -> int:
@@ -156,6 +157,7 @@ class CrawlCounts:
         )
 
     def reasons(self, kind: str) -> dict[str, int]:
+        """Events of ``kind.<reason>`` by reason, all depths summed (the bare kind excluded)."""
         out: dict[str, int] = {}
         for key, by_depth in self.raw.items():
             head, _, reason = key.partition(".")
@@ -165,6 +167,7 @@ class CrawlCounts:
 
     @property
     def queued_total(self) -> int:
+        """URLs ever queued (held ones included), each once: done or not."""
         return self.total(QUEUED)
 
     @property
@@ -175,10 +178,12 @@ class CrawlCounts:
 
     @property
     def sitemaps_pending(self) -> int:
+        """Sitemap and robots.txt reads queued but not done (layer 0 waits for them)."""
         return self.total(SITEMAP_QUEUED) - self.total(SITEMAP_DONE)
 
     @property
     def index_pending(self) -> int:
+        """Fetched pages the indexer has neither indexed nor failed yet."""
         return self.total(FETCHED) - self.total(INDEXED) - self.total(INDEX_FAILED)
 
     @property
@@ -188,6 +193,7 @@ class CrawlCounts:
 
     @property
     def skipped(self) -> dict[str, int]:
+        """URLs not fetched, by reason: links not followed plus queued tasks skipped."""
         out = self.reasons(LINK)
         for reason, n in self.reasons(SKIPPED).items():
             out[reason] = out.get(reason, 0) + n
@@ -235,6 +241,7 @@ def status_view(spec: CrawlSpec, counts: CrawlCounts) -> dict[str, Any]:
 
 
 async def read_counts(frontier: Frontier, crawl: str) -> CrawlCounts:
+    """The crawl's counters as they stand now (one ``stream_info`` call)."""
     return CrawlCounts(await frontier.counts(crawl))
 
 
@@ -337,11 +344,13 @@ async def cancel_crawl(frontier: Frontier, key: str) -> CrawlSpec:
 
 
 async def crawl_status(frontier: Frontier, key: str) -> dict[str, Any]:
+    """The status object of a crawl by id or name; CrawlNotFound if there is none."""
     spec = await find_crawl(frontier, key)
     return status_view(spec, await read_counts(frontier, spec.id))
 
 
 async def list_crawls(frontier: Frontier) -> list[dict[str, Any]]:
+    """The status object of every crawl, oldest first (`fleet crawl list`)."""
     return [status_view(s, await read_counts(frontier, s.id)) for s in await frontier.specs()]
 
 
@@ -358,9 +367,11 @@ class CrawlLinks:
 
     @property
     def spec(self) -> CrawlSpec:
+        """The spec this was built from (CrawlWork builds a new one when the state changes)."""
         return self._spec
 
     def verdict(self, url: str, depth: int) -> str:
+        """ "" to follow ``url`` at ``depth``, else why not: the scope's reason, or ``depth``."""
         verdict = self._scope.verdict(url)
         if not verdict and self._spec.max_depth is not None and depth > self._spec.max_depth:
             return DEPTH
@@ -493,6 +504,8 @@ class CrawlLinks:
         return [self._sitemap_task(u, "sitemap") for u in urls if urlsplit(u).netloc in hosts]
 
     async def queue_sitemaps(self, owner: str, tasks: Sequence[UrlTask], *, recheck: bool) -> None:
+        """Claim sitemap reads for ``owner``, count and queue those it won; never held, since
+        layer 0 is released only once every sitemap is read."""
         cands = [Candidate(t.url, t.id, 0) for t in tasks]
         mine = await self._f.claim(self._spec.id, owner, cands, recheck=recheck)
         new = [t for t, m in zip(tasks, mine, strict=True) if m]
@@ -519,7 +532,10 @@ class SitemapFetching(Protocol):
         headers: Mapping[str, str] | None = None,
         http_errors: Literal["raise", "return"] = "return",
         follow_redirects: bool = True,
-    ) -> FetchResult: ...
+    ) -> FetchResult:
+        """Fetch ``url`` through the guard; with ``http_errors="raise"`` a non-2xx raises
+        ``HttpStatusError`` (``PermanentError`` for 404 and the like), else it is returned."""
+        ...
 
 
 class CrawlWork:
@@ -674,6 +690,8 @@ class CrawlCoordinator:
         self._listed_at = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Tick every COORDINATOR_TICK_S until ``stop`` is set; a failed tick is logged and
+        retried on the next one, never raised."""
         while not stop.is_set():
             try:
                 await self.tick()

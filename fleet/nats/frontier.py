@@ -124,6 +124,7 @@ class Ack:
 
     @property
     def ok(self) -> bool:
+        """Stored, or a duplicate of a stored message: not refused."""
         return self.code == 0
 
 
@@ -160,6 +161,7 @@ class JsPipe:
         self._sub: object | None = None
 
     async def start(self) -> None:
+        """Subscribe to the reply inbox, once (``publish`` calls it first)."""
         if self._sub is None:
             self._inbox = self._nc.new_inbox()
             self._sub = await self._nc.subscribe(
@@ -210,6 +212,7 @@ class JsPipe:
         return [_ack(data) for data in replies]
 
     async def close(self) -> None:
+        """Drop the reply subscription; errors are ignored (the connection may be gone)."""
         sub, self._sub = self._sub, None
         if sub is not None:
             with contextlib.suppress(Exception):
@@ -281,6 +284,7 @@ class Frontier:
         self.checks = 0  # seen-set round trips (for the benchmark)
 
     async def close(self) -> None:
+        """Close the publish pipe; the NATS connection is the caller's to close."""
         await self._pipe.close()
 
     # -- the seen-set ---------------------------------------------------------------------
@@ -359,6 +363,7 @@ class Frontier:
     # -- events and tasks -----------------------------------------------------------------
 
     def event_subject(self, crawl: str, kind: str, depth: int, reason: str = "") -> str:
+        """``<p>.crawl.<crawl>.<kind>[.<reason>].<depth>``: its message count is the counter."""
         middle = f"{kind}.{reason}" if reason else kind
         return f"{self._s.crawl_subject}.{crawl}.{middle}.{depth}"
 
@@ -523,6 +528,7 @@ class Frontier:
     # -- crawl jobs -----------------------------------------------------------------------
 
     async def bucket(self) -> KeyValue:
+        """The crawl jobs KV bucket, created on first use (history 1: the current spec)."""
         if self._kv is None:
             try:
                 self._kv = await self._js.key_value(self._s.crawls_bucket)
@@ -535,6 +541,7 @@ class Frontier:
         return self._kv
 
     async def put_spec(self, spec: CrawlSpec) -> None:
+        """Write a crawl's spec (new, or its state changed) and cache it in this process."""
         kv = await self.bucket()
         await kv.put(spec.id, crawl_spec_encoder.encode(spec))
         self._specs[spec.id] = (time.monotonic(), spec)
