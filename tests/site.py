@@ -492,6 +492,7 @@ class CrawlSite:
         self.version: dict[str, int] = {}
         self.etag_salt: dict[str, int] = {}
         self.delay_s = 0.0
+        self.robots_requests = 0
         self.hits: collections.Counter[str] = collections.Counter()
         self.not_modified: collections.Counter[str] = collections.Counter()
         self.host = "127.0.0.1"
@@ -565,7 +566,9 @@ class CrawlSite:
         self.port = server.sockets[0].getsockname()[1]
 
     async def _robots(self, request: web.Request) -> web.Response:
-        self.hits[request.path] += 1
+        # Counted apart: the politeness gate reads it once for the fleet, and a --sitemaps
+        # crawl reads it again for its Sitemap: lines; ``hits`` stays the crawl's own pages.
+        self.robots_requests += 1
         body = f"User-agent: *\nAllow: /\nSitemap: {self.url('/sitemaps/index.xml')}\n"
         return web.Response(text=body, content_type="text/plain")
 

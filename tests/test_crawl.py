@@ -56,6 +56,7 @@ async def test_crawl_from_the_root_finds_exactly_the_reachable_pages(
     # Each reachable URL requested exactly once; nothing else (nofollow, meta nofollow,
     # out of prefix, images, other hosts) at all.
     assert dict(site.hits) == dict.fromkeys(reachable, 1)
+    assert site.robots_requests == 1  # obeyed: fetched once for the whole fleet
     assert canary.connections == 0
     assert _paths(site, indexed_urls(crawl_settings)) == pages
     assert set(indexed_urls(crawl_settings).values()) == {1}
@@ -116,8 +117,10 @@ async def test_sitemaps_add_the_pages_no_link_reaches(
     site = crawl_site
     crawl = start_crawl_cli(crawl_settings, site.url("/docs/index.html"), "--sitemaps")
     view = await wait_crawl_settled(crawl_settings, crawl)
-    for path in (*site.orphans, "/robots.txt", "/sitemap.xml", "/sitemaps/index.xml"):
+    for path in (*site.orphans, "/sitemap.xml", "/sitemaps/index.xml"):
         assert site.hits[path] == 1, path
+    # The politeness gate's read and the crawl's own (for its Sitemap: lines).
+    assert site.robots_requests == 2
     assert site.hits["/sitemaps/pages.xml.gz"] == site.hits["/sitemaps/list.txt"] == 1
     assert "/blog/b9.html" not in site.hits  # listed, but out of scope
     assert view["sitemaps_read"] == 5
