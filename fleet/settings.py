@@ -88,6 +88,16 @@ class Settings:
     supervisor_worker_image: str | None = None  # workers from this image when none to copy
     supervisor_worker_network: str | None = None  # network of those workers
 
+    # `fleet serve`: the HTTP API, the MCP endpoint and the dashboard.
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000  # 0 picks a free port (tests)
+    # Bearer key for every /api/* and /mcp request; unset: loopback only, no auth.
+    api_key: str | None = dataclasses.field(default=None, repr=False)
+    # A second key that opens only the reads (GET /api/*, MCP search/get_page/fleet_status).
+    api_read_key: str | None = dataclasses.field(default=None, repr=False)
+    # The supervisor's base URL (http://supervisor:8080) for the dashboard's workers panel.
+    supervisor_url: str | None = None
+
     # `fleet run`.
     run_timeout_s: float = 3600.0
 
@@ -214,6 +224,34 @@ class Settings:
             raise SettingsError(
                 f"{ENV_PREFIX}SUPERVISOR_PORT must be a TCP port 1-65535 "
                 f"(got {self.supervisor_port})"
+            )
+        if not 0 <= self.api_port <= 65535:
+            raise SettingsError(
+                f"{ENV_PREFIX}API_PORT must be a TCP port 1-65535 (or 0 for any free port; "
+                f"got {self.api_port})"
+            )
+        if self.api_read_key and not self.api_key:
+            raise SettingsError(
+                f"{ENV_PREFIX}API_READ_KEY is set but {ENV_PREFIX}API_KEY is not: a read-only "
+                f"key makes sense only when writes need a key; set {ENV_PREFIX}API_KEY too"
+            )
+        for var, secret in (("API_KEY", self.api_key), ("API_READ_KEY", self.api_read_key)):
+            if secret is not None and (not secret.strip() or any(c.isspace() for c in secret)):
+                raise SettingsError(
+                    f"{ENV_PREFIX}{var} must be a non-empty string without spaces "
+                    "(e.g. the output of `openssl rand -hex 32`)"
+                )
+        if self.api_key and self.api_key == self.api_read_key:
+            raise SettingsError(
+                f"{ENV_PREFIX}API_READ_KEY must differ from {ENV_PREFIX}API_KEY "
+                "(the read key must not open writes)"
+            )
+        if self.supervisor_url is not None and not self.supervisor_url.startswith(
+            ("http://", "https://")
+        ):
+            raise SettingsError(
+                f"{ENV_PREFIX}SUPERVISOR_URL must be an http(s):// URL such as "
+                f"http://supervisor:8080 (got {self.supervisor_url!r})"
             )
         if self.log_format not in ("text", "json"):
             raise SettingsError(

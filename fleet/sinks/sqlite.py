@@ -14,7 +14,15 @@ from typing import Any, TypeVar
 
 from fleet.errors import ConfigError, SinkUnavailable
 from fleet.messages import Page
-from fleet.sinks.base import Hit, Rejected
+from fleet.sinks.base import (
+    NO_FILTERS,
+    Hit,
+    Rejected,
+    SearchFilters,
+    SearchPage,
+    StoredPage,
+    url_host,
+)
 
 T = TypeVar("T")
 
@@ -83,14 +91,42 @@ WHERE excluded.fetched_at >= pages.fetched_at
 
 
 # bm25 weights follow the FTS column order: title, description, headings, text.
-_SEARCH = """
-SELECT p.url, p.title,
-       coalesce(nullif(snippet(pages_fts, 3, '', '', '…', 30), ''), p.description)
-FROM pages_fts JOIN pages AS p ON p.rowid = pages_fts.rowid
-WHERE pages_fts MATCH ?
-ORDER BY bm25(pages_fts, 10.0, 2.0, 5.0, 1.0)
-LIMIT ?
+_RANK = "bm25(pages_fts, 10.0, 2.0, 5.0, 1.0)"
+
+
+_FROM = "FROM pages_fts JOIN pages AS p ON p.rowid = pages_fts.rowid WHERE pages_fts MATCH ?"
+
+
+_SEARCH = f"""
+SELECT p.id, p.url, p.title,
+       coalesce(nullif(snippet(pages_fts, 3, '', '', '…', 30), ''), p.description),
+       {_RANK} AS relevance
+{_FROM} {{filters}}
+ORDER BY relevance
+LIMIT ? OFFSET ?
 """
+
+
+_COUNT = f"SELECT count(*) {_FROM} {{filters}}"
+
+
+_GET = """
+SELECT id, url, canonical_url, title, description, headings, text, lang, links, via,
+       fetched_at, content_hash
+FROM pages WHERE id = ?
+"""
+
+
+def _filter_sql(filters: SearchFilters) -> tuple[str, tuple[str, ...]]:
+    clauses: list[str] = []
+    args: list[str] = []
+    if filters.host is not None:
+        clauses.append("AND fleet_host(p.url) = ?")
+        args.append(filters.host)
+    if filters.lang is not None:
+        clauses.append("AND lower(p.lang) = ?")
+        args.append(filters.lang)
+    return " ".join(clauses), tuple(args)
 
 
 _TOKEN = re.compile(r"[^\W_]+", re.UNICODE)
@@ -173,6 +209,8 @@ class SqliteSink:
             # fewer WAL checkpoints cut indexing CPU by ~10% on 20-150 KB pages.
             conn.execute("PRAGMA cache_size = -65536")
             conn.execute("PRAGMA wal_autocheckpoint = 16384")
+            # The search `host` filter: the same definition as the Meilisearch documents'.
+            conn.create_function("fleet_host", 1, url_host, deterministic=True)
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > _SCHEMA_VERSION:
                 raise ConfigError(
@@ -238,18 +276,84 @@ class SqliteSink:
             raise SinkUnavailable(f"SQLite sink {self.path}: {exc}") from None
         return rejected
 
-    async def search(self, query: str, limit: int) -> list[Hit]:
+    async def search(
+        self, query: str, limit: int, *, offset: int = 0, filters: SearchFilters = NO_FILTERS
+    ) -> list[Hit]:
+        return (await self._search(query, limit, offset, filters, total=False)).hits
+
+    async def search_page(
+        self, query: str, limit: int, *, offset: int = 0, filters: SearchFilters = NO_FILTERS
+    ) -> SearchPage:
+        return await self._search(query, limit, offset, filters, total=True)
+
+    async def _search(
+        self, query: str, limit: int, offset: int, filters: SearchFilters, *, total: bool
+    ) -> SearchPage:
         expression = fts5_query(query)
         if expression is None or limit <= 0:
-            return []
-        return await self._run(self._search_sync, expression, limit)
+            return SearchPage([], 0 if total else None)
+        return await self._run(self._search_sync, expression, limit, max(0, offset), filters, total)
 
-    def _search_sync(self, expression: str, limit: int) -> list[Hit]:
+    def _search_sync(
+        self, expression: str, limit: int, offset: int, filters: SearchFilters, total: bool
+    ) -> SearchPage:
+        where, args = _filter_sql(filters)
+        conn = self._connection()
         try:
-            rows = self._connection().execute(_SEARCH, (expression, limit)).fetchall()
+            rows = conn.execute(
+                _SEARCH.format(filters=where), (expression, *args, limit, offset)
+            ).fetchall()
+            count: int | None = None
+            if total:
+                # A full first page needs no second query: its length is the total.
+                if offset == 0 and len(rows) < limit:
+                    count = len(rows)
+                else:
+                    count = int(
+                        conn.execute(_COUNT.format(filters=where), (expression, *args)).fetchone()[
+                            0
+                        ]
+                    )
         except sqlite3.OperationalError as exc:
             raise SinkUnavailable(f"SQLite sink {self.path}: {exc}") from None
-        return [Hit(url=url, title=title, snippet=snippet or "") for url, title, snippet in rows]
+        hits = [
+            # bm25 is lower-is-better; the score is higher-is-better like Meilisearch's.
+            Hit(url=url, title=title, snippet=snippet or "", id=pid, score=round(-rank, 6))
+            for pid, url, title, snippet, rank in rows
+        ]
+        return SearchPage(hits, count)
+
+    async def get(self, page_id: str) -> StoredPage | None:
+        return await self._run(self._get_sync, page_id)
+
+    def _get_sync(self, page_id: str) -> StoredPage | None:
+        try:
+            row = self._connection().execute(_GET, (page_id,)).fetchone()
+        except sqlite3.OperationalError as exc:
+            raise SinkUnavailable(f"SQLite sink {self.path}: {exc}") from None
+        if row is None:
+            return None
+        (pid, url, canonical, title, description, headings, text, lang, links, via) = row[:10]
+        fetched_at, content_hash = row[10:]
+        try:
+            link_list = [str(link) for link in json.loads(links or "[]")]
+        except ValueError:
+            link_list = []
+        return StoredPage(
+            id=pid,
+            url=url,
+            canonical_url=canonical or url,
+            host=url_host(url),
+            title=title,
+            description=description,
+            headings=[h for h in (headings or "").split("\n") if h],
+            text=text,
+            lang=lang,
+            links=link_list,
+            via=via,
+            fetched_at=float(fetched_at or 0.0),
+            content_hash=content_hash,
+        )
 
     async def count(self) -> int:
         return await self._run(self._count_sync)
