@@ -317,23 +317,29 @@ _CRAWLS_LATER: Final = (
 )
 
 
-@router.api_route(
-    "/crawls",
-    methods=["GET", "POST"],
-    summary="Crawls (not implemented yet: 501)",
-    response_model=None,
-    responses=problem_responses(501),
-)
-async def crawls() -> Response:
-    raise Problem(501, _CRAWLS_LATER)
+def _crawls_later() -> Problem:
+    return Problem(501, _CRAWLS_LATER, title="Not Implemented")
 
 
-@router.api_route(
-    "/crawls/{crawl_id}",
-    methods=["GET", "DELETE"],
-    summary="One crawl (not implemented yet: 501)",
-    response_model=None,
-    responses=problem_responses(501),
-)
-async def crawl(crawl_id: str) -> Response:
-    raise Problem(501, _CRAWLS_LATER)
+# One route per `fleet crawl` command, so each gets its own operation when it lands.
+_CRAWL_DOC: Final[dict[str, Any]] = {"response_model": None, "responses": problem_responses(501)}
+
+
+@router.post("/crawls", summary="Start a crawl (not yet: 501)", **_CRAWL_DOC)
+async def start_crawl() -> Response:
+    raise _crawls_later()
+
+
+@router.get("/crawls", summary="List crawls (not yet: 501)", **_CRAWL_DOC)
+async def list_crawls() -> Response:
+    raise _crawls_later()
+
+
+@router.get("/crawls/{crawl_id}", summary="A crawl's progress (not yet: 501)", **_CRAWL_DOC)
+async def crawl_status(crawl_id: str) -> Response:
+    raise _crawls_later()
+
+
+@router.delete("/crawls/{crawl_id}", summary="Cancel a crawl (not yet: 501)", **_CRAWL_DOC)
+async def cancel_crawl(crawl_id: str) -> Response:
+    raise _crawls_later()
