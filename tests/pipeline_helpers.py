@@ -8,6 +8,7 @@ import json
 import os
 import sqlite3
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import nats
 
 from fleet.admin import status
-from fleet.messages import Page
+from fleet.messages import DeadLetter, Page, UrlTask, dead_letter_encoder, url_task_encoder
 from fleet.settings import Settings
 from fleet.sinks import open_sink
 from fleet.telemetry import Telemetry
@@ -139,3 +140,25 @@ async def running_serve(settings: Settings) -> AsyncIterator[str]:
     finally:
         stop.set()
         await asyncio.wait_for(task, timeout=30)
+
+
+async def put_dead_letter(settings: Settings, url: str, reason: str) -> None:
+    """A dead letter exactly as a worker writes one (stage worker, original payload)."""
+    task = UrlTask(url=url, id=url_id(url), published_at=time.time())
+    letter = DeadLetter(
+        url=url,
+        id=task.id,
+        stage="worker",
+        reason=reason,
+        error=f"HTTP {reason.removeprefix('http_')} from {url}",
+        attempts=1,
+        failed_at=time.time(),
+        payload=url_task_encoder.encode(task),
+    )
+    nc = await nats.connect(settings.nats_server)
+    try:
+        await nc.jetstream().publish(
+            f"{settings.dlq_subject}.worker", dead_letter_encoder.encode(letter)
+        )
+    finally:
+        await nc.close()

@@ -16,11 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import nats
 import pytest
 from openapi_spec_validator import validate
 
-from fleet.messages import DeadLetter, dead_letter_encoder
 from fleet.settings import Settings
 from tests.conftest import fleet_cli, wait_for
 from tests.fakes.meili import FakeMeili
@@ -29,6 +27,7 @@ from tests.pipeline_helpers import (
     cli_json,
     get_status,
     index_pages,
+    put_dead_letter,
     running_serve,
     sample_page,
     write_urls,
@@ -273,31 +272,6 @@ async def test_health_reports_the_supervisor(
 
 # --------------------------------------------------------------------------------------
 # status, publishing, dead letters
-
-
-async def put_dead_letter(settings: Settings, url: str, reason: str) -> None:
-    """A dead letter exactly as a worker writes one (stage worker, original payload)."""
-    from fleet.messages import UrlTask, url_task_encoder  # noqa: PLC0415
-    from fleet.urls import url_id  # noqa: PLC0415
-
-    task = UrlTask(url=url, id=url_id(url), published_at=time.time())
-    letter = DeadLetter(
-        url=url,
-        id=task.id,
-        stage="worker",
-        reason=reason,
-        error=f"HTTP 404 from {url}",
-        attempts=1,
-        failed_at=time.time(),
-        payload=url_task_encoder.encode(task),
-    )
-    nc = await nats.connect(settings.nats_server)
-    try:
-        await nc.jetstream().publish(
-            f"{settings.dlq_subject}.worker", dead_letter_encoder.encode(letter)
-        )
-    finally:
-        await nc.close()
 
 
 async def test_status_publish_dlq_and_replay(
