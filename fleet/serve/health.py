@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from fleet.errors import FleetError
+from fleet.nats.session import redact_url
 from fleet.serve.service import FleetService
 
 CHECK_TIMEOUT_S: Final = 2.0
@@ -45,8 +46,6 @@ async def _timed(probe: Callable[[], Awaitable[str]]) -> CheckResult:
 
 async def health(service: FleetService) -> tuple[int, dict[str, Any]]:
     """(HTTP status, body) of `GET /health`; never raises."""
-    from fleet.nats.session import redact_url  # noqa: PLC0415 - ground floor of nats/
-
     settings = service.settings
     shown = redact_url(settings.nats_server)
 

@@ -26,6 +26,8 @@ from nats.js import JetStreamContext
 
 from fleet import admin
 from fleet.errors import ConfigError, FleetError
+from fleet.nats.session import connect
+from fleet.nats.streams import ensure_topology
 from fleet.publisher import Publisher, read_url_lines
 from fleet.settings import Settings
 from fleet.sinks import Sink, open_sink
@@ -125,9 +127,6 @@ class NatsLink:
 
     async def _connect(self) -> None:
         # The only place that opens the session: swap for a shared session helper here.
-        from fleet.nats.session import connect  # noqa: PLC0415 - keeps the import seam local
-        from fleet.nats.streams import ensure_topology  # noqa: PLC0415
-
         try:
             nc = await connect(self._settings, name="fleet-serve", reconnect=True)
         except FleetError as exc:
