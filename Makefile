@@ -6,7 +6,7 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: help venv demo test test-fast lint fmt bench bench-render bench-scale clean \
+.PHONY: help venv demo test test-fast lint fmt bench bench-render bench-scale bench-serve clean \
 	images base-image dev-image ci-images up down logs ps scale compose-env
 
 # Containers (docs/containers.md). BuildKit is required; CI passes DOCKER=/usr/bin/docker
@@ -31,6 +31,7 @@ help:
 	@echo "make bench  - fleet vs Scrapy on a generated 2,000-page loopback site"
 	@echo "make bench-render - worker --render always vs a bare Playwright loop (Chromium)"
 	@echo "make bench-scale  - supervisor: burst to max replicas, drain to min, URLs/s per replica count"
+	@echo "make bench-serve  - fleet serve: GET /api/search on SQLite, req/s and p99 (target 500, 50 ms)"
 	@echo "make images - build $(IMAGE) and $(BROWSER_IMAGE) (BASE_IMAGE=fleet-base:local offline)"
 	@echo "make dev-image - fleet-dev:local for compose/docker-compose.dev.yml (reload on change)"
 	@echo "make up | down | logs | ps | scale N=5 - the compose stack (compose/; scale stops the supervisor)"
@@ -70,6 +71,9 @@ bench-render: $(STAMP)
 
 bench-scale: $(STAMP)
 	$(PY) -m bench.scale $(BENCH_ARGS)
+
+bench-serve: $(STAMP)
+	$(PY) -m bench.serve $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info demo.db demo.db-*

@@ -71,6 +71,10 @@ class Settings:
     indexer_batch_size: int = 200
     indexer_batch_wait_s: float = 0.5
     sink_retry_max_s: float = 30.0
+    # Read-only SQLite connections (threads) for searches of `fleet serve`/`fleet search`.
+    sqlite_readers: int = 4
+    # FTS5 detail of a new SQLite index: column (faster indexing) or full (faster ranking).
+    sqlite_fts_detail: str = "column"
 
     # Supervisor: scales workers on the workers' consumer lag.
     supervisor_backend: str = "docker"  # docker | local
@@ -183,6 +187,7 @@ class Settings:
             "ack_wait_s": self.ack_wait_s,
             "worker_concurrency": self.worker_concurrency,
             "indexer_batch_size": self.indexer_batch_size,
+            "sqlite_readers": self.sqlite_readers,
             "max_body_bytes": self.max_body_bytes,
             "fetch_timeout_s": self.fetch_timeout_s,
             "render_concurrency": self.render_concurrency,
@@ -252,6 +257,11 @@ class Settings:
             raise SettingsError(
                 f"{ENV_PREFIX}SUPERVISOR_URL must be an http(s):// URL such as "
                 f"http://supervisor:8080 (got {self.supervisor_url!r})"
+            )
+        if self.sqlite_fts_detail not in ("column", "full"):
+            raise SettingsError(
+                f"{ENV_PREFIX}SQLITE_FTS_DETAIL must be column or full "
+                f"(got {self.sqlite_fts_detail!r})"
             )
         if self.log_format not in ("text", "json"):
             raise SettingsError(

@@ -775,3 +775,26 @@ async def test_sqlite_search_on_a_missing_file_is_a_clear_error(tmp_path: Path) 
     with pytest.raises(ConfigError, match="no SQLite index"):
         await sink.open(readonly=True)
     assert not (tmp_path / "typo.db").exists()
+
+
+async def test_sqlite_readonly_reader_pool_serves_concurrent_searches(tmp_path: Path) -> None:
+    writer = SqliteSink(tmp_path / "pool.db")
+    await writer.open()
+    pages = [make_page(f"p{i}", title=f"Page {i}", text=f"common word{i} text") for i in range(40)]
+    assert await writer.upsert(pages) == []
+    reader = SqliteSink(tmp_path / "pool.db", readers=4)
+    await reader.open(readonly=True)
+    try:
+        searches = await asyncio.gather(
+            *(reader.search_page(f"word{i % 40}", 5) for i in range(200))
+        )
+        for i, page in enumerate(searches):
+            assert [h.title for h in page.hits] == [f"Page {i % 40}"]
+        got = await asyncio.gather(*(reader.get(pages[i % 40].id) for i in range(100)))
+        assert all(p is not None and p.id == pages[i % 40].id for i, p in enumerate(got))
+        # The indexer keeps writing beside the readers (WAL).
+        assert await writer.upsert([make_page("late", title="Late", text="common late")]) == []
+        assert (await reader.search_page("common", 100)).total == 41
+    finally:
+        await reader.close()
+        await writer.close()

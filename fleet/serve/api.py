@@ -36,7 +36,8 @@ def json_response(body: Any, status: int = 200) -> Response:
     return Response(_encoder.encode(body), status_code=status, media_type="application/json")
 
 
-def get_service(request: Request) -> FleetService:
+async def get_service(request: Request) -> FleetService:
+    # async: FastAPI runs a plain-def dependency on a worker thread, for every request.
     service: FleetService = request.app.state.service
     return service
 

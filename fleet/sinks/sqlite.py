@@ -7,6 +7,7 @@ import functools
 import json
 import re
 import sqlite3
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,6 +31,10 @@ T = TypeVar("T")
 _SCHEMA_VERSION = 1
 
 
+# FTS5 `detail` of a new index (an existing index keeps the one it was created with).
+FTS_DETAILS = ("column", "full")
+
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS pages (
     rowid         INTEGER PRIMARY KEY,
@@ -50,9 +55,11 @@ CREATE VIRTUAL TABLE IF NOT EXISTS pages_fts USING fts5(
     title, description, headings, text,
     content='pages', content_rowid='rowid',
     tokenize='unicode61 remove_diacritics 2',
-    -- Per-column but no per-position data: ~half the indexing cost of detail=full, and
-    -- all fleet needs (term queries, bm25 with column weights, snippets) still works.
-    detail=column
+    -- column (default): per-column but no per-position data, ~half the indexing cost of
+    -- detail=full, and term queries, bm25 with column weights and snippets still work; but
+    -- bm25 then re-tokenizes every matching page, so ranking costs grow with page length
+    -- (full: ~4-10x faster searches; FLEET_SQLITE_FTS_DETAIL, docs/benchmarks.md).
+    detail={detail}
 );
 CREATE TRIGGER IF NOT EXISTS pages_ai AFTER INSERT ON pages BEGIN
     INSERT INTO pages_fts(rowid, title, description, headings, text)
@@ -97,14 +104,26 @@ _RANK = "bm25(pages_fts, 10.0, 2.0, 5.0, 1.0)"
 _FROM = "FROM pages_fts JOIN pages AS p ON p.rowid = pages_fts.rowid WHERE pages_fts MATCH ?"
 
 
+# Rank first, then build snippets for the page of hits only: with ORDER BY ... LIMIT in one
+# query SQLite computes every result column (snippet included) for every match before
+# sorting, which costs seconds for a common word in a large index.
+# Built from constants only; every value is a bound parameter.
 _SEARCH = f"""
+WITH top AS (
+    SELECT pages_fts.rowid AS rid, {_RANK} AS relevance
+    {_FROM} {{filters}}
+    ORDER BY relevance
+    LIMIT ? OFFSET ?
+)
 SELECT p.id, p.url, p.title,
        coalesce(nullif(snippet(pages_fts, 3, '', '', '…', 30), ''), p.description),
-       {_RANK} AS relevance
-{_FROM} {{filters}}
-ORDER BY relevance
-LIMIT ? OFFSET ?
-"""
+       top.relevance
+FROM top
+JOIN pages_fts ON pages_fts.rowid = top.rid
+JOIN pages AS p ON p.rowid = top.rid
+WHERE pages_fts MATCH ?
+ORDER BY top.relevance
+"""  # noqa: S608
 
 
 _COUNT = f"SELECT count(*) {_FROM} {{filters}}"
@@ -146,13 +165,33 @@ def fts5_query(query: str) -> str | None:
 
 
 class SqliteSink:
-    """SQLite + FTS5. One connection, used only by one dedicated worker thread."""
+    """SQLite + FTS5. One connection, used only by one dedicated worker thread.
 
-    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 10_000) -> None:
+    Opened ``readonly`` with ``readers`` > 1 (`fleet serve`), searches and page reads run on
+    a pool of that many threads, each with its own read-only connection: SQLite releases
+    the GIL while it ranks, and WAL lets readers run beside the indexer's writes.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        busy_timeout_ms: int = 10_000,
+        readers: int = 1,
+        fts_detail: str = "column",
+    ) -> None:
+        if fts_detail not in FTS_DETAILS:
+            raise ConfigError(f"FTS5 detail must be one of {', '.join(FTS_DETAILS)}")
         self.path = Path(path)
+        self._fts_detail = fts_detail
         self._busy_timeout_ms = busy_timeout_ms
+        self._readers = max(1, readers)
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
+        self._read_pool: ThreadPoolExecutor | None = None
+        self._local = threading.local()
+        self._read_conns: list[sqlite3.Connection] = []
+        self._read_conns_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"SqliteSink({str(self.path)!r})"
@@ -165,6 +204,35 @@ class SqliteSink:
         return await asyncio.get_running_loop().run_in_executor(
             self._executor, functools.partial(fn, *args)
         )
+
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a read on the reader pool if there is one, else on the connection's thread."""
+        if self._read_pool is None:
+            return await self._run(fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._read_pool, functools.partial(fn, *args)
+        )
+
+    def _reader(self) -> sqlite3.Connection:
+        """This thread's connection: its own read-only one in the pool, else the main one."""
+        if self._read_pool is None:
+            return self._connection()
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            # check_same_thread=False only so close() can close it after the pool stopped;
+            # it is used by this thread alone.
+            conn = sqlite3.connect(
+                f"{self.path.resolve().as_uri()}?mode=ro",
+                uri=True,
+                timeout=self._busy_timeout_ms / 1000,
+                check_same_thread=False,
+            )
+            conn.execute("PRAGMA cache_size = -16384")
+            conn.create_function("fleet_host", 1, url_host, deterministic=True)
+            self._local.conn = conn
+            with self._read_conns_lock:
+                self._read_conns.append(conn)
+        return conn
 
     async def open(self, *, readonly: bool = False) -> None:
         if self._executor is not None:
@@ -181,6 +249,10 @@ class SqliteSink:
             self._executor.shutdown(wait=False)
             self._executor = None
             raise
+        if readonly and self._readers > 1:
+            self._read_pool = ThreadPoolExecutor(
+                max_workers=self._readers, thread_name_prefix="fleet-sqlite-read"
+            )
 
     def _open_sync(self) -> None:
         try:
@@ -219,7 +291,7 @@ class SqliteSink:
                 )
             if version < _SCHEMA_VERSION:
                 conn.execute("BEGIN IMMEDIATE")
-                for statement in _split_sql(_SCHEMA):
+                for statement in _split_sql(_SCHEMA.format(detail=self._fts_detail)):
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
                 conn.execute("COMMIT")
@@ -292,16 +364,18 @@ class SqliteSink:
         expression = fts5_query(query)
         if expression is None or limit <= 0:
             return SearchPage([], 0 if total else None)
-        return await self._run(self._search_sync, expression, limit, max(0, offset), filters, total)
+        return await self._read(
+            self._search_sync, expression, limit, max(0, offset), filters, total
+        )
 
     def _search_sync(
         self, expression: str, limit: int, offset: int, filters: SearchFilters, total: bool
     ) -> SearchPage:
         where, args = _filter_sql(filters)
-        conn = self._connection()
+        conn = self._reader()
         try:
             rows = conn.execute(
-                _SEARCH.format(filters=where), (expression, *args, limit, offset)
+                _SEARCH.format(filters=where), (expression, *args, limit, offset, expression)
             ).fetchall()
             count: int | None = None
             if total:
@@ -324,11 +398,11 @@ class SqliteSink:
         return SearchPage(hits, count)
 
     async def get(self, page_id: str) -> StoredPage | None:
-        return await self._run(self._get_sync, page_id)
+        return await self._read(self._get_sync, page_id)
 
     def _get_sync(self, page_id: str) -> StoredPage | None:
         try:
-            row = self._connection().execute(_GET, (page_id,)).fetchone()
+            row = self._reader().execute(_GET, (page_id,)).fetchone()
         except sqlite3.OperationalError as exc:
             raise SinkUnavailable(f"SQLite sink {self.path}: {exc}") from None
         if row is None:
@@ -365,6 +439,13 @@ class SqliteSink:
             raise SinkUnavailable(f"SQLite sink {self.path}: {exc}") from None
 
     async def close(self) -> None:
+        if self._read_pool is not None:
+            self._read_pool.shutdown(wait=True)
+            self._read_pool = None
+            with self._read_conns_lock:
+                for conn in self._read_conns:
+                    conn.close()
+                self._read_conns.clear()
         if self._executor is None:
             return
         try:
