@@ -106,10 +106,11 @@ ci-images: images dev-image
 	$(BUILD) -t fleet-ci-nats:local -f compose/ci/Dockerfile.nats compose/ci
 	$(BUILD) --build-arg FLEET_IMAGE=$(IMAGE) -t fleet-ci-fakes:local -f compose/ci/Dockerfile.fakes .
 
-# compose/.env with a random Meilisearch master key, made once from .env.example.
+# compose/.env with a random Meilisearch master key and API key, made once from .env.example.
 compose/.env:
-	@sed "s/^MEILI_MASTER_KEY=.*/MEILI_MASTER_KEY=$$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')/" \
-	  compose/.env.example > $@ && chmod 600 $@ && echo "wrote $@ (random MEILI_MASTER_KEY)"
+	@sed -e "s/^MEILI_MASTER_KEY=.*/MEILI_MASTER_KEY=$$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')/" \
+	  -e "s/^FLEET_API_KEY=.*/FLEET_API_KEY=$$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')/" \
+	  compose/.env.example > $@ && chmod 600 $@ && echo "wrote $@ (random MEILI_MASTER_KEY, FLEET_API_KEY)"
 
 compose-env: compose/.env
 
