@@ -498,8 +498,8 @@ async def test_a_slow_client_does_not_stall_others(
     await index_pages(settings, PAGES)
     async with running_serve(settings) as base:
         host, port = base.removeprefix("http://").rsplit(":", 1)
-        # One client asks for a big answer and never reads it, one sends its request a
-        # byte at a time, one opens connections and says nothing.
+        # Clients that ask for big answers and do not read them, one that sends half a
+        # request and pauses, and some that connect and say nothing.
         stuck: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
         for _ in range(20):
             reader, writer = await asyncio.open_connection(host, int(port))
@@ -507,27 +507,21 @@ async def test_a_slow_client_does_not_stall_others(
                 f"GET /api/openapi.json HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode() * 50
             )
             stuck.append((reader, writer))
-        trickle_reader, trickle = await asyncio.open_connection(host, int(port))
         request = f"GET /api/search?q=knots HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
-
-        async def dribble() -> None:
-            for i in range(len(request) - 1):
-                trickle.write(request[i : i + 1])
-                await asyncio.sleep(0.05)
-
-        dribbling = asyncio.create_task(dribble())
+        half_reader, half = await asyncio.open_connection(host, int(port))
+        half.write(request[:20])
         silent = [await asyncio.open_connection(host, int(port)) for _ in range(20)]
         try:
-            started = time.monotonic()
+            # Everyone else is served meanwhile (each request within the session timeout).
             for _ in range(50):
                 status, body, _ = await get_json(http, f"{base}/api/search?q=knots")
                 assert status == 200 and body["total"] == 1
-            # Generous: what matters is that nobody waited for the slow clients.
-            assert time.monotonic() - started < 10
-            assert not dribbling.done()
+            # The slow clients were held, not dropped: each gets its answer when it goes on.
+            half.write(request[20:])
+            assert (await half_reader.readline()).startswith(b"HTTP/1.1 200")
+            assert (await stuck[0][0].readline()).startswith(b"HTTP/1.1 200")
         finally:
-            dribbling.cancel()
-            for _, writer in [*stuck, (trickle_reader, trickle), *silent]:
+            for _, writer in [*stuck, (half_reader, half), *silent]:
                 writer.close()
 
 
