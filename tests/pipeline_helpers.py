@@ -119,7 +119,9 @@ async def index_pages(settings: Settings, pages: list[Page]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def running_serve(settings: Settings) -> AsyncIterator[str]:
+async def running_serve(
+    settings: Settings, telemetry: Telemetry | None = None
+) -> AsyncIterator[str]:
     """`fleet serve` in this event loop on a free loopback port; yields its base URL."""
     from fleet.serve.app import serve  # noqa: PLC0415 - only the serve tests need it
 
@@ -127,7 +129,10 @@ async def running_serve(settings: Settings) -> AsyncIterator[str]:
     ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(
         serve(
-            settings.replace(api_port=0), stop, Telemetry.disabled("serve"), ready=ready.set_result
+            settings.replace(api_port=0),
+            stop,
+            telemetry or Telemetry.disabled("serve"),
+            ready=ready.set_result,
         )
     )
     waiting: set[asyncio.Future[Any]] = {task, ready}

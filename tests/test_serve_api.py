@@ -418,6 +418,43 @@ async def test_openapi_document_is_valid(settings: Settings, http: aiohttp.Clien
     }
 
 
+async def test_requests_are_traced_and_counted(
+    settings: Settings, http: aiohttp.ClientSession
+) -> None:
+    from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: PLC0415
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: PLC0415
+        InMemorySpanExporter,
+    )
+    from opentelemetry.trace import SpanKind  # noqa: PLC0415
+    from prometheus_client import generate_latest  # noqa: PLC0415
+
+    from fleet.telemetry import Metrics, Telemetry  # noqa: PLC0415
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    telemetry = Telemetry("serve", tracer_provider=provider, metrics=Metrics())
+    await index_pages(settings, PAGES)
+    async with running_serve(settings, telemetry) as base:
+        assert (await get_json(http, f"{base}/api/search?q=knots"))[0] == 200
+        assert (await get_json(http, f"{base}/api/pages/{'0' * 32}"))[0] == 404
+        assert (await post(http, f"{base}/api/urls", json=["https://example.com/t"]))[0] == 200
+    spans = exporter.get_finished_spans()
+    servers = {s.name: s for s in spans if s.kind == SpanKind.SERVER}
+    search = servers["GET /api/search"]
+    assert search.attributes is not None
+    assert search.attributes["http.route"] == "/api/search"
+    assert search.attributes["http.response.status_code"] == 200
+    assert "GET /api/pages/{page_id}" in servers
+    # A URL published through the API starts its trace there, like `fleet publish`.
+    assert any(s.name == "publish fleet.urls" for s in spans)
+    assert telemetry.metrics is not None
+    exposed = generate_latest(telemetry.metrics.registry).decode()
+    assert 'route="/api/pages/{page_id}",status="404"' in exposed
+    assert "fleet_http_request_duration_seconds_bucket" in exposed
+
+
 # --------------------------------------------------------------------------------------
 # keys
 
