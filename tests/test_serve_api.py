@@ -270,6 +270,20 @@ async def test_health_reports_the_supervisor(
         await runner.cleanup()
 
 
+async def test_fleet_check_api(settings: Settings) -> None:
+    from fleet.check import check  # noqa: PLC0415
+
+    await index_pages(settings, PAGES)
+    async with running_serve(settings) as base:
+        port = int(base.rsplit(":", 1)[1])
+        result = await check("api", settings.replace(api_port=port))
+        assert result.ok, result.detail
+        assert "nats ok" in result.detail and "sink ok" in result.detail
+    result = await check("api", settings.replace(api_port=port), timeout_s=5)
+    assert not result.ok
+    assert f"127.0.0.1:{port}/health" in result.detail
+
+
 # --------------------------------------------------------------------------------------
 # status, publishing, dead letters
 

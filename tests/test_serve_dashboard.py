@@ -98,12 +98,70 @@ async def test_dashboard_shows_live_lag_search_and_replay(
     assert (tmp_path / "dashboard.png").stat().st_size > 10_000
 
 
+@pytest.fixture
+async def supervisor_url() -> AsyncIterator[str]:
+    """A stand-in for the supervisor's /health and /workers (their exact shapes)."""
+    from aiohttp import web  # noqa: PLC0415
+
+    async def health(_: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "status": "ok",
+                "backend": "docker",
+                "last_decision": {
+                    "lag": 420,
+                    "current": 2,
+                    "wanted": 3,
+                    "desired": 3,
+                    "reason": "lag 420 > 2 x target 200",
+                    "direction": "up",
+                },
+                "policy": {"min_replicas": 1, "max_replicas": 8, "target_lag": 200},
+            }
+        )
+
+    async def workers(_: web.Request) -> web.Response:
+        return web.json_response(
+            [
+                {
+                    "id": "a1",
+                    "name": "fleet-worker-1",
+                    "state": "running",
+                    "cpu_percent": 41.5,
+                    "memory_bytes": 83_886_080,
+                    "memory_limit_bytes": None,
+                },
+                {
+                    "id": "b2",
+                    "name": "fleet-worker-2",
+                    "state": "running",
+                    "cpu_percent": 12.0,
+                    "memory_bytes": 73_400_320,
+                    "memory_limit_bytes": None,
+                },
+            ]
+        )
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    app.router.add_get("/workers", workers)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
 async def test_dashboard_with_keys_asks_for_them(
-    settings: Settings, browser: Any, tmp_path: Path
+    settings: Settings, browser: Any, tmp_path: Path, supervisor_url: str
 ) -> None:
     from playwright.async_api import expect  # noqa: PLC0415
 
-    keyed = settings.replace(api_key=API_KEY, api_read_key=READ_KEY)
+    keyed = settings.replace(api_key=API_KEY, api_read_key=READ_KEY, supervisor_url=supervisor_url)
     async with running_serve(keyed) as base:
         # A visitor without a key is told what to do, and sees nothing else.
         stranger = await browser.new_page()
@@ -121,6 +179,12 @@ async def test_dashboard_with_keys_asks_for_them(
         await viewer.goto(base + "/")
         await expect(viewer.locator("#lag-workers-pending")).to_have_text("0", timeout=TIMEOUT_MS)
         await expect(viewer.locator("#dlq tbody")).to_contain_text("http_503", timeout=TIMEOUT_MS)
+        # The supervisor's view: workers running, its target and each worker.
+        workers = viewer.locator("#supervisor")
+        await expect(workers).to_contain_text("workers running2", timeout=TIMEOUT_MS)
+        await expect(workers).to_contain_text("target3")
+        await expect(workers).to_contain_text("fleet-worker-2")
+        await expect(workers).to_contain_text("42 %")
         await viewer.click("#replay")
         await expect(viewer.locator("#key-dialog")).to_be_visible()
         await expect(viewer.locator("#key-input")).to_be_visible()
