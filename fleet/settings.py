@@ -73,8 +73,9 @@ class Settings:
     sink_retry_max_s: float = 30.0
     # Read-only SQLite connections (threads) for searches of `fleet serve`/`fleet search`.
     sqlite_readers: int = 4
-    # FTS5 detail of a new SQLite index: column (faster indexing) or full (faster ranking).
-    sqlite_fts_detail: str = "column"
+    # FTS5 detail of a new SQLite index: full (fast ranking) or column (~10% cheaper
+    # indexing, much slower ranking of long pages; docs/benchmarks.md).
+    sqlite_fts_detail: str = "full"
 
     # Supervisor: scales workers on the workers' consumer lag.
     supervisor_backend: str = "docker"  # docker | local

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 import re
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from fleet.errors import ConfigError, SinkUnavailable
 from fleet.messages import Page
@@ -26,6 +27,8 @@ from fleet.sinks.base import (
 )
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 _SCHEMA_VERSION = 1
@@ -55,10 +58,9 @@ CREATE VIRTUAL TABLE IF NOT EXISTS pages_fts USING fts5(
     title, description, headings, text,
     content='pages', content_rowid='rowid',
     tokenize='unicode61 remove_diacritics 2',
-    -- column (default): per-column but no per-position data, ~half the indexing cost of
-    -- detail=full, and term queries, bm25 with column weights and snippets still work; but
-    -- bm25 then re-tokenizes every matching page, so ranking costs grow with page length
-    -- (full: ~4-10x faster searches; FLEET_SQLITE_FTS_DETAIL, docs/benchmarks.md).
+    -- full (default) keeps token positions. column (FLEET_SQLITE_FTS_DETAIL=column) keeps
+    -- only which column has a term: ~10% less indexing CPU, but bm25 then re-tokenizes
+    -- every matching page, ~25x slower searches on 37 KB pages (docs/benchmarks.md).
     detail={detail}
 );
 CREATE TRIGGER IF NOT EXISTS pages_ai AFTER INSERT ON pages BEGIN
@@ -101,12 +103,21 @@ WHERE excluded.fetched_at >= pages.fetched_at
 _RANK = "bm25(pages_fts, 10.0, 2.0, 5.0, 1.0)"
 
 
+# A snippet: at most 30 words, the match about a third of the way in; the window is wide
+# enough for 30 words of ordinary text. Only the first _SNIPPET_SCAN_CHARS of a page are
+# searched for the match in Python (bounded work per hit).
+_SNIPPET_WORDS = 30
+_SNIPPET_BEFORE = 90
+_SNIPPET_CHARS = 320
+_SNIPPET_SCAN_CHARS = 200_000
+
+
 _FROM = "FROM pages_fts JOIN pages AS p ON p.rowid = pages_fts.rowid WHERE pages_fts MATCH ?"
 
 
-# Rank first, then build snippets for the page of hits only: with ORDER BY ... LIMIT in one
-# query SQLite computes every result column (snippet included) for every match before
-# sorting, which costs seconds for a common word in a large index.
+# Rank first, then read the page of hits only: with ORDER BY ... LIMIT in one query SQLite
+# computes every result column for every match before sorting, which costs seconds for a
+# common word in a large index.
 # Built from constants only; every value is a bound parameter.
 _SEARCH = f"""
 WITH top AS (
@@ -115,15 +126,52 @@ WITH top AS (
     ORDER BY relevance
     LIMIT ? OFFSET ?
 )
-SELECT p.id, p.url, p.title,
-       coalesce(nullif(snippet(pages_fts, 3, '', '', '…', 30), ''), p.description),
-       top.relevance
-FROM top
-JOIN pages_fts ON pages_fts.rowid = top.rid
-JOIN pages AS p ON p.rowid = top.rid
-WHERE pages_fts MATCH ?
+SELECT top.rid, p.id, p.url, p.title, p.description, p.text, top.relevance
+FROM top JOIN pages AS p ON p.rowid = top.rid
 ORDER BY top.relevance
 """  # noqa: S608
+
+
+# Snippets: FTS5's snippet() tokenizes the whole text of each hit (~0.9 ms per 37 KB page,
+# most of a search's cost), so the snippet is cut in Python around the first occurrence of
+# the query's longest word, and snippet() runs only for hits where that word is not found
+# as such (diacritics the index folds, or beyond the first _SNIPPET_SCAN_CHARS).
+_FTS_SNIPPETS = """
+SELECT rowid, snippet(pages_fts, 3, '', '', '…', 30) FROM pages_fts
+WHERE pages_fts MATCH ? AND rowid IN ({rowids})
+"""
+
+
+def _cut_window(text: str, at: int) -> str:
+    """At most _SNIPPET_WORDS whole words of ``text`` around index ``at``, the match near
+    the start, '…' where the text was cut (like FTS5's snippet())."""
+    start = max(0, at - _SNIPPET_BEFORE)
+    end = min(len(text), at + _SNIPPET_CHARS - _SNIPPET_BEFORE)
+    before = text[start:at].split()
+    after = text[at:end].split()
+    if start > 0 and before and not text[start].isspace() and not text[start - 1].isspace():
+        before = before[1:]  # a word cut by the window's left edge
+    if end < len(text) and after and not text[end].isspace() and not text[end - 1].isspace():
+        after = after[:-1]  # and by its right edge
+    kept = before[-(_SNIPPET_WORDS // 3) :]
+    words = kept + after[: _SNIPPET_WORDS - len(kept)]
+    cut_left = start > 0 or len(kept) < len(before)
+    cut_right = end < len(text) or len(words) < len(kept) + len(after)
+    return ("…" if cut_left else "") + " ".join(words) + ("…" if cut_right else "")
+
+
+class _SearchRequest(NamedTuple):
+    expression: str  # the FTS5 query
+    anchor: str  # the word snippets are cut around
+    limit: int
+    offset: int
+    filters: SearchFilters
+    total: bool
+
+
+def _anchor(query: str) -> str:
+    """The query word a snippet is cut around: the longest (the most telling), lowercased."""
+    return max(_TOKEN.findall(query), key=len, default="").lower()
 
 
 _COUNT = f"SELECT count(*) {_FROM} {{filters}}"
@@ -178,7 +226,7 @@ class SqliteSink:
         *,
         busy_timeout_ms: int = 10_000,
         readers: int = 1,
-        fts_detail: str = "column",
+        fts_detail: str = "full",
     ) -> None:
         if fts_detail not in FTS_DETAILS:
             raise ConfigError(f"FTS5 detail must be one of {', '.join(FTS_DETAILS)}")
@@ -249,10 +297,28 @@ class SqliteSink:
             self._executor.shutdown(wait=False)
             self._executor = None
             raise
+        if readonly:
+            detail = await self._run(self._fts_detail_of_index)
+            if detail == "column":
+                log.info(
+                    "SQLite index %s has FTS5 detail=column: ranking re-tokenizes every "
+                    "matching page, slow on long pages; an index created with "
+                    "FLEET_SQLITE_FTS_DETAIL=full (the default) searches several times faster",
+                    self.path,
+                )
         if readonly and self._readers > 1:
             self._read_pool = ThreadPoolExecutor(
                 max_workers=self._readers, thread_name_prefix="fleet-sqlite-read"
             )
+
+    def _fts_detail_of_index(self) -> str:
+        row = (
+            self._connection()
+            .execute("SELECT sql FROM sqlite_master WHERE name = 'pages_fts'")
+            .fetchone()
+        )
+        match = re.search(r"detail\s*=\s*(\w+)", str(row[0]) if row else "")
+        return match.group(1).lower() if match else "full"
 
     def _open_sync(self) -> None:
         try:
@@ -364,19 +430,29 @@ class SqliteSink:
         expression = fts5_query(query)
         if expression is None or limit <= 0:
             return SearchPage([], 0 if total else None)
-        return await self._read(
-            self._search_sync, expression, limit, max(0, offset), filters, total
-        )
+        request = _SearchRequest(expression, _anchor(query), limit, max(0, offset), filters, total)
+        return await self._read(self._search_sync, request)
 
-    def _search_sync(
-        self, expression: str, limit: int, offset: int, filters: SearchFilters, total: bool
-    ) -> SearchPage:
+    def _search_sync(self, request: _SearchRequest) -> SearchPage:
+        expression, anchor, limit, offset, filters, total = request
         where, args = _filter_sql(filters)
         conn = self._reader()
         try:
             rows = conn.execute(
-                _SEARCH.format(filters=where), (expression, *args, limit, offset, expression)
+                _SEARCH.format(filters=where), (expression, *args, limit, offset)
             ).fetchall()
+            snippets: dict[int, str] = {}
+            for rid, _, _, _, _, text, _ in rows:
+                # substr() in SQL would walk the UTF-8 text to count characters: slower.
+                at = text[:_SNIPPET_SCAN_CHARS].lower().find(anchor) if anchor else -1
+                if at >= 0:
+                    snippets[rid] = _cut_window(text, at)
+            missing = [row[0] for row in rows if row[0] not in snippets]
+            if missing:
+                marks = ",".join("?" * len(missing))
+                snippets.update(
+                    conn.execute(_FTS_SNIPPETS.format(rowids=marks), (expression, *missing))
+                )
             count: int | None = None
             if total:
                 # A full first page needs no second query: its length is the total.
@@ -391,9 +467,15 @@ class SqliteSink:
         except sqlite3.OperationalError as exc:
             raise SinkUnavailable(f"SQLite sink {self.path}: {exc}") from None
         hits = [
-            # bm25 is lower-is-better; the score is higher-is-better like Meilisearch's.
-            Hit(url=url, title=title, snippet=snippet or "", id=pid, score=round(-rank, 6))
-            for pid, url, title, snippet, rank in rows
+            Hit(
+                url=url,
+                title=title,
+                snippet=snippets.get(rid) or description,
+                id=pid,
+                # bm25 is lower-is-better; the score is higher-is-better like Meilisearch's.
+                score=round(-rank, 6),
+            )
+            for rid, pid, url, title, description, _, rank in rows
         ]
         return SearchPage(hits, count)
 
