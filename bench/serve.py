@@ -1,13 +1,13 @@
 """`fleet serve` search benchmark: ``python -m bench.serve`` / ``make bench-serve``.
 
-1. A private nats-server and a SQLite index of ``--pages`` generated pages (written with the
-   real sink, as the indexer does).
+1. A private nats-server and a SQLite index of ``--pages`` pages of the generated site of
+   `make bench` (bench/site.py), extracted and written with fleet's own code.
 2. ``fleet serve`` as its own process (uvicorn, httptools), with NATS connected.
 3. The load, from a separate process: ``wrk`` (Debian's, with a Lua script rotating the
    queries) when it is installed and ``--tool`` allows, else an aiohttp client loop with
    ``--connections`` keep-alive connections in its own process. Each request is
-   ``GET /api/search?q=WORD&limit=10`` with a word drawn from the generated vocabulary, so
-   every answer has hits and snippets.
+   ``GET /api/search?q=WORDS&limit=10`` with 1-3 words taken from one page (known-item
+   searches), so every answer has hits and snippets.
 
 Prints requests/s, p50/p90/p99 latency and errors; JSON with ``--json``. Exit status 1 when
 the target (``--target-rps``, default 500, with p99 under ``--target-p99-ms``, 50) is
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import json
 import os
@@ -37,47 +38,79 @@ from typing import Any
 import aiohttp
 import psutil
 
+from bench.site import file_for_path, generate_site
 from fleet.messages import Page
 from fleet.nats.server import EmbeddedNats
+from fleet.scrape.extract import extract
 from fleet.settings import Settings
 from fleet.sinks.sqlite import SqliteSink
 from fleet.urls import url_id
 
 REPO = Path(__file__).resolve().parent.parent
 
-# A Zipf-distributed vocabulary, as in real text: a few words are in almost every page, most
-# in few. Queries are 1-3 words like real search queries (every word must match), drawn
-# from ranks QUERY_RANKS: no stop words, no hapaxes. `--common` instead asks for single
-# words of rank 100-3000 only (hundreds of matches each), the slow case of BM25 ranking on
-# this index (detail=column: see docs/benchmarks.md).
-_SYLLABLES = ["ka", "lo", "mi", "nu", "pe", "ra", "si", "to", "vu", "xe", "yo", "zi"]
-_ENDINGS = ["", *_SYLLABLES]
-VOCABULARY = [
-    a + b + c + d for a in _SYLLABLES for b in _SYLLABLES for c in _SYLLABLES for d in _ENDINGS
-][:20_000]
-QUERY_RANKS = range(100, 5000)
-COMMON_RANKS = range(100, 3000)
-WORDS_PER_PAGE = 300
-ZIPF_S = 1.1
+# The index: pages of the generated site of `make bench` (bench/site.py: 20-150 KB of HTML,
+# ~37 KB of text each), extracted by fleet's own extractor. Queries are known-item
+# searches: 1-3 words taken from one page, each found in 2 pages to a tenth of the index
+# (no stop words), so every query has hits, as when a user looks for a page they know.
+# `--common` asks for single words found in a fifth to half of the pages instead: the
+# expensive case for any BM25 ranking.
 
 
-def query_words(pages: int, n: int = 500, seed: int = 3, *, common: bool = False) -> list[str]:
-    """``n`` search queries ('+'-joined words, URL-safe) for the index of ``pages`` pages.
+def make_pages(n: int, seed: int = 1) -> list[Page]:
+    """``n`` pages of the generated site, as workers would publish them."""
+    with tempfile.TemporaryDirectory(prefix="fleet-bench-site-") as tmp:
+        root = Path(tmp)
+        site = generate_site(root, n, seed=seed)
+        pages = []
+        for path in site.paths:
+            url = f"https://northwind.example{path}"
+            ex = extract(
+                (root / file_for_path(path)).read_bytes(),
+                final_url=url,
+                content_type="text/html",
+                charset="utf-8",
+                max_links=1000,
+            )
+            pages.append(
+                Page(
+                    id=url_id(ex.canonical_url),
+                    url=url,
+                    final_url=url,
+                    canonical_url=ex.canonical_url,
+                    status=200,
+                    content_type="text/html",
+                    title=ex.title,
+                    description=ex.description,
+                    headings=ex.headings,
+                    text=ex.text,
+                    lang=ex.lang,
+                    links=ex.links,
+                    content_hash=ex.content_hash,
+                    fetched_at=1_700_000_000.0,
+                )
+            )
+    return pages
 
-    Known-item queries: 1-3 words (of rank QUERY_RANKS) taken from one page, so every query
-    has hits, as when a user looks for a page they know exists."""
+
+_WORD = re.compile(r"[^\W\d_]{3,}")
+
+
+def make_queries(
+    pages: list[Page], n: int = 500, seed: int = 3, *, common: bool = False
+) -> list[str]:
+    """``n`` search queries ('+'-joined words, URL-safe) for these pages."""
     rng = random.Random(seed)
+    # Prose words only: the site's code blocks have camelCase identifiers nobody searches.
+    words_of = [{w for w in _WORD.findall(p.text) if w.isascii() and w.islower()} for p in pages]
+    df = collections.Counter(w for words in words_of for w in words)
     if common:
-        return [VOCABULARY[rng.choice(COMMON_RANKS)] for _ in range(n)]
-    rank = {word: i for i, word in enumerate(VOCABULARY)}
-    corpus = make_pages(min(pages, 500))
+        pool = sorted(w for w, c in df.items() if len(pages) // 5 <= c <= len(pages) // 2)
+        return [rng.choice(pool) for _ in range(n)]
     queries: list[str] = []
     while len(queries) < n:
-        page = rng.choice(corpus)
-        words = sorted({w for w in page.text.split() if rank[w] in QUERY_RANKS})
+        words = sorted(w for w in rng.choice(words_of) if 2 <= df[w] <= max(2, len(pages) // 10))
         if words:
-            k = min(len(words), rng.choice((1, 2, 2, 3)))
-            queries.append("+".join(rng.sample(words, k)))
+            queries.append("+".join(rng.sample(words, min(len(words), rng.choice((1, 2, 2, 3))))))
     return queries
 
 
@@ -91,39 +124,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def make_pages(n: int, seed: int = 7) -> list[Page]:
-    rng = random.Random(seed)
-    weights = [1 / (rank + 1) ** ZIPF_S for rank in range(len(VOCABULARY))]
-    pages = []
-    for i in range(n):
-        url = f"https://site{i % 20}.example/page/{i}"
-        words = rng.choices(VOCABULARY, weights=weights, k=WORDS_PER_PAGE)
-        pages.append(
-            Page(
-                id=url_id(url),
-                url=url,
-                final_url=url,
-                canonical_url=url,
-                status=200,
-                content_type="text/html",
-                title=" ".join(words[:6]).title(),
-                description=" ".join(words[6:20]),
-                headings=[" ".join(words[20:25])],
-                text=" ".join(words),
-                lang="en",
-                fetched_at=1_700_000_000.0 + i,
-            )
-        )
-    return pages
-
-
-async def build_index(path: Path, n: int, fts_detail: str = "column") -> None:
+async def build_index(path: Path, pages: list[Page], fts_detail: str) -> None:
     sink = SqliteSink(path, fts_detail=fts_detail)
     await sink.open()
     try:
-        pages = make_pages(n)
-        for start in range(0, len(pages), 500):
-            await sink.upsert(pages[start : start + 500])
+        for start in range(0, len(pages), 200):
+            await sink.upsert(pages[start : start + 200])
     finally:
         await sink.close()
 
@@ -209,7 +215,7 @@ async def client_loop(
 
 
 def run_client(
-    base: str, connections: int, duration_s: float, pages: int, common: bool
+    base: str, connections: int, duration_s: float, queries_file: Path
 ) -> dict[str, Any]:
     out = subprocess.run(
         [
@@ -222,9 +228,8 @@ def run_client(
             str(connections),
             "--duration",
             str(duration_s),
-            "--pages",
-            str(pages),
-            *(["--common"] if common else []),
+            "--queries",
+            str(queries_file),
         ],
         capture_output=True,
         text=True,
@@ -305,7 +310,7 @@ def _cpu_s(process: psutil.Process) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--pages", type=int, default=5000)
+    parser.add_argument("--pages", type=int, default=2000)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--duration", type=float, default=15.0)
     parser.add_argument("--tool", choices=["auto", "wrk", "aiohttp"], default="auto")
@@ -315,14 +320,15 @@ def main(argv: list[str] | None = None) -> int:
         "--common", action="store_true", help="single common words (hundreds of hits each)"
     )
     parser.add_argument(
-        "--fts-detail", choices=["column", "full"], default="column", help="FTS5 detail"
+        "--fts-detail", choices=["column", "full"], default="full", help="FTS5 detail"
     )
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--client", help=argparse.SUPPRESS)  # internal: the load process
+    parser.add_argument("--queries", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.client:
-        queries = query_words(args.pages, common=args.common)
+        queries = json.loads(Path(args.queries).read_text())
         load = client_loop(args.client, args.connections, args.duration, queries)
         print(json.dumps(asyncio.run(load)))
         return 0
@@ -332,24 +338,28 @@ def main(argv: list[str] | None = None) -> int:
         tool = "wrk" if shutil.which("wrk") else "aiohttp"
     with tempfile.TemporaryDirectory(prefix="fleet-bench-serve-") as tmp:
         db = Path(tmp) / "fleet.db"
-        log(f"indexing {args.pages} generated pages into {db}")
-        asyncio.run(build_index(db, args.pages, args.fts_detail))
+        log(f"generating and extracting {args.pages} pages of the bench site")
+        pages = make_pages(args.pages)
+        queries = make_queries(pages, common=args.common)
+        queries_file = Path(tmp) / "queries.json"
+        queries_file.write_text(json.dumps(queries))
+        text_kb = sum(len(p.text) for p in pages) / len(pages) / 1000
+        log(f"indexing them into {db} (FTS5 detail={args.fts_detail})")
+        asyncio.run(build_index(db, pages, args.fts_detail))
+        del pages
         server = EmbeddedNats(store_dir=str(Path(tmp) / "js")).start()
         try:
             settings = Settings(nats_url=server.url, sink=f"sqlite:///{db}")
             with serve_process(settings, free_port()) as (base, process):
                 log(f"fleet serve on {base}; warming up")
-                run_client(base, 4, 2.0, args.pages, args.common)
+                run_client(base, 4, 2.0, queries_file)
                 log(f"load: {tool}, {args.connections} connections, {args.duration:g} s")
                 load_before = os.getloadavg()[0]
                 cpu_before = _cpu_s(process)
                 if tool == "wrk":
-                    queries = query_words(args.pages, common=args.common)
                     result = run_wrk(base, args.connections, args.duration, 1, queries)
                 else:
-                    result = run_client(
-                        base, args.connections, args.duration, args.pages, args.common
-                    )
+                    result = run_client(base, args.connections, args.duration, queries_file)
                 # Server CPU per request: what the throughput would be on idle cores does
                 # not depend on how busy the shared machine was during the run.
                 cpu_ms = (_cpu_s(process) - cpu_before) * 1000 / max(1, result["requests"])
@@ -360,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     result.update(
         {
             "pages": args.pages,
+            "text_kb_per_page": round(text_kb, 1),
             "fts_detail": args.fts_detail,
             "queries": "single common words" if args.common else "1-3 words from a page",
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python "
@@ -377,8 +388,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
     else:
         print(
-            f"GET /api/search on SQLite ({args.pages} pages, detail={args.fts_detail}, "
-            f"{result['queries']}), {result['tool']}: "
+            f"GET /api/search on SQLite ({args.pages} pages of {text_kb:.0f} KB text, "
+            f"detail={args.fts_detail}, {result['queries']}), {result['tool']}: "
             f"{result['rps']:.0f} req/s, p50 {result['p50_ms']} ms, p90 {result['p90_ms']} ms, "
             f"p99 {result['p99_ms']} ms, {result['errors']} errors, server CPU "
             f"{result['server_cpu_ms_per_request']} ms/request, load average "
