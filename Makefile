@@ -6,7 +6,7 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: help venv demo test test-fast lint fmt bench bench-crawl bench-render bench-scale clean \
+.PHONY: help venv demo test test-fast lint fmt bench bench-crawl bench-render bench-scale bench-serve clean \
 	images base-image dev-image ci-images up down logs ps scale compose-env
 
 # Containers (docs/containers.md). BuildKit is required; CI passes DOCKER=/usr/bin/docker
@@ -32,6 +32,7 @@ help:
 	@echo "make bench-crawl  - fleet run --crawl vs Scrapy CrawlSpider vs Crawlee, 2,000 pages from the root"
 	@echo "make bench-render - worker --render always vs a bare Playwright loop (Chromium)"
 	@echo "make bench-scale  - supervisor: burst to max replicas, drain to min, URLs/s per replica count"
+	@echo "make bench-serve  - fleet serve: GET /api/search on SQLite, req/s and p99 (target 500, 50 ms)"
 	@echo "make images - build $(IMAGE) and $(BROWSER_IMAGE) (BASE_IMAGE=fleet-base:local offline)"
 	@echo "make dev-image - fleet-dev:local for compose/docker-compose.dev.yml (reload on change)"
 	@echo "make up | down | logs | ps | scale N=5 - the compose stack (compose/; scale stops the supervisor)"
@@ -76,6 +77,9 @@ bench-render: $(STAMP)
 bench-scale: $(STAMP)
 	$(PY) -m bench.scale $(BENCH_ARGS)
 
+bench-serve: $(STAMP)
+	$(PY) -m bench.serve $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info demo.db demo.db-*
 
@@ -107,10 +111,11 @@ ci-images: images dev-image
 	$(BUILD) -t fleet-ci-nats:local -f compose/ci/Dockerfile.nats compose/ci
 	$(BUILD) --build-arg FLEET_IMAGE=$(IMAGE) -t fleet-ci-fakes:local -f compose/ci/Dockerfile.fakes .
 
-# compose/.env with a random Meilisearch master key, made once from .env.example.
+# compose/.env with a random Meilisearch master key and API key, made once from .env.example.
 compose/.env:
-	@sed "s/^MEILI_MASTER_KEY=.*/MEILI_MASTER_KEY=$$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')/" \
-	  compose/.env.example > $@ && chmod 600 $@ && echo "wrote $@ (random MEILI_MASTER_KEY)"
+	@sed -e "s/^MEILI_MASTER_KEY=.*/MEILI_MASTER_KEY=$$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')/" \
+	  -e "s/^FLEET_API_KEY=.*/FLEET_API_KEY=$$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')/" \
+	  compose/.env.example > $@ && chmod 600 $@ && echo "wrote $@ (random MEILI_MASTER_KEY, FLEET_API_KEY)"
 
 compose-env: compose/.env
 

@@ -2,8 +2,9 @@
 
 Every role needs NATS with JetStream and the three streams; a worker also needs its durable
 consumer, an indexer its consumer and a reachable sink. The answer is one line naming what
-was checked or what is missing, and an exit code (0 healthy, 1 not). The supervisor is
-asked over HTTP: its own ``/health`` already covers NATS and the Docker engine.
+was checked or what is missing, and an exit code (0 healthy, 1 not). The supervisor and
+`fleet serve` (role ``api``) are asked over HTTP: their own ``/health`` already covers
+their dependencies.
 
 Credentials never appear in the answer: the NATS and sink URLs are shown without their
 user:password (``redact_url``), and the Meilisearch key is never put in a message.
@@ -25,7 +26,7 @@ from fleet.settings import Settings
 from fleet.sinks import open_sink
 from fleet.urls import redact_servers, redact_url
 
-ROLES: Final = ("nats", "publisher", "worker", "indexer", "supervisor")
+ROLES: Final = ("nats", "publisher", "worker", "indexer", "supervisor", "api")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +123,20 @@ async def _check_sink(settings: Settings) -> str:
     return f"sink {store!r} ({count} documents)"
 
 
+async def _check_api(settings: Settings) -> list[str]:
+    url = f"http://127.0.0.1:{settings.api_port}/health"
+    try:
+        async with aiohttp.ClientSession() as session, session.get(url) as resp:
+            body = await resp.json(content_type=None)
+    except (aiohttp.ClientError, ValueError) as exc:
+        raise Unhealthy(f"no answer from {url} ({type(exc).__name__}: {exc})") from None
+    checks = body.get("checks", {}) if isinstance(body, dict) else {}
+    shown = ", ".join(f"{name} {c.get('state')}" for name, c in checks.items())
+    if resp.status != 200:
+        raise Unhealthy(f"{url} answered {resp.status} ({body.get('status')}): {shown}")
+    return [f"{url}: {body.get('status')}: {shown}"]
+
+
 async def _check_supervisor(settings: Settings) -> list[str]:
     url = f"http://127.0.0.1:{settings.supervisor_port}/health"
     try:
@@ -149,6 +164,8 @@ async def check(role: str, settings: Settings, *, timeout_s: float = 5.0) -> Che
         async with asyncio.timeout(timeout_s):
             if role == "supervisor":
                 checked = await _check_supervisor(settings)
+            elif role == "api":
+                checked = await _check_api(settings)
             else:
                 checked = await _check(role, settings)
     except Unhealthy as exc:

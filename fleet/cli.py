@@ -969,11 +969,67 @@ def supervisor(
 
 
 @main.command()
+@click.option("--host", default=None, help="Address to listen on [env FLEET_API_HOST; 127.0.0.1]")
+@click.option("--port", type=int, default=None, help="[env FLEET_API_PORT; 8000]")
+@nats_option
+@sink_option
+@metrics_option
+@click.pass_context
+def serve(
+    ctx: click.Context,
+    *,  # click passes every parameter by name
+    host: str | None,
+    port: int | None,
+    nats_url: str | None,
+    sink: str | None,
+    metrics_port: int | None,
+) -> None:
+    """HTTP API, MCP (/mcp) and the live dashboard (/) until SIGTERM.
+
+    With FLEET_API_KEY set every /api and /mcp request needs `Authorization: Bearer KEY`
+    (FLEET_API_READ_KEY: reads only); without it the server binds loopback only.
+    """
+    settings = _settings(
+        ctx, api_host=host, api_port=port, nats_url=nats_url, sink=sink, metrics_port=metrics_port
+    )
+    from fleet.serve.app import check_bind
+    from fleet.serve.app import serve as serve_role
+
+    _guard(lambda: check_bind(settings))
+    telemetry = _telemetry("serve", settings)
+    try:
+        _guard(lambda: _run(_until_signalled(lambda stop: serve_role(settings, stop, telemetry))))
+    finally:
+        telemetry.shutdown()  # flushes the last spans (SIGTERM included)
+
+
+@main.command()
+@nats_option
+@sink_option
+@click.pass_context
+def mcp(ctx: click.Context, nats_url: str | None, sink: str | None) -> None:
+    """MCP server on stdin/stdout, for desktop agent clients (logs on stderr)."""
+    settings = _settings(ctx, nats_url=nats_url, sink=sink)
+    from fleet.serve.mcp import serve_stdio
+    from fleet.serve.service import FleetService
+
+    telemetry = _telemetry("mcp", settings, metrics=False)
+    try:
+        _guard(
+            lambda: _run(
+                _until_signalled(lambda stop: serve_stdio(FleetService(settings, telemetry), stop))
+            )
+        )
+    finally:
+        telemetry.shutdown()
+
+
+@main.command()
 @click.argument(
     "role",
     envvar="FLEET_ROLE",
     default="nats",
-    type=click.Choice(["nats", "publisher", "worker", "indexer", "supervisor"]),
+    type=click.Choice(["nats", "publisher", "worker", "indexer", "supervisor", "api"]),
 )
 @nats_option
 @sink_option
@@ -989,7 +1045,7 @@ def check(
     timeout_s: float,
     as_json: bool,
 ) -> None:
-    """Health of ROLE (nats, publisher, worker, indexer, supervisor) [env FLEET_ROLE]."""
+    """Health of ROLE (nats, publisher, worker, indexer, supervisor, api) [env FLEET_ROLE]."""
     settings = _settings(ctx, nats_url=nats_url, sink=sink)
     from fleet.check import check as run_check
 

@@ -111,6 +111,11 @@ class Settings:
     indexer_batch_size: int = 200
     indexer_batch_wait_s: float = 0.5
     sink_retry_max_s: float = 30.0
+    # Read-only SQLite connections (threads) for searches of `fleet serve`/`fleet search`.
+    sqlite_readers: int = 4
+    # FTS5 detail of a new SQLite index: full (fast ranking) or column (~10% cheaper
+    # indexing, much slower ranking of long pages; docs/benchmarks.md).
+    sqlite_fts_detail: str = "full"
 
     # Supervisor: scales workers on the workers' consumer lag.
     supervisor_backend: str = "docker"  # docker | local | swarm | kubernetes
@@ -130,6 +135,16 @@ class Settings:
     supervisor_service: str = "fleet_worker"  # swarm: the workers' service (stack_service)
     supervisor_deployment: str = "worker"  # kubernetes: the workers' Deployment
     supervisor_namespace: str | None = None  # kubernetes: its namespace; None: the pod's own
+
+    # `fleet serve`: the HTTP API, the MCP endpoint and the dashboard.
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000  # 0 picks a free port (tests)
+    # Bearer key for every /api/* and /mcp request; unset: loopback only, no auth.
+    api_key: str | None = dataclasses.field(default=None, repr=False)
+    # A second key that opens only the reads (GET /api/*, MCP search/get_page/fleet_status).
+    api_read_key: str | None = dataclasses.field(default=None, repr=False)
+    # The supervisor's base URL (http://supervisor:8080) for the dashboard's workers panel.
+    supervisor_url: str | None = None
 
     # `fleet run`.
     run_timeout_s: float = 3600.0
@@ -325,6 +340,39 @@ class Settings:
             )
         parse_host_rules(self.host_rules)
 
+    def _validate_replicas(self) -> None:
+        """``stream_replicas``: what a JetStream cluster can hold."""
+        if not 1 <= self.stream_replicas <= 5:
+            raise SettingsError(
+                f"{ENV_PREFIX}STREAM_REPLICAS must be 1 to 5 (got {self.stream_replicas}); "
+                "use 1 on a single nats-server, 3 (or 5) on a JetStream cluster of at least "
+                "that many servers"
+            )
+
+    def _validate_api(self) -> None:
+        """`fleet serve`: its port and keys."""
+        if not 0 <= self.api_port <= 65535:
+            raise SettingsError(
+                f"{ENV_PREFIX}API_PORT must be a TCP port 1-65535 (or 0 for any free port; "
+                f"got {self.api_port})"
+            )
+        if self.api_read_key and not self.api_key:
+            raise SettingsError(
+                f"{ENV_PREFIX}API_READ_KEY is set but {ENV_PREFIX}API_KEY is not: a read-only "
+                f"key makes sense only when writes need a key; set {ENV_PREFIX}API_KEY too"
+            )
+        for var, secret in (("API_KEY", self.api_key), ("API_READ_KEY", self.api_read_key)):
+            if secret is not None and (not secret.strip() or any(c.isspace() for c in secret)):
+                raise SettingsError(
+                    f"{ENV_PREFIX}{var} must be a non-empty string without spaces "
+                    "(e.g. the output of `openssl rand -hex 32`)"
+                )
+        if self.api_key and self.api_key == self.api_read_key:
+            raise SettingsError(
+                f"{ENV_PREFIX}API_READ_KEY must differ from {ENV_PREFIX}API_KEY "
+                "(the read key must not open writes)"
+            )
+
     def validate(self) -> None:
         """Raise ``SettingsError`` for an unusable value; the message names the variable and fix."""
         positive = {
@@ -334,6 +382,7 @@ class Settings:
             "nats_ping_interval_s": self.nats_ping_interval_s,
             "worker_concurrency": self.worker_concurrency,
             "indexer_batch_size": self.indexer_batch_size,
+            "sqlite_readers": self.sqlite_readers,
             "max_body_bytes": self.max_body_bytes,
             "fetch_timeout_s": self.fetch_timeout_s,
             "render_concurrency": self.render_concurrency,
@@ -353,12 +402,7 @@ class Settings:
                 raise SettingsError(
                     f"{ENV_PREFIX}{key.upper()} must be > 0 (got {value}); set a positive value"
                 )
-        if not 1 <= self.stream_replicas <= 5:
-            raise SettingsError(
-                f"{ENV_PREFIX}STREAM_REPLICAS must be 1 to 5 (got {self.stream_replicas}); "
-                "use 1 on a single nats-server, 3 (or 5) on a JetStream cluster of at least "
-                "that many servers"
-            )
+        self._validate_replicas()
         self._validate_nats_url()
         if not 0 <= self.metrics_port <= 65535:
             raise SettingsError(
@@ -384,6 +428,19 @@ class Settings:
             raise SettingsError(
                 f"{ENV_PREFIX}SUPERVISOR_PORT must be a TCP port 1-65535 "
                 f"(got {self.supervisor_port})"
+            )
+        self._validate_api()
+        if self.supervisor_url is not None and not self.supervisor_url.startswith(
+            ("http://", "https://")
+        ):
+            raise SettingsError(
+                f"{ENV_PREFIX}SUPERVISOR_URL must be an http(s):// URL such as "
+                f"http://supervisor:8080 (got {self.supervisor_url!r})"
+            )
+        if self.sqlite_fts_detail not in ("column", "full"):
+            raise SettingsError(
+                f"{ENV_PREFIX}SQLITE_FTS_DETAIL must be column or full "
+                f"(got {self.sqlite_fts_detail!r})"
             )
         if self.log_format not in ("text", "json"):
             raise SettingsError(

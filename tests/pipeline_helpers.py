@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import sqlite3
 import subprocess
+import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +17,19 @@ import nats
 
 from fleet.admin import status
 from fleet.crawl import crawl_status
-from fleet.messages import Page, page_decoder
+from fleet.messages import (
+    DeadLetter,
+    Page,
+    UrlTask,
+    dead_letter_encoder,
+    page_decoder,
+    url_task_encoder,
+)
 from fleet.nats.frontier import Frontier
 from fleet.settings import Settings
+from fleet.sinks import open_sink
+from fleet.telemetry import Telemetry
+from fleet.urls import normalize_url, url_id
 from tests.conftest import fleet_cli, wait_for
 
 
@@ -134,3 +148,87 @@ def start_crawl_cli(settings: Settings, *args: str) -> str:
     """`fleet crawl start ARGS --json` → the crawl id."""
     out = cli_json(settings, "crawl", "start", *args)
     return str(out["crawl"])
+
+
+def sample_page(
+    path: str, *, title: str, text: str, host: str = "example.com", lang: str = "en"
+) -> Page:
+    """A Page as a worker would publish it (for seeding a sink directly)."""
+    url = normalize_url(f"https://{host}/{path}")
+    return Page(
+        id=url_id(url),
+        url=url,
+        final_url=url,
+        canonical_url=url,
+        status=200,
+        content_type="text/html",
+        title=title,
+        description=f"about {title}",
+        headings=[title, "Second heading"],
+        text=text,
+        lang=lang,
+        links=[f"https://{host}/{path}/next", f"https://{host}/other"],
+        content_hash=f"hash-{path}",
+        fetched_at=1_700_000_000.0,
+    )
+
+
+async def index_pages(settings: Settings, pages: list[Page]) -> None:
+    """Write pages to the settings' sink, as the indexer does."""
+    store = open_sink(settings)
+    try:
+        await store.open()
+        assert await store.upsert(pages) == []
+    finally:
+        await store.close()
+
+
+@contextlib.asynccontextmanager
+async def running_serve(
+    settings: Settings, telemetry: Telemetry | None = None
+) -> AsyncIterator[str]:
+    """`fleet serve` in this event loop on a free loopback port; yields its base URL."""
+    from fleet.serve.app import serve  # noqa: PLC0415 - only the serve tests need it
+
+    stop = asyncio.Event()
+    ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(
+        serve(
+            settings.replace(api_port=0),
+            stop,
+            telemetry or Telemetry.disabled("serve"),
+            ready=ready.set_result,
+        )
+    )
+    waiting: set[asyncio.Future[Any]] = {task, ready}
+    done, _ = await asyncio.wait(waiting, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        task.result()  # raises the start-up error
+    assert ready in done, "fleet serve did not start within 30 s"
+    try:
+        yield ready.result()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=30)
+
+
+async def put_dead_letter(settings: Settings, url: str, reason: str) -> None:
+    """A dead letter exactly as a worker writes one (stage worker, original payload)."""
+    task = UrlTask(url=url, id=url_id(url), published_at=time.time())
+    letter = DeadLetter(
+        url=url,
+        id=task.id,
+        stage="worker",
+        reason=reason,
+        error=f"HTTP {reason.removeprefix('http_')} from {url}",
+        attempts=1,
+        failed_at=time.time(),
+        payload=url_task_encoder.encode(task),
+    )
+    nc = await nats.connect(settings.nats_server)
+    try:
+        await nc.jetstream().publish(
+            f"{settings.dlq_subject}.worker", dead_letter_encoder.encode(letter)
+        )
+    finally:
+        await nc.close()

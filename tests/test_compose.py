@@ -31,6 +31,7 @@ DEV = COMPOSE_DIR / "docker-compose.dev.yml"
 CLUSTER = COMPOSE_DIR / "docker-compose.cluster.yml"
 PROJECT = "fleet-test"
 MEILI_KEY = "ci-master-key-0123456789abcdef"
+API_KEY = "ci-api-key-0123456789abcdef"
 
 
 def _run(*args: str, timeout: float = 120, **kw: Any) -> subprocess.CompletedProcess[str]:
@@ -42,6 +43,7 @@ def _env(**extra: str) -> dict[str, str]:
     sock = Path("/var/run/docker.sock")
     env.update(
         MEILI_MASTER_KEY=MEILI_KEY,
+        FLEET_API_KEY=API_KEY,
         DOCKER_GID=str(sock.stat().st_gid) if sock.exists() else "0",
         **extra,
     )
@@ -188,6 +190,12 @@ def test_compose_config_validates(docker_ready: None) -> None:
     proc = _run(*compose("config", "--quiet", files=(BASE,)), env=env, cwd="/")
     assert proc.returncode != 0
     assert "MEILI_MASTER_KEY" in proc.stderr
+    # So is the API key: the api service listens beyond loopback inside the stack.
+    env = _env()
+    del env["FLEET_API_KEY"]
+    proc = _run(*compose("config", "--quiet", files=(BASE,)), env=env, cwd="/")
+    assert proc.returncode != 0
+    assert "FLEET_API_KEY" in proc.stderr
     # Every fleet service has a healthcheck, limits and a restart policy.
     config = json.loads(
         _check(
@@ -198,13 +206,26 @@ def test_compose_config_validates(docker_ready: None) -> None:
             )
         )
     )
-    for name in ("worker", "browser-worker", "indexer", "supervisor", "nats", "meili", "jaeger"):
+    for name in (
+        "worker",
+        "browser-worker",
+        "indexer",
+        "supervisor",
+        "api",
+        "nats",
+        "meili",
+        "jaeger",
+    ):
         service = config["services"][name]
         assert service.get("healthcheck", {}).get("test"), name
         assert service["deploy"]["resources"]["limits"]["memory"], name
         assert service["restart"] == "unless-stopped", name
     assert config["services"]["browser-worker"]["shm_size"]
     assert config["services"]["worker"]["healthcheck"]["test"][-2:] == ["check", "worker"]
+    api = config["services"]["api"]
+    assert api["healthcheck"]["test"][-2:] == ["check", "api"]
+    assert api["ports"][0]["host_ip"] == "127.0.0.1" and api["ports"][0]["target"] == 8000
+    assert api["read_only"] and api["cap_drop"] == ["ALL"]
     # The supervisor reaches Docker only through the container-only proxy, as a non-root,
     # read-only service.
     supervisor = config["services"]["supervisor"]
@@ -306,8 +327,8 @@ def _worker_ips() -> dict[str, str]:
 @pytest.mark.docker
 @pytest.mark.timeout(900)
 def test_stack_publish_search_scale_down(stack: None) -> None:
-    # Every service (nats, meili, jaeger, docker-proxy, site, worker, indexer) is healthy.
-    _poll("all 7 services healthy", lambda: _all_healthy(7))
+    # Every service (nats, meili, jaeger, docker-proxy, site, worker, indexer, api) is healthy.
+    _poll("all 8 services healthy", lambda: _all_healthy(8))
     meili = f"http://{_host_port('meili', 7700)}"
     site = f"http://{_host_port('site', 8000)}"
     jaeger = f"http://{_host_port('jaeger', 16686)}"
@@ -326,6 +347,11 @@ def test_stack_publish_search_scale_down(stack: None) -> None:
     hits = json.loads(_check(compose("run", "--rm", "-T", "fleet", "search", "unique7", "--json")))
     assert [h["url"] for h in hits] == ["http://site:8000/page/7"]
     assert hits[0]["title"] == "Page 7"
+    # The same search through the api service (fleet serve over Meilisearch), from the host.
+    api = f"http://{_host_port('api', 8000)}"
+    assert _get_json(f"{api}/health")["status"] in ("ok", "degraded")  # no supervisor yet
+    found = _get_json(f"{api}/api/search?q=unique7", {"Authorization": f"Bearer {API_KEY}"})
+    assert [h["url"] for h in found["hits"]] == ["http://site:8000/page/7"]
 
     # Traces reached the collector standing in for Jaeger (OTLP/HTTP), named per role.
     def traced() -> bool:
@@ -338,7 +364,7 @@ def test_stack_publish_search_scale_down(stack: None) -> None:
     _check(
         compose("up", "-d", "--no-build", "--wait", "--wait-timeout", "120", "--scale", "worker=3")
     )
-    _poll("9 services healthy after scaling", lambda: _all_healthy(9))
+    _poll("10 services healthy after scaling", lambda: _all_healthy(10))
     workers = _worker_ips()
     assert len(workers) == 3
     req = urllib.request.Request(f"{site}/_hits", method="DELETE")

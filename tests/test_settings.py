@@ -41,6 +41,13 @@ def test_round_trip_through_env() -> None:
         ({"FLEET_MAX_DELIVER": "0"}, "FLEET_MAX_DELIVER must be > 0"),
         ({"FLEET_SINK": "postgres://x"}, "sqlite:///path/to/fleet.db"),
         ({"FLEET_LOG_FORMAT": "xml"}, "FLEET_LOG_FORMAT"),
+        ({"FLEET_API_PORT": "70000"}, "FLEET_API_PORT must be a TCP port"),
+        ({"FLEET_API_READ_KEY": "r-key"}, "set FLEET_API_KEY too"),
+        ({"FLEET_API_KEY": "same", "FLEET_API_READ_KEY": "same"}, "must differ"),
+        ({"FLEET_API_KEY": "has space"}, "without spaces"),
+        ({"FLEET_SUPERVISOR_URL": "supervisor:8080"}, "http(s)://"),
+        ({"FLEET_SQLITE_FTS_DETAIL": "none"}, "column or full"),
+        ({"FLEET_SQLITE_READERS": "0"}, "FLEET_SQLITE_READERS must be > 0"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], fragment: str) -> None:
@@ -51,6 +58,8 @@ def test_bad_values_name_the_variable(env: dict[str, str], fragment: str) -> Non
 
 def test_secret_not_in_repr() -> None:
     assert "sekret" not in repr(Settings(meili_api_key="sekret"))
+    keyed = Settings(api_key="admin-sekret", api_read_key="read-sekret")
+    assert "sekret" not in repr(keyed)
 
 
 def test_seed_list_of_servers() -> None:

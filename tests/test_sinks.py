@@ -775,3 +775,54 @@ async def test_sqlite_search_on_a_missing_file_is_a_clear_error(tmp_path: Path) 
     with pytest.raises(ConfigError, match="no SQLite index"):
         await sink.open(readonly=True)
     assert not (tmp_path / "typo.db").exists()
+
+
+async def test_sqlite_readonly_reader_pool_serves_concurrent_searches(tmp_path: Path) -> None:
+    writer = SqliteSink(tmp_path / "pool.db")
+    await writer.open()
+    pages = [make_page(f"p{i}", title=f"Page {i}", text=f"common word{i} text") for i in range(40)]
+    assert await writer.upsert(pages) == []
+    reader = SqliteSink(tmp_path / "pool.db", readers=4)
+    await reader.open(readonly=True)
+    try:
+        searches = await asyncio.gather(
+            *(reader.search_page(f"word{i % 40}", 5) for i in range(200))
+        )
+        for i, page in enumerate(searches):
+            assert [h.title for h in page.hits] == [f"Page {i % 40}"]
+        got = await asyncio.gather(*(reader.get(pages[i % 40].id) for i in range(100)))
+        assert all(p is not None and p.id == pages[i % 40].id for i, p in enumerate(got))
+        # The indexer keeps writing beside the readers (WAL).
+        assert await writer.upsert([make_page("late", title="Late", text="common late")]) == []
+        assert (await reader.search_page("common", 100)).total == 41
+    finally:
+        await reader.close()
+        await writer.close()
+
+
+async def test_sqlite_snippet_falls_back_to_fts5_for_folded_words(sqlite_sink: SqliteSink) -> None:
+    text = LOREM * 3 + " the CAFÉ opens at dawn " + LOREM * 3
+    await sqlite_sink.upsert([make_page("cafe", title="Mornings", text=text)])
+    # The index folds case and diacritics; the snippet still finds the word.
+    [hit] = await sqlite_sink.search("cafe", 5)
+    assert "CAFÉ" in hit.snippet
+    assert hit.snippet.startswith("…") and hit.snippet.endswith("…")
+    [hit] = await sqlite_sink.search("dawn", 5)
+    assert "dawn" in hit.snippet and len(hit.snippet.split()) <= 32
+
+
+@pytest.mark.parametrize("detail", ["full", "column"])
+async def test_sqlite_fts_detail_of_a_new_index(tmp_path: Path, detail: str) -> None:
+    sink = SqliteSink(tmp_path / "d.db", fts_detail=detail)
+    await sink.open()
+    await sink.upsert([make_page("a", title="Alpha", text="bravo charlie")])
+    assert [h.title for h in await sink.search("charlie", 5)] == ["Alpha"]
+    await sink.close()
+    with sqlite3.connect(tmp_path / "d.db") as db:
+        (sql,) = db.execute("SELECT sql FROM sqlite_master WHERE name = 'pages_fts'").fetchone()
+    assert f"detail={detail}" in sql
+    # Reopened with the other setting, an index keeps the detail it was created with.
+    other = SqliteSink(tmp_path / "d.db", fts_detail="column" if detail == "full" else "full")
+    await other.open(readonly=True)
+    assert [h.title for h in await other.search("bravo", 5)] == ["Alpha"]
+    await other.close()

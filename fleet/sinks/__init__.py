@@ -26,7 +26,11 @@ def open_sink(settings: Settings) -> Sink:
             raise ConfigError(f"FLEET_SINK={spec!r} has no database file; use one of: {SINK_FORMS}")
         from fleet.sinks.sqlite import SqliteSink  # noqa: PLC0415 - each backend on demand
 
-        return SqliteSink(Path(raw).expanduser())
+        return SqliteSink(
+            Path(raw).expanduser(),
+            readers=settings.sqlite_readers,
+            fts_detail=settings.sqlite_fts_detail,
+        )
     if spec.startswith(("http://", "https://")):
         parts = urlsplit(spec)
         if not parts.hostname or parts.query or parts.fragment:

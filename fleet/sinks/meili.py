@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import meilisearch
 import msgspec
@@ -29,7 +28,16 @@ from meilisearch.models.task import Task
 
 from fleet.errors import BackupInvalid, ConfigError, RestoreFailed, SinkUnavailable
 from fleet.messages import Page
-from fleet.sinks.base import Hit, Rejected, SinkBackup
+from fleet.sinks.base import (
+    NO_FILTERS,
+    Hit,
+    Rejected,
+    SearchFilters,
+    SearchPage,
+    SinkBackup,
+    StoredPage,
+    url_host,
+)
 from fleet.urls import redact_url
 
 log = logging.getLogger(__name__)
@@ -52,6 +60,7 @@ DISPLAYED_ATTRIBUTES = [
     "lang",
     "via",
     "fetched_at",
+    "links",
 ]
 
 
@@ -99,6 +108,8 @@ class MeiliDocument(msgspec.Struct, kw_only=True):
     lang: str
     via: str
     fetched_at: float
+    # Not searchable: stored so `GET /api/pages/{id}` shows the page's links.
+    links: list[str] = msgspec.field(default_factory=list)
 
 
 def meili_document(page: Page) -> MeiliDocument:
@@ -107,7 +118,7 @@ def meili_document(page: Page) -> MeiliDocument:
         id=page.id,
         url=page.url,
         canonical_url=page.canonical_url or page.url,
-        host=(urlsplit(page.url).hostname or "").lower(),
+        host=url_host(page.url),
         title=page.title,
         description=page.description,
         headings=list(page.headings),
@@ -115,6 +126,7 @@ def meili_document(page: Page) -> MeiliDocument:
         lang=page.lang,
         via=page.via,
         fetched_at=page.fetched_at,
+        links=list(page.links),
     )
 
 
@@ -344,40 +356,89 @@ class MeiliSink:
 
     # -- read side
 
-    async def search(self, query: str, limit: int) -> list[Hit]:
-        """Best hits first, with a 30-word crop of the text; [] for a blank query or no index."""
-        if not query.strip() or limit <= 0:
-            return []
-        return await self._run(self._search_sync, query, limit)
+    async def search(
+        self, query: str, limit: int, *, offset: int = 0, filters: SearchFilters = NO_FILTERS
+    ) -> list[Hit]:
+        """Best hits first (``search_page`` without the total)."""
+        return (await self.search_page(query, limit, offset=offset, filters=filters)).hits
 
-    def _search_sync(self, query: str, limit: int) -> list[Hit]:
+    async def search_page(
+        self, query: str, limit: int, *, offset: int = 0, filters: SearchFilters = NO_FILTERS
+    ) -> SearchPage:
+        """Best hits first, with Meilisearch's estimated total; no index yet gives no hits."""
+        if not query.strip() or limit <= 0:
+            return SearchPage([], 0)
+        return await self._run(self._search_sync, query, limit, max(0, offset), filters)
+
+    def _search_sync(
+        self, query: str, limit: int, offset: int, filters: SearchFilters
+    ) -> SearchPage:
+        params: dict[str, Any] = {
+            "limit": limit,
+            "offset": offset,
+            "attributesToRetrieve": ["id", "url", "title"],
+            # Cropped attributes land in _formatted even when not retrieved, so the
+            # full text never crosses the wire.
+            "attributesToCrop": ["text"],
+            "cropLength": 30,
+            "showRankingScore": True,
+        }
+        conditions = [
+            # Values are checked by SearchFilters.of (no quotes or backslashes).
+            f'{name} = "{value}"'
+            for name, value in (("host", filters.host), ("lang", filters.lang))
+            if value is not None
+        ]
+        if conditions:
+            params["filter"] = " AND ".join(conditions)
         try:
-            result = self._index.search(
-                query,
-                {
-                    "limit": limit,
-                    "attributesToRetrieve": ["id", "url", "title"],
-                    # Cropped attributes land in _formatted even when not retrieved, so the
-                    # full text never crosses the wire.
-                    "attributesToCrop": ["text"],
-                    "cropLength": 30,
-                },
-            )
+            result = self._index.search(query, params)
         except MeilisearchApiError as exc:
             if exc.code == "index_not_found":
-                return []
+                return SearchPage([], 0)
             raise
         hits: list[Hit] = []
         for hit in result.get("hits", []):
             formatted = hit.get("_formatted") or {}
+            score = hit.get("_rankingScore")
             hits.append(
                 Hit(
                     url=str(hit.get("url", "")),
                     title=str(hit.get("title", "")),
                     snippet=str(formatted.get("text") or ""),
+                    id=str(hit.get("id", "")),
+                    score=float(score) if isinstance(score, int | float) else None,
                 )
             )
-        return hits
+        total = result.get("estimatedTotalHits", result.get("totalHits"))
+        return SearchPage(hits, int(total) if isinstance(total, int) else None)
+
+    async def get(self, page_id: str) -> StoredPage | None:
+        """The stored document with this id, or None (also when there is no index yet)."""
+        return await self._run(self._get_sync, page_id)
+
+    def _get_sync(self, page_id: str) -> StoredPage | None:
+        try:
+            doc = dict(self._index.get_document(page_id))
+        except MeilisearchApiError as exc:
+            if exc.code in ("document_not_found", "index_not_found"):
+                return None
+            raise
+        url = str(doc.get("url", ""))
+        return StoredPage(
+            id=str(doc.get("id", page_id)),
+            url=url,
+            canonical_url=str(doc.get("canonical_url") or url),
+            host=str(doc.get("host") or url_host(url)),
+            title=str(doc.get("title", "")),
+            description=str(doc.get("description", "")),
+            headings=[str(h) for h in doc.get("headings") or []],
+            text=str(doc.get("text", "")),
+            lang=str(doc.get("lang", "")),
+            links=[str(link) for link in doc.get("links") or []],
+            via=str(doc.get("via", "http")),
+            fetched_at=float(doc.get("fetched_at") or 0.0),
+        )
 
     async def count(self) -> int:
         """Number of documents in the index; 0 when the index does not exist yet."""

@@ -9,21 +9,38 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 import re
 import sqlite3
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from fleet.errors import BackupInvalid, ConfigError, RestoreFailed, SinkUnavailable
 from fleet.messages import Page
-from fleet.sinks.base import Hit, Rejected, SinkBackup
+from fleet.sinks.base import (
+    NO_FILTERS,
+    Hit,
+    Rejected,
+    SearchFilters,
+    SearchPage,
+    SinkBackup,
+    StoredPage,
+    url_host,
+)
 
 T = TypeVar("T")
 
+log = logging.getLogger(__name__)
+
 
 _SCHEMA_VERSION = 1
+
+
+# FTS5 `detail` of a new index (an existing index keeps the one it was created with).
+FTS_DETAILS = ("column", "full")
 
 
 _SCHEMA = """
@@ -46,9 +63,10 @@ CREATE VIRTUAL TABLE IF NOT EXISTS pages_fts USING fts5(
     title, description, headings, text,
     content='pages', content_rowid='rowid',
     tokenize='unicode61 remove_diacritics 2',
-    -- Per-column but no per-position data: ~half the indexing cost of detail=full, and
-    -- all fleet needs (term queries, bm25 with column weights, snippets) still works.
-    detail=column
+    -- full (default) keeps token positions. column (FLEET_SQLITE_FTS_DETAIL=column) keeps
+    -- only which column has a term: ~10% less indexing CPU, but bm25 then re-tokenizes
+    -- every matching page, ~25x slower searches on 37 KB pages (docs/benchmarks.md).
+    detail={detail}
 );
 CREATE TRIGGER IF NOT EXISTS pages_ai AFTER INSERT ON pages BEGIN
     INSERT INTO pages_fts(rowid, title, description, headings, text)
@@ -87,14 +105,112 @@ WHERE excluded.fetched_at >= pages.fetched_at
 
 
 # bm25 weights follow the FTS column order: title, description, headings, text.
-_SEARCH = """
-SELECT p.url, p.title,
-       coalesce(nullif(snippet(pages_fts, 3, '', '', '…', 30), ''), p.description)
-FROM pages_fts JOIN pages AS p ON p.rowid = pages_fts.rowid
-WHERE pages_fts MATCH ?
-ORDER BY bm25(pages_fts, 10.0, 2.0, 5.0, 1.0)
-LIMIT ?
+_RANK = "bm25(pages_fts, 10.0, 2.0, 5.0, 1.0)"
+
+
+# A snippet: at most 30 words, the match about a third of the way in; the window is wide
+# enough for 30 words of ordinary text. Only the first _SNIPPET_SCAN_CHARS of a page are
+# searched for the match in Python (bounded work per hit).
+_SNIPPET_WORDS = 30
+_SNIPPET_BEFORE = 90
+_SNIPPET_CHARS = 320
+_SNIPPET_SCAN_CHARS = 200_000
+
+
+_FROM = "FROM pages_fts JOIN pages AS p ON p.rowid = pages_fts.rowid WHERE pages_fts MATCH ?"
+
+
+# Rank first, then read the page of hits only: with ORDER BY ... LIMIT in one query SQLite
+# computes every result column for every match before sorting, which costs seconds for a
+# common word in a large index.
+# Built from constants only; every value is a bound parameter.
+_SEARCH = f"""
+WITH top AS (
+    SELECT pages_fts.rowid AS rid, {_RANK} AS relevance
+    {_FROM} {{filters}}
+    ORDER BY relevance
+    LIMIT ? OFFSET ?
+)
+SELECT top.rid, p.id, p.url, p.title, p.description, p.text, top.relevance
+FROM top JOIN pages AS p ON p.rowid = top.rid
+ORDER BY top.relevance
+"""  # noqa: S608
+
+
+# Snippets: FTS5's snippet() tokenizes the whole text of each hit (~0.9 ms per 37 KB page,
+# most of a search's cost), so the snippet is cut in Python around the first occurrence of
+# the query's longest word, and snippet() runs only for hits where that word is not found
+# as such (diacritics the index folds, or beyond the first _SNIPPET_SCAN_CHARS).
+_FTS_SNIPPETS = """
+SELECT rowid, snippet(pages_fts, 3, '', '', '…', 30) FROM pages_fts
+WHERE pages_fts MATCH ? AND rowid IN ({rowids})
 """
+
+
+def _find_word(text: str, word: str) -> int:
+    """Index of the first occurrence of ``word`` (lowercase) in ``text``, or -1.
+
+    As written or capitalised first (two plain finds); lowering a whole page costs ~0.3 ms,
+    so it is only the last resort, on the first _SNIPPET_SCAN_CHARS characters. (substr()
+    in SQL would walk the UTF-8 text to count characters: slower still.)"""
+    found = [i for i in (text.find(word), text.find(word.capitalize())) if i >= 0]
+    if found:
+        return min(found)
+    return text[:_SNIPPET_SCAN_CHARS].lower().find(word)
+
+
+def _cut_window(text: str, at: int) -> str:
+    """At most _SNIPPET_WORDS whole words of ``text`` around index ``at``, the match near
+    the start, '…' where the text was cut (like FTS5's snippet())."""
+    start = max(0, at - _SNIPPET_BEFORE)
+    end = min(len(text), at + _SNIPPET_CHARS - _SNIPPET_BEFORE)
+    before = text[start:at].split()
+    after = text[at:end].split()
+    if start > 0 and before and not text[start].isspace() and not text[start - 1].isspace():
+        before = before[1:]  # a word cut by the window's left edge
+    if end < len(text) and after and not text[end].isspace() and not text[end - 1].isspace():
+        after = after[:-1]  # and by its right edge
+    kept = before[-(_SNIPPET_WORDS // 3) :]
+    words = kept + after[: _SNIPPET_WORDS - len(kept)]
+    cut_left = start > 0 or len(kept) < len(before)
+    cut_right = end < len(text) or len(words) < len(kept) + len(after)
+    return ("…" if cut_left else "") + " ".join(words) + ("…" if cut_right else "")
+
+
+class _SearchRequest(NamedTuple):
+    expression: str  # the FTS5 query
+    anchor: str  # the word snippets are cut around
+    limit: int
+    offset: int
+    filters: SearchFilters
+    total: bool
+
+
+def _anchor(query: str) -> str:
+    """The query word a snippet is cut around: the longest (the most telling), lowercased."""
+    return max(_TOKEN.findall(query), key=len, default="").lower()
+
+
+_COUNT = f"SELECT count(*) {_FROM} {{filters}}"
+
+
+_GET = """
+SELECT id, url, canonical_url, title, description, headings, text, lang, links, via,
+       fetched_at, content_hash
+FROM pages WHERE id = ?
+"""
+
+
+def _filter_sql(filters: SearchFilters) -> tuple[str, tuple[str, ...]]:
+    clauses: list[str] = []
+    args: list[str] = []
+    if filters.host is not None:
+        clauses.append("AND fleet_host(p.url) = ?")
+        args.append(filters.host)
+    if filters.lang is not None:
+        clauses.append("AND lower(p.lang) = ?")
+        args.append(filters.lang)
+    return " ".join(clauses), tuple(args)
 
 
 _TOKEN = re.compile(r"[^\W_]+", re.UNICODE)
@@ -117,15 +233,35 @@ BACKUP_FILE = "fleet.db"
 
 
 class SqliteSink:
-    """SQLite + FTS5. One connection, used only by one dedicated worker thread."""
+    """SQLite + FTS5. One connection, used only by one dedicated worker thread.
+
+    Opened ``readonly`` with ``readers`` > 1 (`fleet serve`), searches and page reads run on
+    a pool of that many threads, each with its own read-only connection: SQLite releases
+    the GIL while it ranks, and WAL lets readers run beside the indexer's writes.
+    """
 
     kind = "sqlite"
 
-    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 10_000) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        busy_timeout_ms: int = 10_000,
+        readers: int = 1,
+        fts_detail: str = "full",
+    ) -> None:
+        if fts_detail not in FTS_DETAILS:
+            raise ConfigError(f"FTS5 detail must be one of {', '.join(FTS_DETAILS)}")
         self.path = Path(path)
+        self._fts_detail = fts_detail
         self._busy_timeout_ms = busy_timeout_ms
+        self._readers = max(1, readers)
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
+        self._read_pool: ThreadPoolExecutor | None = None
+        self._local = threading.local()
+        self._read_conns: list[sqlite3.Connection] = []
+        self._read_conns_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"SqliteSink({str(self.path)!r})"
@@ -138,6 +274,35 @@ class SqliteSink:
         return await asyncio.get_running_loop().run_in_executor(
             self._executor, functools.partial(fn, *args)
         )
+
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a read on the reader pool if there is one, else on the connection's thread."""
+        if self._read_pool is None:
+            return await self._run(fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._read_pool, functools.partial(fn, *args)
+        )
+
+    def _reader(self) -> sqlite3.Connection:
+        """This thread's connection: its own read-only one in the pool, else the main one."""
+        if self._read_pool is None:
+            return self._connection()
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            # check_same_thread=False only so close() can close it after the pool stopped;
+            # it is used by this thread alone.
+            conn = sqlite3.connect(
+                f"{self.path.resolve().as_uri()}?mode=ro",
+                uri=True,
+                timeout=self._busy_timeout_ms / 1000,
+                check_same_thread=False,
+            )
+            conn.execute("PRAGMA cache_size = -16384")
+            conn.create_function("fleet_host", 1, url_host, deterministic=True)
+            self._local.conn = conn
+            with self._read_conns_lock:
+                self._read_conns.append(conn)
+        return conn
 
     async def open(self, *, readonly: bool = False) -> None:
         """Open the file in WAL mode with ``synchronous=FULL`` and create the schema if missing.
@@ -160,6 +325,28 @@ class SqliteSink:
             self._executor.shutdown(wait=False)
             self._executor = None
             raise
+        if readonly:
+            detail = await self._run(self._fts_detail_of_index)
+            if detail == "column":
+                log.info(
+                    "SQLite index %s has FTS5 detail=column: ranking re-tokenizes every "
+                    "matching page, slow on long pages; an index created with "
+                    "FLEET_SQLITE_FTS_DETAIL=full (the default) searches several times faster",
+                    self.path,
+                )
+        if readonly and self._readers > 1:
+            self._read_pool = ThreadPoolExecutor(
+                max_workers=self._readers, thread_name_prefix="fleet-sqlite-read"
+            )
+
+    def _fts_detail_of_index(self) -> str:
+        row = (
+            self._connection()
+            .execute("SELECT sql FROM sqlite_master WHERE name = 'pages_fts'")
+            .fetchone()
+        )
+        match = re.search(r"detail\s*=\s*(\w+)", str(row[0]) if row else "")
+        return match.group(1).lower() if match else "full"
 
     def _open_sync(self) -> None:
         try:
@@ -188,6 +375,8 @@ class SqliteSink:
             # fewer WAL checkpoints cut indexing CPU by ~10% on 20-150 KB pages.
             conn.execute("PRAGMA cache_size = -65536")
             conn.execute("PRAGMA wal_autocheckpoint = 16384")
+            # The search `host` filter: the same definition as the Meilisearch documents'.
+            conn.create_function("fleet_host", 1, url_host, deterministic=True)
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > _SCHEMA_VERSION:
                 raise ConfigError(
@@ -196,7 +385,7 @@ class SqliteSink:
                 )
             if version < _SCHEMA_VERSION:
                 conn.execute("BEGIN IMMEDIATE")
-                for statement in _split_sql(_SCHEMA):
+                for statement in _split_sql(_SCHEMA.format(detail=self._fts_detail)):
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
                 conn.execute("COMMIT")
@@ -259,23 +448,104 @@ class SqliteSink:
             raise SinkUnavailable(f"SQLite sink {self.path}: {exc}") from None
         return rejected
 
-    async def search(self, query: str, limit: int) -> list[Hit]:
-        """Best hits first by bm25 (title counts most, then headings, description, text).
+    async def search(
+        self, query: str, limit: int, *, offset: int = 0, filters: SearchFilters = NO_FILTERS
+    ) -> list[Hit]:
+        """Best hits first (bm25); skips the count query ``search_page`` may need."""
+        return (await self._search(query, limit, offset, filters, total=False)).hits
 
-        Each snippet is up to 30 tokens of text around the match, or the description. Every word
-        of ``query`` must match; a query with no words gives [].
-        """
+    async def search_page(
+        self, query: str, limit: int, *, offset: int = 0, filters: SearchFilters = NO_FILTERS
+    ) -> SearchPage:
+        """Best hits first, with the exact number of matching pages."""
+        return await self._search(query, limit, offset, filters, total=True)
+
+    async def _search(
+        self, query: str, limit: int, offset: int, filters: SearchFilters, *, total: bool
+    ) -> SearchPage:
         expression = fts5_query(query)
         if expression is None or limit <= 0:
-            return []
-        return await self._run(self._search_sync, expression, limit)
+            return SearchPage([], 0 if total else None)
+        request = _SearchRequest(expression, _anchor(query), limit, max(0, offset), filters, total)
+        return await self._read(self._search_sync, request)
 
-    def _search_sync(self, expression: str, limit: int) -> list[Hit]:
+    def _search_sync(self, request: _SearchRequest) -> SearchPage:
+        expression, anchor, limit, offset, filters, total = request
+        where, args = _filter_sql(filters)
+        conn = self._reader()
         try:
-            rows = self._connection().execute(_SEARCH, (expression, limit)).fetchall()
+            rows = conn.execute(
+                _SEARCH.format(filters=where), (expression, *args, limit, offset)
+            ).fetchall()
+            snippets: dict[int, str] = {}
+            for rid, _, _, _, _, text, _ in rows:
+                at = _find_word(text, anchor) if anchor else -1
+                if at >= 0:
+                    snippets[rid] = _cut_window(text, at)
+            missing = [row[0] for row in rows if row[0] not in snippets]
+            if missing:
+                marks = ",".join("?" * len(missing))
+                snippets.update(
+                    conn.execute(_FTS_SNIPPETS.format(rowids=marks), (expression, *missing))
+                )
+            count: int | None = None
+            if total:
+                # A full first page needs no second query: its length is the total.
+                if offset == 0 and len(rows) < limit:
+                    count = len(rows)
+                else:
+                    count = int(
+                        conn.execute(_COUNT.format(filters=where), (expression, *args)).fetchone()[
+                            0
+                        ]
+                    )
         except sqlite3.OperationalError as exc:
             raise SinkUnavailable(f"SQLite sink {self.path}: {exc}") from None
-        return [Hit(url=url, title=title, snippet=snippet or "") for url, title, snippet in rows]
+        hits = [
+            Hit(
+                url=url,
+                title=title,
+                snippet=snippets.get(rid) or description,
+                id=pid,
+                # bm25 is lower-is-better; the score is higher-is-better like Meilisearch's.
+                score=round(-rank, 6),
+            )
+            for rid, pid, url, title, description, _, rank in rows
+        ]
+        return SearchPage(hits, count)
+
+    async def get(self, page_id: str) -> StoredPage | None:
+        """The stored page with this id, or None."""
+        return await self._read(self._get_sync, page_id)
+
+    def _get_sync(self, page_id: str) -> StoredPage | None:
+        try:
+            row = self._reader().execute(_GET, (page_id,)).fetchone()
+        except sqlite3.OperationalError as exc:
+            raise SinkUnavailable(f"SQLite sink {self.path}: {exc}") from None
+        if row is None:
+            return None
+        (pid, url, canonical, title, description, headings, text, lang, links, via) = row[:10]
+        fetched_at, content_hash = row[10:]
+        try:
+            link_list = [str(link) for link in json.loads(links or "[]")]
+        except ValueError:
+            link_list = []
+        return StoredPage(
+            id=pid,
+            url=url,
+            canonical_url=canonical or url,
+            host=url_host(url),
+            title=title,
+            description=description,
+            headings=[h for h in (headings or "").split("\n") if h],
+            text=text,
+            lang=lang,
+            links=link_list,
+            via=via,
+            fetched_at=float(fetched_at or 0.0),
+            content_hash=content_hash,
+        )
 
     async def count(self) -> int:
         """Number of pages stored."""
@@ -385,6 +655,13 @@ class SqliteSink:
 
     async def close(self) -> None:
         """Close the connection and stop the sink's thread; a no-op when not open."""
+        if self._read_pool is not None:
+            self._read_pool.shutdown(wait=True)
+            self._read_pool = None
+            with self._read_conns_lock:
+                for conn in self._read_conns:
+                    conn.close()
+                self._read_conns.clear()
         if self._executor is None:
             return
         try:

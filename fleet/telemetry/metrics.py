@@ -93,6 +93,19 @@ class Metrics:
         self.parked = Gauge(
             "fleet_parked", "URLs a worker holds while their host's turn comes.", registry=r
         )
+        self.http_requests = Counter(
+            "fleet_http_requests",
+            "Requests answered by `fleet serve`, by route template, method and status code.",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.http_seconds = Histogram(
+            "fleet_http_request_duration_seconds",
+            "Latency of `fleet serve` requests by route template (to the last body byte).",
+            ["route"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+            registry=r,
+        )
         self.dead_letters = Counter(
             "fleet_dead_letters",
             "Messages written to the dead-letter stream, by stage and reason.",

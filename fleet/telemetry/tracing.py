@@ -108,6 +108,18 @@ class Hook:
 NOOP = Hook()
 
 
+class ServingHook(Hook):
+    """A ``with`` block around one HTTP request (this base does nothing)."""
+
+    __slots__ = ()
+
+    def routed(self, route: str) -> None:
+        """The request matched this route template (``/api/pages/{page_id}``)."""
+
+
+NOOP_SERVING = ServingHook()
+
+
 class Telemetry:
     """Tracing and metrics of one role process, passed to the roles' constructors."""
 
@@ -267,6 +279,13 @@ class Telemetry:
             return NOOP
         return _Span(self, name, SpanKind.INTERNAL, None)
 
+    def serving(self, method: str, path: str) -> ServingHook:
+        """Around one HTTP request of `fleet serve`: a server span and the request metrics.
+        Call ``routed(template)`` once the route is known, ``response(status)`` on reply."""
+        if not self._enabled:
+            return NOOP_SERVING
+        return _Serving(self, method, path)
+
     def publishing(self, subject: str, headers: dict[str, str], *, message_id: str) -> Hook:
         """Around sending a message on: a producer span whose context goes into ``headers``."""
         if self.tracer is None:
@@ -405,6 +424,61 @@ class _Fetching(Hook):
             if isinstance(exc, HttpStatusError):
                 self._span.span.set_attribute("http.response.status_code", exc.status)
             self._span.__exit__(exc_type, exc, tb)
+
+
+class _Serving(ServingHook):
+    __slots__ = ("_method", "_route", "_span", "_started", "_status", "_telemetry", "_token")
+
+    def __init__(self, telemetry: Telemetry, method: str, path: str) -> None:
+        self._telemetry = telemetry
+        self._method = method
+        self._route = "unmatched"
+        self._status = 0
+        self._started = 0.0
+        self._token: Token[Context] | None = None
+        self._span: trace.Span | None = None
+        if telemetry.tracer is not None:
+            self._span = telemetry.tracer.start_span(
+                method,
+                kind=SpanKind.SERVER,
+                attributes={"http.request.method": method, "url.path": path},
+            )
+
+    def __enter__(self) -> Self:
+        self._started = time.perf_counter()
+        if self._span is not None:
+            self._token = otel_context.attach(trace.set_span_in_context(self._span))
+        return self
+
+    def routed(self, route: str) -> None:
+        self._route = route
+        if self._span is not None:
+            self._span.set_attribute("http.route", route)
+            self._span.update_name(f"{self._method} {route}")
+
+    def response(self, status: int) -> None:
+        self._status = status
+        if self._span is not None:
+            self._span.set_attribute("http.response.status_code", status)
+            if status >= 500:
+                self._span.set_status(Status(StatusCode.ERROR, f"HTTP {status}"))
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        metrics = self._telemetry.metrics
+        if metrics is not None:
+            status = str(self._status or (500 if exc is not None else 0))
+            metrics.http_requests.labels(self._route, self._method, status).inc()
+            metrics.http_seconds.labels(self._route).observe(time.perf_counter() - self._started)
+        if self._span is not None:
+            if exc is not None:
+                _record_error(self._span, exc)
+            _detach(self._token)
+            self._span.end()
 
 
 def _message_attributes(

@@ -1,0 +1,370 @@
+"""The HTTP API under ``/api``: search, pages, status, dead letters, publishing.
+
+Each route parses and checks its input, calls ``FleetService`` (the same functions as the
+CLI) and encodes the answer with msgspec. The pydantic models below only document the
+answers in the OpenAPI document (``/api/openapi.json``); they are not used to build them.
+
+Crawls (``/api/crawls*``) answer 501 until the crawl feature lands: the router has their
+routes so clients and the OpenAPI document already see the shape of the API.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Final
+
+import msgspec
+from fastapi import APIRouter, Depends, Path, Query, Request
+from pydantic import BaseModel, Field
+from starlette.responses import Response
+
+from fleet.serve.problems import Problem, problem_responses
+from fleet.serve.service import FleetService
+from fleet.sinks.base import DOCUMENT_ID, SearchFilters
+
+# POST /api/urls limits: a bigger list goes in several requests (or `fleet publish`).
+MAX_BODY_BYTES: Final = 8 * 1024 * 1024
+MAX_URLS: Final = 100_000
+MAX_SEARCH_LIMIT: Final = 100
+MAX_SEARCH_OFFSET: Final = 10_000
+MAX_DLQ_LIMIT: Final = 10_000
+
+_encoder = msgspec.json.Encoder()
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    """A JSON response encoded with msgspec (faster than FastAPI's own encoder)."""
+    return Response(_encoder.encode(body), status_code=status, media_type="application/json")
+
+
+async def get_service(request: Request) -> FleetService:
+    """The app's one FleetService (a FastAPI dependency)."""
+    # async: FastAPI runs a plain-def dependency on a worker thread, for every request.
+    service: FleetService = request.app.state.service
+    return service
+
+
+Service = Annotated[FleetService, Depends(get_service)]
+
+
+# -- documentation models
+
+
+class HitModel(BaseModel):
+    """One search hit."""
+
+    id: str = Field(description="Page id, for /api/pages/{id}")
+    url: str
+    title: str
+    snippet: str = Field(description="Text around the matched words ('…' where cut)")
+    score: float | None = Field(
+        None, description="Relevance, higher is better (SQLite: -bm25; Meilisearch: 0-1)"
+    )
+
+
+class SearchModel(BaseModel):
+    """A page of search hits."""
+
+    hits: list[HitModel]
+    total: int | None = Field(None, description="All matches (estimated by Meilisearch)")
+
+
+class PageModel(BaseModel):
+    """A stored page: text, headings, links, metadata."""
+
+    id: str
+    url: str
+    canonical_url: str
+    host: str
+    title: str
+    description: str
+    headings: list[str]
+    text: str
+    lang: str
+    links: list[str]
+    via: str = Field(description="http or browser (rendered)")
+    fetched_at: float = Field(description="Unix time")
+    content_hash: str
+
+
+class PublishModel(BaseModel):
+    """What `fleet publish --json` prints."""
+
+    published: int
+    duplicates: int
+    invalid: int
+    errors: list[dict[str, Any]] | None = Field(
+        None, description="Line number and reason of each invalid line (only if any)"
+    )
+
+
+class ReplayModel(BaseModel):
+    """How many dead letters were replayed."""
+
+    replayed: int
+
+
+class DeadLetterModel(BaseModel):
+    """One dead letter with its reason and attempts."""
+
+    seq: int
+    url: str
+    id: str
+    stage: str = Field(description="worker or indexer")
+    reason: str
+    error: str
+    attempts: int
+    failed_at: float
+
+
+class ReplayRequest(BaseModel):
+    """Which dead letters to replay."""
+
+    reason: str | None = Field(
+        None, max_length=200, description="Only dead letters with this reason, e.g. http_503"
+    )
+
+
+router = APIRouter(prefix="/api")
+
+
+@router.get(
+    "/search",
+    summary="Search the indexed pages",
+    response_model=None,
+    responses={200: {"model": SearchModel}, **problem_responses(401, 422, 503)},
+)
+async def search(
+    *,
+    service: Service,
+    q: Annotated[str, Query(min_length=1, max_length=1000, description="Words to look for")],
+    limit: Annotated[int, Query(ge=1, le=MAX_SEARCH_LIMIT)] = 10,
+    offset: Annotated[int, Query(ge=0, le=MAX_SEARCH_OFFSET)] = 0,
+    host: Annotated[
+        str | None, Query(max_length=253, description="Only pages of this host")
+    ] = None,
+    lang: Annotated[
+        str | None, Query(max_length=35, description="Only pages in this language (en)")
+    ] = None,
+) -> Response:
+    """Best hits first, with snippets; ``total`` counts all matches."""
+    try:
+        filters = SearchFilters.of(host=host, lang=lang)
+    except ValueError as exc:
+        raise Problem(422, str(exc)) from None
+    page = await service.search(q, limit=limit, offset=offset, filters=filters)
+    return json_response(
+        {
+            "hits": [
+                {"id": h.id, "url": h.url, "title": h.title, "snippet": h.snippet, "score": h.score}
+                for h in page.hits
+            ],
+            "total": page.total,
+        }
+    )
+
+
+@router.get(
+    "/pages/{page_id}",
+    summary="One stored page: text, headings, links, metadata",
+    response_model=None,
+    responses={200: {"model": PageModel}, **problem_responses(401, 404, 422, 503)},
+)
+async def get_page(
+    service: Service,
+    page_id: Annotated[
+        str, Path(pattern=DOCUMENT_ID.pattern, description="The id from a search hit")
+    ],
+) -> Response:
+    """The stored page with this id (404 problem if there is none)."""
+    page = await service.page(page_id)
+    if page is None:
+        raise Problem(404, f"no page with id {page_id!r}; ids come from /api/search hits")
+    return json_response(page.as_dict())
+
+
+@router.get(
+    "/status",
+    summary="Streams, consumers and dead letters (= fleet status --json)",
+    response_model=None,
+    responses={200: {"content": {"application/json": {}}}, **problem_responses(401, 503)},
+)
+async def status(service: Service) -> Response:
+    """What `fleet status --json` prints."""
+    return json_response(await service.status())
+
+
+@router.get(
+    "/dlq",
+    summary="Dead letters with stage, reason and attempts (= fleet dlq list --json)",
+    response_model=None,
+    responses={200: {"model": list[DeadLetterModel]}, **problem_responses(401, 422, 503)},
+)
+async def dlq(
+    service: Service, limit: Annotated[int, Query(ge=1, le=MAX_DLQ_LIMIT)] = 1000
+) -> Response:
+    """Dead letters, oldest first."""
+    return json_response(await service.dead_letters(limit))
+
+
+@router.post(
+    "/dlq/replay",
+    summary="Re-publish dead letters to their stage (= fleet dlq replay --json)",
+    response_model=None,
+    responses={200: {"model": ReplayModel}, **problem_responses(401, 403, 422, 503)},
+)
+async def dlq_replay(
+    service: Service,
+    body: ReplayRequest | None = None,
+    reason: Annotated[str | None, Query(max_length=200)] = None,
+) -> Response:
+    """All dead letters, or those with ``reason`` (query or JSON body)."""
+    return json_response(await service.replay(reason or (body.reason if body else None)))
+
+
+_URLS_BODY: Final = {
+    "requestBody": {
+        "required": True,
+        "description": "A JSON list of URLs, or text with one URL per line (# comments)",
+        "content": {
+            "application/json": {
+                "schema": {"type": "array", "items": {"type": "string"}, "maxItems": MAX_URLS}
+            },
+            "text/plain": {"schema": {"type": "string"}},
+        },
+    }
+}
+
+
+@router.post(
+    "/urls",
+    summary="Publish URLs (= fleet publish --json)",
+    response_model=None,
+    openapi_extra=_URLS_BODY,
+    responses={200: {"model": PublishModel}, **problem_responses(400, 401, 403, 413, 415, 422)},
+)
+async def publish_urls(request: Request, service: Service) -> Response:
+    """Invalid lines are counted and listed in ``errors``; 422 when no line was valid."""
+    lines = parse_url_body(await read_body(request), request.headers.get("content-type"))
+    result = await service.publish(lines)
+    if result["published"] == 0 and result["duplicates"] == 0:
+        raise Problem(
+            422,
+            f"none of the {result['invalid']} URL(s) is valid: "
+            + "; ".join(f"line {e['line']}: {e['reason']}" for e in result["errors"][:5]),
+            errors=result["errors"],
+        )
+    return json_response(result)
+
+
+async def read_body(request: Request) -> bytes:
+    """The request body, refused with 413 past MAX_BODY_BYTES (without reading it all)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise _too_large()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise _too_large()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large() -> Problem:
+    return Problem(
+        413,
+        f"the body is larger than {MAX_BODY_BYTES // (1024 * 1024)} MiB; send the URLs in "
+        "several requests or use `fleet publish FILE`",
+    )
+
+
+def parse_url_body(body: bytes, content_type: str | None) -> list[str]:
+    """A JSON list of URL strings, or text lines; 4xx problems say what is wrong."""
+    media = (content_type or "text/plain").split(";")[0].strip().lower()
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Problem(400, "the body is not UTF-8 text") from None
+    if media == "application/json" or media.endswith("+json"):
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise Problem(400, f"the body is not valid JSON ({exc}); send a list of URLs") from None
+        if not isinstance(data, list):
+            raise Problem(
+                422,
+                f'the JSON body must be a list of URL strings (["https://…"]), not a '
+                f"{type(data).__name__}",
+            )
+        bad = next((i for i, item in enumerate(data) if not isinstance(item, str)), None)
+        if bad is not None:
+            raise Problem(
+                422,
+                f"item {bad} of the JSON list is a {type(data[bad]).__name__}, not a URL string",
+            )
+        lines: list[str] = data
+    elif media.startswith("text/") or media == "application/x-www-form-urlencoded":
+        # curl --data-binary @urls.txt sends the file as form-urlencoded: take it as lines.
+        lines = text.splitlines()
+    else:
+        raise Problem(
+            415,
+            f"Content-Type {media} is not accepted: send application/json (a list of URLs) or "
+            "text/plain (one URL per line)",
+        )
+    if len(lines) > MAX_URLS:
+        raise Problem(413, f"{len(lines)} lines is more than {MAX_URLS} per request; split them")
+    if not any(line.strip() and not line.strip().startswith("#") for line in lines):
+        raise Problem(422, "the body holds no URL (give one per line, or a JSON list)")
+    return lines
+
+
+@router.get(
+    "/dashboard",
+    summary="What the dashboard shows (refreshed every second by the server)",
+    response_model=None,
+    responses={200: {"content": {"application/json": {}}}, **problem_responses(401)},
+)
+async def dashboard(service: Service) -> Response:
+    """The dashboard's live snapshot (refreshed once a second by the server)."""
+    return json_response(service.dashboard())
+
+
+_CRAWLS_LATER: Final = (
+    "crawls are not available in this version of fleet serve (the crawl feature has not "
+    "landed); publish URLs with POST /api/urls"
+)
+
+
+def _crawls_later() -> Problem:
+    return Problem(501, _CRAWLS_LATER, title="Not Implemented")
+
+
+# One route per `fleet crawl` command, so each gets its own operation when it lands.
+_CRAWL_DOC: Final[dict[str, Any]] = {"response_model": None, "responses": problem_responses(501)}
+
+
+@router.post("/crawls", summary="Start a crawl (not yet: 501)", **_CRAWL_DOC)
+async def start_crawl() -> Response:
+    """Start a crawl: not served yet (501 problem); `fleet crawl start` does it."""
+    raise _crawls_later()
+
+
+@router.get("/crawls", summary="List crawls (not yet: 501)", **_CRAWL_DOC)
+async def list_crawls() -> Response:
+    """List crawls: not served yet (501 problem); `fleet crawl list` does it."""
+    raise _crawls_later()
+
+
+@router.get("/crawls/{crawl_id}", summary="A crawl's progress (not yet: 501)", **_CRAWL_DOC)
+async def crawl_status(crawl_id: str) -> Response:
+    """A crawl's progress: not served yet (501 problem); `fleet crawl status` does it."""
+    raise _crawls_later()
+
+
+@router.delete("/crawls/{crawl_id}", summary="Cancel a crawl (not yet: 501)", **_CRAWL_DOC)
+async def cancel_crawl(crawl_id: str) -> Response:
+    """Cancel a crawl: not served yet (501 problem); `fleet crawl cancel` does it."""
+    raise _crawls_later()
