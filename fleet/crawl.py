@@ -30,8 +30,8 @@ import dataclasses
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Final, Literal, Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
 import msgspec
@@ -65,7 +65,7 @@ from fleet.nats.frontier import (
     Event,
     Frontier,
 )
-from fleet.scrape.fetch import FetchResult
+from fleet.scrape.fetch import GuardedRequesting
 from fleet.scrape.scope import CrawlScope
 from fleet.scrape.scraper import NotModified, Redirected, Scraper
 from fleet.scrape.sitemaps import SITEMAP_CONTENT_TYPES, parse_sitemap, robots_sitemaps
@@ -521,23 +521,6 @@ class CrawlLinks:
 # --------------------------------------------------------------------------- the worker side
 
 
-class SitemapFetching(Protocol):
-    """The part of ``Fetcher.request`` sitemap reads use (the guarded path)."""
-
-    async def request(
-        self,
-        url: str,
-        *,
-        accept: frozenset[str] | None = None,
-        headers: Mapping[str, str] | None = None,
-        http_errors: Literal["raise", "return"] = "return",
-        follow_redirects: bool = True,
-    ) -> FetchResult:
-        """Fetch ``url`` through the guard; with ``http_errors="raise"`` a non-2xx raises
-        ``HttpStatusError`` (``PermanentError`` for 404 and the like), else it is returned."""
-        ...
-
-
 class CrawlWork:
     """A worker's handling of crawl tasks (the Worker acks after ``handle`` returns).
 
@@ -545,7 +528,7 @@ class CrawlWork:
     ``dead_lettered`` for a crawl task it dead-letters, before the term.
     """
 
-    def __init__(self, frontier: Frontier, scraper: Scraper, fetcher: SitemapFetching) -> None:
+    def __init__(self, frontier: Frontier, scraper: Scraper, fetcher: GuardedRequesting) -> None:
         self._f = frontier
         self._scraper = scraper
         self._fetcher = fetcher

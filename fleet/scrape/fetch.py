@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Final, Literal, NoReturn, Self
+from typing import Final, Literal, NoReturn, Protocol, Self
 from urllib.parse import urljoin
 
 import aiohttp
@@ -82,6 +82,31 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
             when = when.replace(tzinfo=UTC)  # "-0000" dates: RFC 9110 dates are UTC
         seconds = (when - (now or datetime.now(UTC))).total_seconds()
     return min(max(seconds, 0.0), RETRY_AFTER_CAP_S)
+
+
+class GuardedRequesting(Protocol):
+    """``Fetcher.request`` as its other users (the browser's proxy, robots.txt and sitemap
+    reads) depend on it: the one guarded fetch."""
+
+    async def request(
+        self,
+        url: str,
+        *,
+        accept: frozenset[str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        http_errors: Literal["raise", "return"] = "return",
+        follow_redirects: bool = True,
+        max_bytes: int | None = None,
+        oversize: Literal["raise", "truncate"] = "raise",
+    ) -> FetchResult:
+        """Fetch ``url`` through the SSRF guard, with the body cap and deadline.
+
+        ``http_errors="raise"`` makes a non-2xx an ``HttpStatusError``; ``follow_redirects=False``
+        returns a redirect as it is; ``oversize="truncate"`` cuts a body past ``max_bytes``
+        instead of failing. Raises ``BlockedAddress``/``InvalidUrl`` for a refused URL, another
+        ``FleetError`` when the fetch fails.
+        """
+        ...
 
 
 class Fetcher:

@@ -25,13 +25,13 @@ import logging
 import socket
 from collections.abc import Iterator, Mapping
 from http import HTTPStatus
-from typing import Final, Protocol, Self
+from typing import Final, Self
 
 from aiohttp.abc import AbstractResolver
 from yarl import URL
 
 from fleet.errors import BlockedAddress, FleetError, InvalidUrl, PermanentError
-from fleet.scrape.fetch import FetchResult
+from fleet.scrape.fetch import FetchResult, GuardedRequesting
 from fleet.scrape.netguard import GuardedResolver, HostPolicy, check_url
 from fleet.settings import Settings
 
@@ -62,25 +62,6 @@ DROPPED_RESPONSE_HEADERS: Final = frozenset(
         "trailer",
     }
 )
-
-
-class GuardedRequesting(Protocol):
-    """What the proxy needs from ``fleet.fetch.Fetcher`` for plain HTTP."""
-
-    async def request(
-        self,
-        url: str,
-        *,
-        accept: frozenset[str] | None = None,
-        headers: Mapping[str, str] | None = None,
-        follow_redirects: bool = True,
-    ) -> FetchResult:
-        """The worker's guarded fetch (``Fetcher.request``): same checks, body cap and deadline.
-
-        ``follow_redirects=False`` returns a redirect as it is. Raises ``BlockedAddress`` or
-        ``InvalidUrl`` for a URL it refuses, another ``FleetError`` (reason ``timeout``...) when
-        the fetch fails.
-        """
 
 
 class _Refused(PermanentError):

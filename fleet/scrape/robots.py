@@ -22,15 +22,15 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Literal, Protocol
+from typing import Final, Protocol
 
 from protego import Protego
 
 from fleet.errors import FleetError, PermanentError, TooManyRedirects
 from fleet.messages import RobotsEntry
-from fleet.scrape.fetch import FetchResult
+from fleet.scrape.fetch import FetchResult, GuardedRequesting
 from fleet.settings import Settings
 from fleet.urls import normalize_url
 
@@ -60,24 +60,6 @@ class RobotsCache(Protocol):
 
     async def unclaim(self, origin: str) -> None:
         """Give the fetch claim back (after a put, or when the fetch failed)."""
-        ...
-
-
-class RobotsFetching(Protocol):
-    """The part of ``Fetcher.request`` the robots fetch uses (the guarded path)."""
-
-    async def request(
-        self,
-        url: str,
-        *,
-        accept: frozenset[str] | None = None,
-        headers: Mapping[str, str] | None = None,
-        http_errors: Literal["raise", "return"] = "return",
-        follow_redirects: bool = True,
-        max_bytes: int | None = None,
-        oversize: Literal["raise", "truncate"] = "raise",
-    ) -> FetchResult:
-        """Fetch ``url`` through the SSRF guard (see ``fleet.scrape.fetch.Fetcher.request``)."""
         ...
 
 
@@ -227,7 +209,7 @@ class Robots:
     def __init__(
         self,
         cache: RobotsCache,
-        fetcher: RobotsFetching,
+        fetcher: GuardedRequesting,
         settings: Settings,
         *,
         clock: Callable[[], float] = time.time,
