@@ -216,6 +216,7 @@ async def test_credentials_never_in_check_output(
         sink=keyed_meili.url,
         meili_api_key=MEILI_KEY,
         supervisor_port=_free_port(),  # no supervisor: its check fails
+        api_port=_free_port(),  # no `fleet serve` either
     )
     secrets = (NATS_PASSWORD, MEILI_KEY)
 
@@ -225,7 +226,7 @@ async def test_credentials_never_in_check_output(
     assert _exit_codes(answers) == {"publisher": {1}, "worker": {1}, "indexer": {1}}
     assert "stream FLEET_URLS is missing" in answers[("worker", True)][1]
 
-    # Topology and index exist: every role but the (absent) supervisor is healthy.
+    # Topology and index exist: every role but the (absent) supervisor and API is healthy.
     await _create_topology(settings)
     store = open_sink(settings)
     await store.open()
@@ -239,6 +240,7 @@ async def test_credentials_never_in_check_output(
         "worker": {0},
         "indexer": {0},
         "supervisor": {1},
+        "api": {1},
     }
     assert json.loads(answers[("indexer", True)][1])["ok"] is True
 
