@@ -612,15 +612,14 @@ def crawl_start(
 ) -> None:
     """Start a crawl from URLS (a --recrawl or a known --name may omit them); prints its id."""
     settings = _settings(ctx, nats_url=nats_url)
-    from fleet.crawl import start_crawl
+    from fleet.crawl import start_crawl, started_view
 
     options = _crawl_opts(urls, **kw)
     if not urls and not (options.recrawl or options.name):
         _fail("give at least one seed URL (or --recrawl ID)")
     spec = _frontier_call(settings, "fleet-crawl", lambda f: start_crawl(f, options))
     if as_json:
-        view = {"crawl": spec.id, "name": spec.name, "seeds": spec.seeds, "scope": spec.scope}
-        click.echo(json.dumps({**view, "recrawl_of": spec.recrawl_of}))
+        click.echo(json.dumps(started_view(spec)))
     else:
         click.echo(spec.id)
 
@@ -679,10 +678,10 @@ def crawl_status_cmd(
 def crawl_cancel(ctx: click.Context, crawl_id: str, nats_url: str | None, as_json: bool) -> None:
     """Stop crawl CRAWL_ID: in-flight URLs finish, queued ones are skipped (cancelled)."""
     settings = _settings(ctx, nats_url=nats_url)
-    from fleet.crawl import cancel_crawl
+    from fleet.crawl import cancel_crawl, cancelled_view
 
     spec = _frontier_call(settings, "fleet-crawl", lambda f: cancel_crawl(f, crawl_id))
-    click.echo(json.dumps({"crawl": spec.id, "state": spec.state}) if as_json else spec.id)
+    click.echo(json.dumps(cancelled_view(spec)) if as_json else spec.id)
 
 
 @main.command()

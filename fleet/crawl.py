@@ -240,6 +240,22 @@ def status_view(spec: CrawlSpec, counts: CrawlCounts) -> dict[str, Any]:
     }
 
 
+def started_view(spec: CrawlSpec) -> dict[str, Any]:
+    """The `fleet crawl start --json` object (also ``POST /api/crawls``)."""
+    return {
+        "crawl": spec.id,
+        "name": spec.name,
+        "seeds": list(spec.seeds),
+        "scope": spec.scope,
+        "recrawl_of": spec.recrawl_of,
+    }
+
+
+def cancelled_view(spec: CrawlSpec) -> dict[str, Any]:
+    """The `fleet crawl cancel --json` object (also ``DELETE /api/crawls/{id}``)."""
+    return {"crawl": spec.id, "state": spec.state}
+
+
 async def read_counts(frontier: Frontier, crawl: str) -> CrawlCounts:
     """The crawl's counters as they stand now (one ``stream_info`` call)."""
     return CrawlCounts(await frontier.counts(crawl))

@@ -20,11 +20,12 @@ import pytest
 from openapi_spec_validator import validate
 
 from fleet.settings import Settings
-from tests.conftest import fleet_cli, wait_for
+from tests.conftest import Roles, fleet_cli, wait_for
 from tests.fakes.meili import FakeMeili
 from tests.pipeline_helpers import (
     cli,
     cli_json,
+    crawl_view,
     get_status,
     index_pages,
     put_dead_letter,
@@ -32,6 +33,7 @@ from tests.pipeline_helpers import (
     sample_page,
     write_urls,
 )
+from tests.site import CrawlSite
 
 MEILI_KEY = "fake-meili-key"
 API_KEY = "admin-key-0123456789"
@@ -394,17 +396,12 @@ async def test_publish_body_too_large_is_413(
         assert status == 200
 
 
-async def test_unknown_routes_methods_and_crawls_are_problems(
+async def test_unknown_routes_and_methods_are_problems(
     settings: Settings, http: aiohttp.ClientSession
 ) -> None:
     async with running_serve(settings) as base:
         assert_problem(*await get_json(http, f"{base}/api/nothing"), 404)
         assert_problem(*await post(http, f"{base}/api/status"), 405)
-        status, body, ctype = await get_json(http, f"{base}/api/crawls")
-        assert_problem(status, body, ctype, 501)
-        assert "crawl" in body["detail"]
-        assert_problem(*await post(http, f"{base}/api/crawls", json={}), 501)
-        assert_problem(*await get_json(http, f"{base}/api/crawls/abc"), 501)
 
 
 async def test_openapi_document_is_valid(settings: Settings, http: aiohttp.ClientSession) -> None:
@@ -420,6 +417,8 @@ async def test_openapi_document_is_valid(settings: Settings, http: aiohttp.Clien
         "/api/dlq",
         "/api/dlq/replay",
         "/api/urls",
+        "/api/crawls",
+        "/api/crawls/{crawl_id}",
         "/health",
     ):
         assert path in paths, path
@@ -430,6 +429,10 @@ async def test_openapi_document_is_valid(settings: Settings, http: aiohttp.Clien
         "application/json",
         "text/plain",
     }
+    assert set(paths["/api/crawls"]) == {"get", "post"}
+    assert set(paths["/api/crawls/{crawl_id}"]) == {"get", "delete"}
+    for operation in (*paths["/api/crawls"].values(), *paths["/api/crawls/{crawl_id}"].values()):
+        assert "fleet crawl" in operation["summary"]
 
 
 async def test_requests_are_traced_and_counted(
@@ -467,6 +470,146 @@ async def test_requests_are_traced_and_counted(
     exposed = generate_latest(telemetry.metrics.registry).decode()
     assert 'route="/api/pages/{page_id}",status="404"' in exposed
     assert "fleet_http_request_duration_seconds_bucket" in exposed
+
+
+# --------------------------------------------------------------------------------------
+# crawls: the same as `fleet crawl start|list|status|cancel --json`
+
+
+async def delete(http: aiohttp.ClientSession, url: str, **kwargs: Any) -> tuple[int, Any, str]:
+    async with http.delete(url, **kwargs) as resp:
+        return resp.status, await resp.json(content_type=None), resp.content_type
+
+
+async def test_crawls_start_progress_list_and_cancel(
+    crawl_settings: Settings, crawl_site: CrawlSite, http: aiohttp.ClientSession
+) -> None:
+    site = crawl_site
+    site.delay_s = 0.05  # the crawl takes long enough to be watched
+    root = site.url("/docs/index.html")
+    roles = Roles(crawl_settings)
+    try:
+        async with running_serve(crawl_settings) as base:
+            async with http.post(
+                f"{base}/api/crawls", json={"seeds": [root], "name": "docs"}
+            ) as resp:
+                assert resp.status == 201
+                started = await resp.json()
+                location = resp.headers["Location"]
+            crawl = started["crawl"]
+            assert location == f"/api/crawls/{crawl}"
+            assert started == {
+                "crawl": crawl,
+                "name": "docs",
+                "seeds": [root],
+                "scope": "prefix",
+                "recrawl_of": None,
+            }
+            # The CLI prints the same object for the same kind of start.
+            other = cli_json(crawl_settings, "crawl", "start", site.url("/docs/p5.html"))
+            assert set(other) == set(started)
+
+            # No worker yet: the seed waits.
+            status, view, _ = await get_json(http, f"{base}{location}")
+            assert status == 200
+            assert view == await crawl_view(crawl_settings, crawl)
+            assert (view["state"], view["queued"], view["fetched"]) == ("running", 1, 0)
+            by_name = (await get_json(http, f"{base}/api/crawls/docs"))[1]
+            assert by_name["crawl"] == crawl
+
+            roles.start("indexer")
+            roles.start("worker")
+            seen: list[int] = []
+
+            async def progressed() -> bool:
+                _, now, _ = await get_json(http, f"{base}/api/crawls/{crawl}")
+                seen.append(now["fetched"])
+                return bool(now["state"] == "done" and now["indexed"] == now["fetched"])
+
+            await wait_for(progressed, timeout=120, interval=0.2)
+            assert seen[-1] == len(site.pages_of(site.reachable()))
+            assert len(set(seen)) > 2, seen  # watched while it ran, not only at the end
+
+            # Cancel the other crawl: its state says so, at once and for good.
+            status, cancelled, _ = await delete(http, f"{base}/api/crawls/{other['crawl']}")
+            assert (status, cancelled) == (200, {"crawl": other["crawl"], "state": "cancelled"})
+            assert cancelled == cli_json(crawl_settings, "crawl", "cancel", other["crawl"])
+            assert (await delete(http, f"{base}/api/crawls/{other['crawl']}"))[0] == 200
+            _, view, _ = await get_json(http, f"{base}/api/crawls/{other['crawl']}")
+            assert view["state"] == "cancelled"
+
+            status, listed, _ = await get_json(http, f"{base}/api/crawls")
+            assert status == 200
+            assert [v["crawl"] for v in listed] == [crawl, other["crawl"]]
+            assert listed[0] == await crawl_view(crawl_settings, crawl)
+            printed = cli_json(crawl_settings, "crawl", "list")
+            assert [v["crawl"] for v in printed] == [v["crawl"] for v in listed]
+            assert printed[0] == listed[0]  # the finished crawl's counters are final
+            assert set(printed[1]) == set(listed[1])
+    finally:
+        roles.stop_all()
+
+
+async def test_crawl_bad_input_and_unknown_ids(
+    settings: Settings, http: aiohttp.ClientSession
+) -> None:
+    seed = "https://example.com/docs/"
+    async with running_serve(settings) as base:
+        for body, words in (
+            ({}, "seed"),
+            ({"seeds": []}, "seed"),
+            ({"seeds": ["ftp://example.com/"]}, "ftp"),
+            ({"seeds": [seed], "scope": "planet"}, "scope"),
+            ({"seeds": [seed], "max_pages": 0}, "max_pages"),
+            ({"seeds": [seed], "max_depth": -1}, "max_depth"),
+            ({"seeds": [seed], "exclude": ["(unclosed"]}, "regular expression"),
+            ({"seeds": seed}, "seeds"),
+            ({"seed": [seed]}, "seed"),  # a misspelt option is not ignored
+        ):
+            status, problem, ctype = await post(http, f"{base}/api/crawls", json=body)
+            assert_problem(status, problem, ctype, 422)
+            assert words in problem["detail"], (body, problem["detail"])
+        status, problem, ctype = await post(
+            http, f"{base}/api/crawls", data="{", headers={"Content-Type": "application/json"}
+        )
+        assert_problem(status, problem, ctype, 422)
+
+        for call in (get_json, delete):
+            status, problem, ctype = await call(http, f"{base}/api/crawls/cnosuch")
+            assert_problem(status, problem, ctype, 404)
+            assert "GET /api/crawls" in problem["detail"]
+        assert_problem(*await get_json(http, f"{base}/api/crawls/a%3Fb%21"), 422)
+        status, problem, ctype = await post(http, f"{base}/api/crawls", json={"recrawl": "cnosuch"})
+        assert_problem(status, problem, ctype, 404)
+        assert (await get_json(http, f"{base}/api/crawls"))[1] == []
+        assert (await get_status(settings))["consumers"]["workers"]["pending"] == 0
+
+
+async def test_crawl_writes_need_the_full_key(
+    settings: Settings, http: aiohttp.ClientSession
+) -> None:
+    keyed = settings.replace(api_key=API_KEY, api_read_key=READ_KEY)
+    admin = {"Authorization": f"Bearer {API_KEY}"}
+    reader = {"Authorization": f"Bearer {READ_KEY}"}
+    body = {"seeds": ["https://example.com/docs/"], "max_pages": 5}
+    async with running_serve(keyed) as base:
+        assert_problem(*await get_json(http, f"{base}/api/crawls"), 401)
+        assert_problem(*await post(http, f"{base}/api/crawls", json=body), 401)
+        assert_problem(*await delete(http, f"{base}/api/crawls/cabc"), 401)
+        status, problem, ctype = await post(http, f"{base}/api/crawls", json=body, headers=reader)
+        assert_problem(status, problem, ctype, 403)
+        assert "read-only" in problem["detail"]
+        status, started, _ = await post(http, f"{base}/api/crawls", json=body, headers=admin)
+        assert status == 201
+        crawl = started["crawl"]
+        for headers in (admin, reader):
+            status, listed, _ = await get_json(http, f"{base}/api/crawls", headers=headers)
+            assert status == 200 and [v["crawl"] for v in listed] == [crawl]
+            status, view, _ = await get_json(http, f"{base}/api/crawls/{crawl}", headers=headers)
+            assert status == 200 and view["max_pages"] == 5
+        assert_problem(*await delete(http, f"{base}/api/crawls/{crawl}", headers=reader), 403)
+        status, cancelled, _ = await delete(http, f"{base}/api/crawls/{crawl}", headers=admin)
+        assert (status, cancelled["state"]) == (200, "cancelled")
 
 
 # --------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from fleet.scrape.render.chromium import chromium_executable
 from fleet.settings import Settings
 from tests.conftest import Roles, need
 from tests.pipeline_helpers import put_dead_letter, running_serve
-from tests.site import LoopbackSite
+from tests.site import CrawlSite, LoopbackSite
 
 API_KEY = "dashboard-admin-key"
 READ_KEY = "dashboard-read-key"
@@ -96,6 +96,46 @@ async def test_dashboard_shows_live_lag_search_and_replay(
         await page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
         assert console.errors == []
     assert (tmp_path / "dashboard.png").stat().st_size > 10_000
+
+
+async def test_dashboard_shows_crawls_with_progress_bars(
+    crawl_settings: Settings, crawl_site: CrawlSite, browser: Any, tmp_path: Path
+) -> None:
+    from playwright.async_api import expect  # noqa: PLC0415
+
+    crawl_site.delay_s = 0.05
+    roles = Roles(crawl_settings)
+    try:
+        async with running_serve(crawl_settings) as base, aiohttp.ClientSession() as http:
+            body = {"seeds": [crawl_site.url("/docs/index.html")], "name": "docs"}
+            async with http.post(f"{base}/api/crawls", json=body) as resp:
+                assert resp.status == 201
+                crawl = (await resp.json())["crawl"]
+            page = await browser.new_page(viewport={"width": 1366, "height": 900})
+            console = Console(page)
+            await page.goto(base + "/")
+            row = page.locator(f'#crawls tr[data-crawl="{crawl}"]')
+            await expect(row).to_contain_text(f"docs ({crawl})", timeout=TIMEOUT_MS)
+            await expect(row.locator("td.state-running")).to_have_text("running")
+            await expect(row.locator(".bar em")).to_have_text("0 %")
+            await expect(row.locator(".crawl-queued")).to_have_text("1")
+
+            roles.start("indexer")
+            roles.start("worker")
+            fetched = row.locator(".crawl-fetched")
+            await expect(fetched).not_to_have_text("0", timeout=TIMEOUT_MS)
+            await page.screenshot(path=str(tmp_path / "dashboard-crawling.png"), full_page=True)
+            await expect(row.locator("td.state-done")).to_have_text("done", timeout=120_000)
+            await expect(row.locator(".bar em")).to_have_text("100 %")
+            await expect(row.locator(".bar")).to_have_attribute("aria-valuenow", "100")
+            pages = len(crawl_site.pages_of(crawl_site.reachable()))
+            await expect(fetched).to_have_text(str(pages))
+            await expect(row.locator(".crawl-queued")).to_have_text("0")
+            await page.screenshot(path=str(tmp_path / "dashboard-crawled.png"), full_page=True)
+            assert console.errors == []
+    finally:
+        roles.stop_all()
+    assert (tmp_path / "dashboard-crawled.png").stat().st_size > 10_000
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ and stdio (`fleet mcp` as a child process), against a real nats-server and SQLit
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,7 +20,7 @@ from fleet.settings import Settings
 from tests.conftest import fleet_cli
 from tests.pipeline_helpers import get_status, index_pages, running_serve, sample_page
 
-TOOLS = {"search", "get_page", "publish_urls", "fleet_status"}
+TOOLS = {"search", "get_page", "publish_urls", "start_crawl", "crawl_status", "fleet_status"}
 API_KEY = "mcp-admin-key-42"
 READ_KEY = "mcp-read-key-42"
 
@@ -122,6 +123,27 @@ async def exercise(session: ClientSession, settings: Settings) -> None:
     assert status["streams"]["urls"] == 1
     assert (await get_status(settings))["consumers"]["workers"]["pending"] == 1
 
+    assert set(tools["start_crawl"].input_schema["properties"]) == {"url", "scope", "max_pages"}
+    assert set(tools["crawl_status"].input_schema["properties"]) == {"id"}
+    started = result(
+        await session.call_tool(
+            "start_crawl", {"url": "HTTPS://Example.com/docs/", "scope": "host", "max_pages": 20}
+        )
+    )
+    assert started["seeds"] == ["https://example.com/docs/"]
+    assert (started["scope"], started["max_pages"]) == ("host", 20)
+    assert started["id"] in started["next"]
+    progress = result(await session.call_tool("crawl_status", {"id": started["id"]}))
+    assert progress["id"] == started["id"]
+    assert (progress["state"], progress["queued"], progress["fetched"]) == ("running", 1, 0)
+    assert progress["max_pages"] == 20 and progress["skipped"] == {}
+    assert len(json.dumps(progress)) < 1000  # small for a context window
+    assert (await get_status(settings))["consumers"]["workers"]["pending"] == 2  # its seed
+    assert "no crawl" in error_text(await session.call_tool("crawl_status", {"id": "cnosuch"}))
+    assert "ftp" in error_text(await session.call_tool("start_crawl", {"url": "ftp://x.example/"}))
+    bad_scope = await session.call_tool("start_crawl", {"url": "https://a.example/", "scope": "x"})
+    assert bad_scope.is_error
+
 
 async def test_mcp_over_streamable_http(settings: Settings) -> None:
     await index_pages(settings, PAGES)
@@ -144,6 +166,10 @@ async def test_mcp_over_http_needs_the_key_and_read_key_cannot_publish(
             assert found["total"] == 1
             refused = error_text(
                 await session.call_tool("publish_urls", {"urls": ["https://example.com/x"]})
+            )
+            assert "read-only" in refused
+            refused = error_text(
+                await session.call_tool("start_crawl", {"url": "https://example.com/docs/"})
             )
             assert "read-only" in refused
         async with http_session(base, API_KEY) as session:

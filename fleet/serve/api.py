@@ -1,23 +1,24 @@
-"""The HTTP API under ``/api``: search, pages, status, dead letters, publishing.
+"""The HTTP API under ``/api``: search, pages, status, dead letters, publishing, crawls.
 
 Each route parses and checks its input, calls ``FleetService`` (the same functions as the
 CLI) and encodes the answer with msgspec. The pydantic models below only document the
 answers in the OpenAPI document (``/api/openapi.json``); they are not used to build them.
 
-Crawls (``/api/crawls*``) answer 501 until the crawl feature lands: the router has their
-routes so clients and the OpenAPI document already see the shape of the API.
+Crawls (``/api/crawls*``) mirror `fleet crawl start|list|status|cancel` and answer what
+their ``--json`` prints.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 from fastapi import APIRouter, Depends, Path, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
+from fleet.crawl import CrawlOptions
 from fleet.serve.problems import Problem, problem_responses
 from fleet.serve.service import FleetService
 from fleet.sinks.base import DOCUMENT_ID, SearchFilters
@@ -332,39 +333,154 @@ async def dashboard(service: Service) -> Response:
     return json_response(service.dashboard())
 
 
-_CRAWLS_LATER: Final = (
-    "crawls are not available in this version of fleet serve (the crawl feature has not "
-    "landed); publish URLs with POST /api/urls"
+# -- crawls: `fleet crawl start|list|status|cancel`
+
+MAX_CRAWL_SEEDS: Final = 1000
+MAX_CRAWL_RULES: Final = 100
+CRAWL_KEY: Final = r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,199}$"
+
+
+class CrawlRequest(BaseModel):
+    """The options of `fleet crawl start` (the same names, the same defaults)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seeds: list[Annotated[str, Field(min_length=1, max_length=4096)]] = Field(
+        default_factory=list,
+        max_length=MAX_CRAWL_SEEDS,
+        description="Seed URLs (may be left out for a recrawl or a known name)",
+    )
+    scope: Literal["host", "domain", "prefix", "any"] | None = Field(
+        None,
+        description="Follow links on the seed's host, registrable domain, URL prefix "
+        "(default) or anywhere; a recrawl: the earlier crawl's",
+    )
+    include: list[Annotated[str, Field(max_length=1000)]] = Field(
+        default_factory=list,
+        max_length=MAX_CRAWL_RULES,
+        description="Follow only links matching one of these regexes",
+    )
+    exclude: list[Annotated[str, Field(max_length=1000)]] = Field(
+        default_factory=list,
+        max_length=MAX_CRAWL_RULES,
+        description="Never follow links matching one of these regexes",
+    )
+    max_depth: int | None = Field(None, ge=0, description="Clicks from a seed (none: no limit)")
+    max_pages: int | None = Field(None, ge=1, description="Hard cap on pages queued")
+    sitemaps: bool = Field(False, description="Also queue the pages of robots.txt/sitemap.xml")
+    name: str = Field("", max_length=200, description="A name; starting it again is a recrawl")
+    recrawl: str | None = Field(
+        None, max_length=200, description="Revisit this crawl's pages (id or name)"
+    )
+
+    def options(self) -> CrawlOptions:
+        """These options as the crawl functions take them."""
+        return CrawlOptions(
+            seeds=tuple(self.seeds),
+            scope=self.scope,
+            include=tuple(self.include),
+            exclude=tuple(self.exclude),
+            max_depth=self.max_depth,
+            max_pages=self.max_pages,
+            sitemaps=self.sitemaps,
+            name=self.name,
+            recrawl=self.recrawl,
+        )
+
+
+class CrawlStartedModel(BaseModel):
+    """What `fleet crawl start --json` prints."""
+
+    crawl: str = Field(description="The crawl's id, for /api/crawls/{crawl_id}")
+    name: str
+    seeds: list[str] = Field(description="The seeds, normalized")
+    scope: str
+    recrawl_of: str | None = Field(None, description="The crawl this one revisits")
+
+
+class CrawlStatusModel(BaseModel):
+    """What `fleet crawl status --json` prints: the crawl's state and counters."""
+
+    crawl: str
+    name: str
+    state: Literal["running", "done", "cancelled"]
+    settled: bool = Field(description="Every queued URL has its outcome")
+    seeds: list[str]
+    scope: str
+    max_depth: int | None
+    max_pages: int | None
+    discovered: int = Field(description="Distinct in-scope URLs found")
+    queued: int = Field(description="URLs queued and not yet done")
+    fetched: int
+    unchanged: int = Field(description="Recrawl: 304 or the same content")
+    redirected: int
+    indexed: int
+    dead_lettered: int
+    skipped: dict[str, int] = Field(description="URLs not fetched, by reason")
+    sitemaps_read: int
+    layer: int = Field(description="Depth released so far (depth-limited crawls)")
+    created_at: float = Field(description="Unix time")
+    recrawl_of: str | None
+
+
+class CrawlCancelledModel(BaseModel):
+    """What `fleet crawl cancel --json` prints."""
+
+    crawl: str
+    state: Literal["cancelled"]
+
+
+CrawlKey = Annotated[
+    str, Path(pattern=CRAWL_KEY, description="A crawl id, or a name (its newest crawl)")
+]
+
+
+@router.post(
+    "/crawls",
+    summary="Start a crawl (= fleet crawl start --json)",
+    status_code=201,
+    response_model=None,
+    responses={201: {"model": CrawlStartedModel}, **problem_responses(401, 403, 404, 422, 503)},
 )
+async def start_crawl(service: Service, body: CrawlRequest) -> Response:
+    """Queue the seeds and follow links within the scope; ``Location`` is its status.
+    A ``recrawl`` that names no crawl is 404; a bad seed, scope rule or limit 422."""
+    if not body.seeds and not (body.recrawl or body.name):
+        raise Problem(422, 'give at least one seed URL ("seeds": ["https://…"]) or "recrawl"')
+    started = await service.start_crawl(body.options())
+    response = json_response(started, 201)
+    response.headers["Location"] = f"/api/crawls/{started['crawl']}"
+    return response
 
 
-def _crawls_later() -> Problem:
-    return Problem(501, _CRAWLS_LATER, title="Not Implemented")
+@router.get(
+    "/crawls",
+    summary="Every crawl with its state and counters (= fleet crawl list --json)",
+    response_model=None,
+    responses={200: {"model": list[CrawlStatusModel]}, **problem_responses(401, 503)},
+)
+async def list_crawls(service: Service) -> Response:
+    """Every crawl, oldest first."""
+    return json_response(await service.crawls())
 
 
-# One route per `fleet crawl` command, so each gets its own operation when it lands.
-_CRAWL_DOC: Final[dict[str, Any]] = {"response_model": None, "responses": problem_responses(501)}
+@router.get(
+    "/crawls/{crawl_id}",
+    summary="A crawl's state and counters (= fleet crawl status --json)",
+    response_model=None,
+    responses={200: {"model": CrawlStatusModel}, **problem_responses(401, 404, 422, 503)},
+)
+async def crawl_status(service: Service, crawl_id: CrawlKey) -> Response:
+    """The crawl with this id, or the newest with this name (404 problem if none)."""
+    return json_response(await service.crawl_status(crawl_id))
 
 
-@router.post("/crawls", summary="Start a crawl (not yet: 501)", **_CRAWL_DOC)
-async def start_crawl() -> Response:
-    """Start a crawl: not served yet (501 problem); `fleet crawl start` does it."""
-    raise _crawls_later()
-
-
-@router.get("/crawls", summary="List crawls (not yet: 501)", **_CRAWL_DOC)
-async def list_crawls() -> Response:
-    """List crawls: not served yet (501 problem); `fleet crawl list` does it."""
-    raise _crawls_later()
-
-
-@router.get("/crawls/{crawl_id}", summary="A crawl's progress (not yet: 501)", **_CRAWL_DOC)
-async def crawl_status(crawl_id: str) -> Response:
-    """A crawl's progress: not served yet (501 problem); `fleet crawl status` does it."""
-    raise _crawls_later()
-
-
-@router.delete("/crawls/{crawl_id}", summary="Cancel a crawl (not yet: 501)", **_CRAWL_DOC)
-async def cancel_crawl(crawl_id: str) -> Response:
-    """Cancel a crawl: not served yet (501 problem); `fleet crawl cancel` does it."""
-    raise _crawls_later()
+@router.delete(
+    "/crawls/{crawl_id}",
+    summary="Cancel a crawl (= fleet crawl cancel --json)",
+    response_model=None,
+    responses={200: {"model": CrawlCancelledModel}, **problem_responses(401, 403, 404, 422, 503)},
+)
+async def cancel_crawl(service: Service, crawl_id: CrawlKey) -> Response:
+    """URLs in flight finish; queued ones are skipped (reason ``cancelled``). Idempotent."""
+    return json_response(await service.cancel_crawl(crawl_id))

@@ -5,15 +5,15 @@ over stdio (`fleet mcp`, for desktop clients that start the server themselves). 
 kept small for a context window: snippets, page text cut at ``PAGE_TEXT_CHARS`` with a
 marker that says how to read on, lists capped with a count of what was left out.
 
-``start_crawl`` and ``crawl_status`` come with the crawl feature; add them here next to
-``publish_urls`` (they will call the crawl functions of ``FleetService``).
+``start_crawl`` and ``crawl_status`` call the crawl functions of ``FleetService`` (those of
+`fleet crawl start|status`); their results are the counters a model needs to follow a crawl.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
@@ -23,6 +23,7 @@ from pydantic import Field
 from starlette.applications import Starlette
 
 from fleet import __version__
+from fleet.crawl import CrawlNotFound, CrawlOptions
 from fleet.errors import FleetError, InvalidUrl
 from fleet.serve.service import FleetService, Forbidden, require_admin
 from fleet.sinks.base import DOCUMENT_ID
@@ -31,13 +32,16 @@ PAGE_TEXT_CHARS: Final = 6000
 PAGE_LIST_ITEMS: Final = 30
 MAX_SEARCH_RESULTS: Final = 20
 MAX_PUBLISH_URLS: Final = 1000
+# A crawl started by an agent is capped (the CLI's is not): a model asks for what it needs.
+MAX_CRAWL_PAGES: Final = 10_000
 
 INSTRUCTIONS: Final = (
     "fleet is a web scraper fleet with a full-text index of the pages it has fetched. "
     "Use `search` to find indexed pages, then `get_page` with a hit's id to read one. "
     "Use `publish_urls` to have new pages fetched and indexed (they become searchable "
     "after the workers and the indexer have processed them, usually within seconds; "
-    "`fleet_status` shows the queue draining)."
+    "`fleet_status` shows the queue draining). Use `start_crawl` to fetch a whole site or "
+    "section by following its links, and `crawl_status` to see when it is done."
 )
 
 
@@ -66,6 +70,8 @@ def build_mcp(service: FleetService) -> MCPServer[Any]:
     _add_search(server, service)
     _add_get_page(server, service)
     _add_publish_urls(server, service)
+    _add_start_crawl(server, service)
+    _add_crawl_status(server, service)
     _add_fleet_status(server, service)
     return server
 
@@ -187,6 +193,91 @@ def _add_publish_urls(server: MCPServer[Any], service: FleetService) -> None:
             raise ToolError(str(exc)) from None
         except FleetError as exc:
             raise ToolError(f"cannot publish now: {exc}") from None
+
+
+def _add_start_crawl(server: MCPServer[Any], service: FleetService) -> None:
+    @server.tool(
+        name="start_crawl",
+        title="Crawl a site from a URL",
+        description=(
+            "Start a crawl: fleet fetches `url`, follows its links within `scope`, and "
+            "indexes every page it reaches, up to `max_pages` pages (at most "
+            f"{MAX_CRAWL_PAGES}). scope 'prefix' (default) follows links under the seed's "
+            "path (https://docs.example.com/guide/ stays in /guide/), 'host' the whole "
+            "host, 'domain' the registrable domain with its subdomains. robots.txt and "
+            "per-host politeness apply. Returns the crawl's id at once; the crawl runs in "
+            "the background: poll crawl_status(id) until its state is 'done', then search "
+            "its pages."
+        ),
+        annotations=ToolAnnotations(
+            read_only_hint=False,
+            destructive_hint=False,
+            idempotent_hint=False,
+            open_world_hint=True,
+        ),
+    )
+    async def start_crawl(
+        url: Annotated[str, Field(min_length=1, max_length=4096, description="The seed URL")],
+        ctx: Context,
+        scope: Annotated[
+            Literal["prefix", "host", "domain"], Field(description="Which links to follow")
+        ] = "prefix",
+        max_pages: Annotated[
+            int, Field(ge=1, le=MAX_CRAWL_PAGES, description="Most pages to fetch (default 100)")
+        ] = 100,
+    ) -> dict[str, Any]:
+        try:
+            require_admin(service.settings, _headers(ctx))
+            started = await service.start_crawl(
+                CrawlOptions(seeds=(url,), scope=scope, max_pages=max_pages)
+            )
+        except Forbidden as exc:
+            raise ToolError(str(exc)) from None
+        except FleetError as exc:
+            raise ToolError(f"cannot start the crawl: {exc}") from None
+        return {
+            "id": started["crawl"],
+            "seeds": started["seeds"],
+            "scope": started["scope"],
+            "max_pages": max_pages,
+            "next": f"call crawl_status(id={started['crawl']!r}) to follow it",
+        }
+
+
+def _add_crawl_status(server: MCPServer[Any], service: FleetService) -> None:
+    @server.tool(
+        name="crawl_status",
+        title="Progress of a crawl",
+        description=(
+            "The progress of a crawl started with start_crawl: state ('running', 'done' or "
+            "'cancelled'), pages discovered, still queued, fetched, indexed, dead-lettered "
+            "(failed) and skipped by reason (scope, robots, max_pages...). A crawl is "
+            "finished when state is 'done' (queued is then 0); its indexed pages are then "
+            "searchable."
+        ),
+        annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False),
+    )
+    async def crawl_status(
+        id: Annotated[
+            str, Field(min_length=1, max_length=200, description="The id start_crawl returned")
+        ],
+    ) -> dict[str, Any]:
+        try:
+            view = await service.crawl_status(id)
+        except CrawlNotFound:
+            raise ToolError(f"no crawl {id!r}; use the id start_crawl returned") from None
+        except FleetError as exc:
+            raise ToolError(f"crawl status is unavailable: {exc}") from None
+        keys = ("state", "discovered", "queued", "fetched", "unchanged", "indexed")
+        return {
+            "id": view["crawl"],
+            **{k: view[k] for k in keys},
+            "dead_lettered": view["dead_lettered"],
+            "skipped": view["skipped"],
+            "seeds": view["seeds"][:5],
+            "scope": view["scope"],
+            "max_pages": view["max_pages"],
+        }
 
 
 def _add_fleet_status(server: MCPServer[Any], service: FleetService) -> None:

@@ -18,8 +18,9 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from fleet.crawl import CrawlNotFound
 from fleet.errors import FleetError, InvalidUrl
-from fleet.serve.service import Forbidden, Unavailable
+from fleet.serve.service import BadCrawl, Forbidden, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -137,12 +138,31 @@ def install(app: FastAPI) -> None:
             exc.status_code, detail, headers=dict(exc.headers) if exc.headers else None
         )
 
+    _install_fleet_errors(app)
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception) -> Response:
+        log.exception("%s %s failed", request.method, request.url.path)
+        return problem_response(500, "internal error; the server log has the details")
+
+
+def _install_fleet_errors(app: FastAPI) -> None:
+    """fleet's own errors: the most specific class's handler answers."""
+
     @app.exception_handler(Forbidden)
     async def _forbidden(_: Request, exc: Forbidden) -> Response:
         return problem_response(403, str(exc))
 
     @app.exception_handler(InvalidUrl)
     async def _invalid_url(_: Request, exc: InvalidUrl) -> Response:
+        return problem_response(422, str(exc))
+
+    @app.exception_handler(CrawlNotFound)
+    async def _no_crawl(_: Request, exc: CrawlNotFound) -> Response:
+        return problem_response(404, str(exc).replace("`fleet crawl list`", "GET /api/crawls"))
+
+    @app.exception_handler(BadCrawl)
+    async def _bad_crawl(_: Request, exc: BadCrawl) -> Response:
         return problem_response(422, str(exc))
 
     @app.exception_handler(Unavailable)
@@ -154,8 +174,3 @@ def install(app: FastAPI) -> None:
         # ConfigError (a sink that is not there yet, a wrong Meilisearch key) and a publish
         # JetStream did not acknowledge: the server is fine, a dependency is not.
         return problem_response(503, str(exc), headers={"Retry-After": "5"})
-
-    @app.exception_handler(Exception)
-    async def _crash(request: Request, exc: Exception) -> Response:
-        log.exception("%s %s failed", request.method, request.url.path)
-        return problem_response(500, "internal error; the server log has the details")

@@ -17,15 +17,16 @@ import hmac
 import itertools
 import logging
 import time
-from collections.abc import Iterable, Mapping
-from typing import Any, Final, Literal
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, Final, Literal, TypeVar
 
 import aiohttp
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from fleet import admin
+from fleet import admin, crawl
 from fleet.errors import ConfigError, FleetError
+from fleet.nats.frontier import Frontier
 from fleet.nats.session import connect
 from fleet.nats.streams import ensure_topology
 from fleet.publisher import Publisher, read_url_lines
@@ -38,12 +39,15 @@ from fleet.urls import normalize_url, url_id
 log = logging.getLogger(__name__)
 
 Role = Literal["admin", "read"]
+T = TypeVar("T")
 
 # The dashboard's chart: one sample a second, ten minutes kept.
 SAMPLE_INTERVAL_S: Final = 1.0
 HISTORY_SAMPLES: Final = 600
 # Dead letters shown on the dashboard (the API lists more).
 DASHBOARD_DEAD_LETTERS: Final = 50
+# Crawls shown on the dashboard, newest first (the API lists them all).
+DASHBOARD_CRAWLS: Final = 10
 SUPERVISOR_TIMEOUT_S: Final = 2.0
 
 
@@ -51,6 +55,12 @@ class Unavailable(FleetError):
     """A dependency (NATS, the sink, the supervisor) cannot serve this request now."""
 
     reason = "unavailable"
+
+
+class BadCrawl(FleetError):
+    """A crawl request the crawl functions refused (a bad seed, scope or limit): HTTP 422."""
+
+    reason = "bad_crawl"
 
 
 class Forbidden(FleetError):
@@ -175,6 +185,7 @@ class Snapshot:
     status: dict[str, Any] | None = None
     status_error: str | None = "not sampled yet"
     dead_letters: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    crawls: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     supervisor: dict[str, Any] | None = None
     updated_at: float = 0.0
 
@@ -198,6 +209,8 @@ class FleetService:
         self.history: collections.deque[Sample] = collections.deque(maxlen=HISTORY_SAMPLES)
         self._dlq_mark: tuple[int, int] | None = None
         self._sampler: asyncio.Task[None] | None = None
+        self._frontier: Frontier | None = None
+        self._frontier_nc: NATS | None = None
 
     # -- life cycle
 
@@ -217,6 +230,9 @@ class FleetService:
             self._sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sampler
+        if self._frontier is not None:
+            await self._frontier.close()
+            self._frontier = None
         await self.nats.close()
         if self._sink is not None:
             await self._sink.close()
@@ -320,6 +336,61 @@ class FleetService:
             out["errors"] = errors
         return out
 
+    # -- crawls: the functions of `fleet crawl start|list|status|cancel`
+
+    async def frontier(self) -> Frontier:
+        """The crawl state on the server's NATS session (a new one after a new session)."""
+        js = await self.nats.jetstream()
+        nc = self.nats.client
+        assert nc is not None
+        if self._frontier is None or self._frontier_nc is not nc:
+            if self._frontier is not None:
+                await self._frontier.close()
+            self._frontier, self._frontier_nc = Frontier(nc, js, self.settings), nc
+        return self._frontier
+
+    async def _crawl_call(self, call: Callable[[Frontier], Awaitable[T]]) -> T:
+        """Run ``call(frontier)``: CrawlNotFound passes through (404), other ConfigErrors
+        of the crawl functions are ``BadCrawl`` (422), NATS failures ``Unavailable``."""
+        frontier = await self.frontier()
+        try:
+            return await call(frontier)
+        except crawl.CrawlNotFound:
+            raise
+        except ConfigError as exc:
+            raise BadCrawl(str(exc)) from None
+        except FleetError:
+            raise
+        except Exception as exc:
+            raise Unavailable(f"NATS: {type(exc).__name__}: {exc}") from None
+
+    async def start_crawl(self, options: crawl.CrawlOptions) -> dict[str, Any]:
+        """What `fleet crawl start --json` prints."""
+        spec = await self._crawl_call(lambda f: crawl.start_crawl(f, options))
+        return crawl.started_view(spec)
+
+    async def crawls(self) -> list[dict[str, Any]]:
+        """What `fleet crawl list --json` prints: every crawl, oldest first."""
+        return await self._crawl_call(crawl.list_crawls)
+
+    async def crawl_status(self, key: str) -> dict[str, Any]:
+        """What `fleet crawl status ID --json` prints (ID: an id or a name)."""
+        return await self._crawl_call(lambda f: crawl.crawl_status(f, key))
+
+    async def cancel_crawl(self, key: str) -> dict[str, Any]:
+        """What `fleet crawl cancel ID --json` prints."""
+        spec = await self._crawl_call(lambda f: crawl.cancel_crawl(f, key))
+        return crawl.cancelled_view(spec)
+
+    async def recent_crawls(self, limit: int) -> list[dict[str, Any]]:
+        """The status of the newest ``limit`` crawls, newest first (the dashboard)."""
+
+        async def newest(frontier: Frontier) -> list[dict[str, Any]]:
+            specs = (await frontier.specs())[-limit:][::-1]
+            return [crawl.status_view(s, await crawl.read_counts(frontier, s.id)) for s in specs]
+
+        return await self._crawl_call(newest)
+
     # -- the supervisor
 
     async def supervisor(self) -> dict[str, Any] | None:
@@ -377,6 +448,8 @@ class FleetService:
                 with contextlib.suppress(FleetError):
                     snap.dead_letters = await self.dead_letters(DASHBOARD_DEAD_LETTERS)
                     self._dlq_mark = mark
+            with contextlib.suppress(FleetError):
+                snap.crawls = await self.recent_crawls(DASHBOARD_CRAWLS)
         snap.supervisor = await self.supervisor()
         snap.updated_at = time.time()
 
@@ -400,6 +473,7 @@ class FleetService:
             "status": snap.status,
             "status_error": snap.status_error,
             "dead_letters": snap.dead_letters,
+            "crawls": snap.crawls,
             "supervisor": snap.supervisor,
             "rates": self.rates(),
             "auth": {"required": bool(self.settings.api_key)},

@@ -166,12 +166,53 @@ function renderDeadLetters(letters, total) {
   $("replay").disabled = !total;
 }
 
+// A crawl's progress: URLs with an outcome out of those queued so far (the total grows
+// while links are found; a done crawl is full).
+function crawlProgress(c) {
+  const handled = c.fetched + c.unchanged + c.redirected + c.dead_lettered;
+  const total = handled + c.queued;
+  if (c.state === "done") return 1;
+  return total ? handled / total : 0;
+}
+
+function renderCrawls(crawls) {
+  const body = $("crawls").querySelector("tbody");
+  body.replaceChildren();
+  for (const c of crawls) {
+    const row = el("tr");
+    row.dataset.crawl = c.crawl;
+    const share = crawlProgress(c);
+    const bar = el("div", null, `bar ${c.state}`);
+    const fill = el("span");
+    fill.style.width = `${(share * 100).toFixed(1)}%`;
+    bar.append(fill, el("em", `${Math.floor(share * 100)} %`));
+    bar.setAttribute("role", "progressbar");
+    bar.setAttribute("aria-valuenow", String(Math.floor(share * 100)));
+    bar.setAttribute("aria-valuemin", "0");
+    bar.setAttribute("aria-valuemax", "100");
+    const cell = el("td");
+    cell.append(bar);
+    row.append(el("td", c.name ? `${c.name} (${c.crawl})` : c.crawl), el("td", c.state, `state-${c.state}`),
+      cell, el("td", fmt(c.fetched), "crawl-fetched"), el("td", fmt(c.queued), "crawl-queued"),
+      el("td", fmt(c.discovered)), el("td", fmt(c.dead_lettered)), el("td", (c.seeds || [])[0] || ""));
+    body.append(row);
+  }
+  if (!crawls.length) {
+    const row = el("tr");
+    const cell = el("td", "no crawls yet: fleet crawl start URL, or POST /api/crawls", "muted");
+    cell.colSpan = 8;
+    row.append(cell);
+    body.append(row);
+  }
+}
+
 function render(data) {
   state.authRequired = data.auth.required;
   $("key-button").hidden = !state.authRequired;
   if (data.status) {
     renderLag(data.status);
     renderDeadLetters(data.dead_letters || [], data.status.dead_letters);
+    renderCrawls(data.crawls || []);
   }
   banner(data.status_error ? `NATS: ${data.status_error}` : "");
   renderChart(data.rates || []);
