@@ -25,6 +25,7 @@ import os
 import platform
 import random
 import re
+import resource
 import shutil
 import socket
 import subprocess
@@ -308,6 +309,22 @@ def _cpu_s(process: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
+def _children_cpu_s() -> float:
+    """CPU of this process's waited-for children: the load generator's own cost."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _py_spy(pid: int, duration_s: float, out: str | None) -> subprocess.Popen[bytes] | None:
+    """py-spy sampling the server (all threads, GIL or not) for the load's duration."""
+    if out is None:
+        return None
+    exe = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
+    command = [exe, "record", "--pid", str(pid), "--duration", str(max(1, int(duration_s) - 1))]
+    command += ["--rate", "250", "--threads", "--idle", "--format", "raw", "--output", out]
+    return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pages", type=int, default=2000)
@@ -323,6 +340,12 @@ def main(argv: list[str] | None = None) -> int:
         "--fts-detail", choices=["column", "full"], default="full", help="FTS5 detail"
     )
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--py-spy",
+        metavar="FILE",
+        help="profile the server during the load with py-spy (pip install py-spy): raw "
+        "collapsed stacks into FILE",
+    )
     parser.add_argument("--client", help=argparse.SUPPRESS)  # internal: the load process
     parser.add_argument("--queries", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -356,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"load: {tool}, {args.connections} connections, {args.duration:g} s")
                 load_before = os.getloadavg()[0]
                 cpu_before = _cpu_s(process)
+                client_before = _children_cpu_s()
+                profiler = _py_spy(process.pid, args.duration, args.py_spy)
                 if tool == "wrk":
                     result = run_wrk(base, args.connections, args.duration, 1, queries)
                 else:
@@ -364,6 +389,15 @@ def main(argv: list[str] | None = None) -> int:
                 # not depend on how busy the shared machine was during the run.
                 cpu_ms = (_cpu_s(process) - cpu_before) * 1000 / max(1, result["requests"])
                 result["server_cpu_ms_per_request"] = round(cpu_ms, 3)
+                # The load generator shares the two cores: its CPU is capacity the server
+                # did not have.
+                client_s = _children_cpu_s() - client_before
+                result["client_cpu_ms_per_request"] = round(
+                    client_s * 1000 / max(1, result["requests"]), 3
+                )
+                result["client_cpu_share"] = round(client_s / max(0.001, result["seconds"]), 2)
+                if profiler is not None:
+                    profiler.wait(args.duration + 30)
                 result["load_average_before"] = round(load_before, 2)
         finally:
             server.close()
@@ -392,7 +426,9 @@ def main(argv: list[str] | None = None) -> int:
             f"detail={args.fts_detail}, {result['queries']}), {result['tool']}: "
             f"{result['rps']:.0f} req/s, p50 {result['p50_ms']} ms, p90 {result['p90_ms']} ms, "
             f"p99 {result['p99_ms']} ms, {result['errors']} errors, server CPU "
-            f"{result['server_cpu_ms_per_request']} ms/request, load average "
+            f"{result['server_cpu_ms_per_request']} ms/request, load generator CPU "
+            f"{result['client_cpu_ms_per_request']} ms/request ({result['client_cpu_share']:.0%} "
+            f"of a core), load average "
             f"{result['load_average_before']} before "
             f"({result['requests']} requests in {result['seconds']} s) "
             f"-> target {result['target']}: {'met' if met else 'MISSED'}"

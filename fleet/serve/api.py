@@ -19,7 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from fleet.crawl import CrawlOptions
+from fleet.serve import query
 from fleet.serve.problems import Problem, problem_responses
+from fleet.serve.query import IntParam, Param, StrParam
 from fleet.serve.service import FleetService
 from fleet.sinks.base import DOCUMENT_ID, SearchFilters
 
@@ -129,31 +131,34 @@ class ReplayRequest(BaseModel):
 router = APIRouter(prefix="/api")
 
 
+SEARCH_PARAMS: Final[tuple[Param, ...]] = (
+    StrParam("q", 1000, required=True, description="Words to look for"),
+    IntParam("limit", 10, 1, MAX_SEARCH_LIMIT),
+    IntParam("offset", 0, 0, MAX_SEARCH_OFFSET),
+    StrParam("host", 253, description="Only pages of this host"),
+    StrParam("lang", 35, description="Only pages in this language (en)"),
+)
+
+
 @router.get(
     "/search",
     summary="Search the indexed pages",
     response_model=None,
+    openapi_extra={"parameters": query.openapi(SEARCH_PARAMS)},
     responses={200: {"model": SearchModel}, **problem_responses(401, 422, 503)},
 )
-async def search(
-    *,
-    service: Service,
-    q: Annotated[str, Query(min_length=1, max_length=1000, description="Words to look for")],
-    limit: Annotated[int, Query(ge=1, le=MAX_SEARCH_LIMIT)] = 10,
-    offset: Annotated[int, Query(ge=0, le=MAX_SEARCH_OFFSET)] = 0,
-    host: Annotated[
-        str | None, Query(max_length=253, description="Only pages of this host")
-    ] = None,
-    lang: Annotated[
-        str | None, Query(max_length=35, description="Only pages in this language (en)")
-    ] = None,
-) -> Response:
+async def search(request: Request) -> Response:
     """Best hits first, with snippets; ``total`` counts all matches."""
+    # The hot route: parameters checked by fleet.serve.query, not by FastAPI (see there).
+    args = query.parse(SEARCH_PARAMS, request.query_params)
     try:
-        filters = SearchFilters.of(host=host, lang=lang)
+        filters = SearchFilters.of(host=args["host"], lang=args["lang"])
     except ValueError as exc:
         raise Problem(422, str(exc)) from None
-    page = await service.search(q, limit=limit, offset=offset, filters=filters)
+    service: FleetService = request.app.state.service
+    page = await service.search(
+        args["q"], limit=args["limit"], offset=args["offset"], filters=filters
+    )
     return json_response(
         {
             "hits": [

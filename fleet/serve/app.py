@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import socket
@@ -49,8 +50,10 @@ LOOPBACK_NAMES: Final = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 READ_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
+@functools.lru_cache(maxsize=256)
 def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1); cached, as every
+    request without a key is checked."""
     name = host.strip("[]").lower()
     if name == "localhost":
         return True
@@ -117,7 +120,7 @@ class Guard:
                 hook.routed(template if isinstance(template, str) else _static_route(path))
 
     def _refusal(self, scope: Scope, method: str, path: str) -> Response | None:
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        headers = _guard_headers(scope["headers"])
         if not self.settings.api_key:
             # No key: only a loopback bind. Refuse other Host names (DNS rebinding) and
             # writes from another origin (a page on the web posting to localhost).
@@ -150,6 +153,18 @@ class Guard:
                 403, f"the read-only key cannot {method} {path}; use FLEET_API_KEY"
             )
         return None
+
+
+_GUARD_HEADERS: Final = frozenset({b"host", b"origin", b"authorization"})
+
+
+def _guard_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The request headers the guard reads, by lowercase name."""
+    return {
+        k.decode("latin-1").lower(): v.decode("latin-1")
+        for k, v in raw
+        if k.lower() in _GUARD_HEADERS
+    }
 
 
 def _static_route(path: str) -> str:

@@ -48,6 +48,9 @@ HISTORY_SAMPLES: Final = 600
 DASHBOARD_DEAD_LETTERS: Final = 50
 # Crawls shown on the dashboard, newest first (the API lists them all).
 DASHBOARD_CRAWLS: Final = 10
+# Crawls are re-read when their event stream moved, and at least this often (a cancel from
+# the CLI changes only the crawl's spec).
+CRAWLS_REFRESH_S: Final = 10.0
 SUPERVISOR_TIMEOUT_S: Final = 2.0
 
 
@@ -211,6 +214,8 @@ class FleetService:
         self._sampler: asyncio.Task[None] | None = None
         self._frontier: Frontier | None = None
         self._frontier_nc: NATS | None = None
+        self._crawls_mark: int | None = None
+        self._crawls_read_at = 0.0
 
     # -- life cycle
 
@@ -380,6 +385,7 @@ class FleetService:
     async def cancel_crawl(self, key: str) -> dict[str, Any]:
         """What `fleet crawl cancel ID --json` prints."""
         spec = await self._crawl_call(lambda f: crawl.cancel_crawl(f, key))
+        self._crawls_mark = None  # the dashboard re-reads the crawls
         return crawl.cancelled_view(spec)
 
     async def recent_crawls(self, limit: int) -> list[dict[str, Any]]:
@@ -449,9 +455,23 @@ class FleetService:
                     snap.dead_letters = await self.dead_letters(DASHBOARD_DEAD_LETTERS)
                     self._dlq_mark = mark
             with contextlib.suppress(FleetError):
-                snap.crawls = await self.recent_crawls(DASHBOARD_CRAWLS)
+                await self._sample_crawls()
         snap.supervisor = await self.supervisor()
         snap.updated_at = time.time()
+
+    async def _sample_crawls(self) -> None:
+        """Re-read the newest crawls when the crawl event stream moved (one stream_info a
+        second rather than listing every crawl's spec and counters)."""
+        js = await self.nats.jetstream()
+        try:
+            mark = int((await js.stream_info(self.settings.crawl_stream)).state.last_seq)
+        except Exception:  # not created yet (no crawl ever), or NATS trouble
+            mark = None
+        stale = time.monotonic() - self._crawls_read_at > CRAWLS_REFRESH_S
+        if mark is None or (mark == self._crawls_mark and not stale):
+            return
+        self.snapshot.crawls = await self.recent_crawls(DASHBOARD_CRAWLS)
+        self._crawls_mark, self._crawls_read_at = mark, time.monotonic()
 
     def rates(self) -> list[dict[str, float]]:
         """Pages per second between consecutive samples (the dashboard's chart)."""
