@@ -970,6 +970,14 @@ def supervisor(
 @main.command()
 @click.option("--host", default=None, help="Address to listen on [env FLEET_API_HOST; 127.0.0.1]")
 @click.option("--port", type=int, default=None, help="[env FLEET_API_PORT; 8000]")
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    help="Server processes on the port, about one per core [env FLEET_API_WORKERS; 1]",
+)
+# A server process started by another one (--workers): it joins the port (SO_REUSEPORT).
+@click.option("--join-port", is_flag=True, hidden=True)
 @nats_option
 @sink_option
 @metrics_option
@@ -979,6 +987,8 @@ def serve(
     *,  # click passes every parameter by name
     host: str | None,
     port: int | None,
+    workers: int | None,
+    join_port: bool,
     nats_url: str | None,
     sink: str | None,
     metrics_port: int | None,
@@ -989,15 +999,26 @@ def serve(
     (FLEET_API_READ_KEY: reads only); without it the server binds loopback only.
     """
     settings = _settings(
-        ctx, api_host=host, api_port=port, nats_url=nats_url, sink=sink, metrics_port=metrics_port
+        ctx,
+        api_host=host,
+        api_port=port,
+        api_workers=workers,
+        nats_url=nats_url,
+        sink=sink,
+        metrics_port=metrics_port,
     )
     from fleet.serve.app import check_bind
     from fleet.serve.app import serve as serve_role
 
     _guard(lambda: check_bind(settings))
     telemetry = _telemetry("serve", settings)
+    env = dict(os.environ)  # the other server processes get this environment
+
+    def role(stop: asyncio.Event) -> Awaitable[None]:
+        return serve_role(settings, stop, telemetry, join_port=join_port, child_env=env)
+
     try:
-        _guard(lambda: _run(_until_signalled(lambda stop: serve_role(settings, stop, telemetry))))
+        _guard(lambda: _run(_until_signalled(role)))
     finally:
         telemetry.shutdown()  # flushes the last spans (SIGTERM included)
 

@@ -139,6 +139,9 @@ class Settings:
     # `fleet serve`: the HTTP API, the MCP endpoint and the dashboard.
     api_host: str = "127.0.0.1"
     api_port: int = 8000  # 0 picks a free port (tests)
+    # Server processes sharing the port (SO_REUSEPORT): one event loop is bound by the GIL,
+    # so a second process uses a second core.
+    api_workers: int = 1
     # Bearer key for every /api/* and /mcp request; unset: loopback only, no auth.
     api_key: str | None = dataclasses.field(default=None, repr=False)
     # A second key that opens only the reads (GET /api/*, MCP search/get_page/fleet_status).
@@ -355,6 +358,11 @@ class Settings:
             raise SettingsError(
                 f"{ENV_PREFIX}API_PORT must be a TCP port 1-65535 (or 0 for any free port; "
                 f"got {self.api_port})"
+            )
+        if not 1 <= self.api_workers <= 64:
+            raise SettingsError(
+                f"{ENV_PREFIX}API_WORKERS must be 1 to 64 server processes (about one per "
+                f"core; got {self.api_workers})"
             )
         if self.api_read_key and not self.api_key:
             raise SettingsError(

@@ -770,3 +770,36 @@ def test_serve_process_json_logs_metrics_and_sigterm_drain(settings: Settings) -
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_serve_workers_share_the_port_and_stop_together(settings: Settings) -> None:
+    import psutil  # noqa: PLC0415
+
+    env = {**os.environ, **settings.to_env(), "FLEET_LOG_FORMAT": "json", "FLEET_API_PORT": "0"}
+    proc = subprocess.Popen(
+        [*fleet_cli(), "serve", "--workers", "2"], env=env, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stderr is not None
+    try:
+        urls: list[str] = []
+        deadline = time.monotonic() + 90
+        while len(urls) < 2 and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            message = json.loads(line)["message"]
+            if message.startswith("serving on "):
+                urls.append(message.split()[2])
+        assert len(urls) == 2 and urls[0] == urls[1], urls  # both processes, one port
+        [worker] = psutil.Process(proc.pid).children()
+        assert "--join-port" in worker.cmdline()
+        for _ in range(20):  # a new connection each time: either process answers
+            with urllib.request.urlopen(f"{urls[0]}/health", timeout=10) as resp:
+                assert resp.status == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        assert not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

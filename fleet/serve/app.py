@@ -24,7 +24,7 @@ import functools
 import ipaddress
 import logging
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from importlib import resources
 from typing import Final
 from urllib.parse import urlsplit
@@ -42,6 +42,7 @@ from fleet.serve.health import health
 from fleet.serve.mcp import build_mcp, http_app
 from fleet.serve.service import FleetService, key_role
 from fleet.settings import Settings
+from fleet.spawn import RoleProcess, spawn_role
 from fleet.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -230,21 +231,14 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def serve(
-    settings: Settings,
-    stop: asyncio.Event,
-    telemetry: Telemetry,
-    *,
-    ready: Callable[[str], Awaitable[None] | None] | None = None,
-) -> None:
-    """Run `fleet serve` until ``stop``: then stop accepting, let requests in flight finish
-    (at most FLEET_DRAIN_TIMEOUT_S), close NATS and the sink. ``ready`` gets the base URL."""
-    check_bind(settings)
-    service = FleetService(settings, telemetry)
-    app = create_app(service)
+def _listen(settings: Settings, *, shared: bool) -> socket.socket:
+    """The bound socket; ``shared``: SO_REUSEPORT, so the other server processes bind the
+    same port and the kernel spreads connections over them."""
     family = socket.AF_INET6 if ":" in settings.api_host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if shared:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((settings.api_host, settings.api_port))
     except OSError as exc:
@@ -253,6 +247,44 @@ async def serve(
             f"cannot listen on {settings.api_host}:{settings.api_port} ({exc.strerror}); "
             "choose another --port / FLEET_API_PORT"
         ) from None
+    return sock
+
+
+def _start_workers(
+    settings: Settings, port: int, env: Mapping[str, str] | None
+) -> list[RoleProcess]:
+    """FLEET_API_WORKERS - 1 more `fleet serve --join-port` processes on ``port``; their
+    metrics stay off (the port of /metrics is this process's)."""
+    if settings.api_workers <= 1:
+        return []
+    child = settings.replace(api_port=port, api_workers=1, metrics_port=0)
+    child_env = {**(env or {}), **child.to_env()}
+    workers = [
+        spawn_role("serve", ["--join-port"], env=child_env) for _ in range(settings.api_workers - 1)
+    ]
+    log.info("started %d more server processes on port %d", len(workers), port)
+    return workers
+
+
+async def serve(
+    settings: Settings,
+    stop: asyncio.Event,
+    telemetry: Telemetry,
+    *,
+    ready: Callable[[str], Awaitable[None] | None] | None = None,
+    join_port: bool = False,
+    child_env: Mapping[str, str] | None = None,
+) -> None:
+    """Run `fleet serve` until ``stop``: then stop accepting, let requests in flight finish
+    (at most FLEET_DRAIN_TIMEOUT_S), close NATS and the sink. ``ready`` gets the base URL.
+
+    With FLEET_API_WORKERS > 1 this process starts the others (with ``child_env`` as their
+    environment) on the same port and stops them with itself; ``join_port`` is set in those.
+    """
+    check_bind(settings)
+    service = FleetService(settings, telemetry)
+    app = create_app(service)
+    sock = _listen(settings, shared=join_port or settings.api_workers > 1)
     port = sock.getsockname()[1]
     shown_host = f"[{settings.api_host}]" if ":" in settings.api_host else settings.api_host
     url = f"http://{shown_host}:{port}"
@@ -292,11 +324,14 @@ async def serve(
                     await result
 
     announcer = asyncio.create_task(announce())
+    workers = _start_workers(settings, port, child_env)
     try:
         await server.serve(sockets=[sock])
     finally:
         watcher.cancel()
         announcer.cancel()
         sock.close()
+        # They drain at the same time as this process did (SIGTERM each).
+        await asyncio.gather(*(w.stop_async(settings.drain_timeout_s + 5) for w in workers))
     if not server.started:
         raise ConfigError("fleet serve did not start; see the log above")
