@@ -2,16 +2,20 @@
 
 1. A private nats-server and a SQLite index of ``--pages`` pages of the generated site of
    `make bench` (bench/site.py), extracted and written with fleet's own code.
-2. ``fleet serve`` as its own process (uvicorn, httptools), with NATS connected.
+2. ``fleet serve`` as its own process (uvicorn, httptools), with NATS connected, and
+   ``--workers`` server processes on the port (FLEET_API_WORKERS; default 2, one per core
+   of the 2-core reference machine).
 3. The load, from a separate process: ``wrk`` (Debian's, with a Lua script rotating the
    queries) when it is installed and ``--tool`` allows, else an aiohttp client loop with
    ``--connections`` keep-alive connections in its own process. Each request is
    ``GET /api/search?q=WORDS&limit=10`` with 1-3 words taken from one page (known-item
    searches), so every answer has hits and snippets.
 
-Prints requests/s, p50/p90/p99 latency and errors; JSON with ``--json``. Exit status 1 when
-the target (``--target-rps``, default 500, with p99 under ``--target-p99-ms``, 50) is
-missed, so the bench can gate a change.
+Prints requests/s, p50/p90/p99 latency, errors, the server's CPU per request (all its
+processes) and the load generator's (it shares the cores); JSON with ``--json``;
+``--py-spy FILE`` profiles the server meanwhile. Exit status 1 when the target
+(``--target-rps``, default 500, with p99 under ``--target-p99-ms``, 50) is missed, so the
+bench can gate a change.
 """
 
 from __future__ import annotations
