@@ -5,6 +5,7 @@ and asks for the key before a replay. Screenshots go to the test's tmp_path."""
 from __future__ import annotations
 
 import importlib.util
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -103,7 +104,7 @@ async def test_dashboard_shows_crawls_with_progress_bars(
 ) -> None:
     from playwright.async_api import expect  # noqa: PLC0415
 
-    crawl_site.delay_s = 0.05
+    crawl_site.delay_s = 0.2  # a crawl of a few seconds: the bar is seen part way
     roles = Roles(crawl_settings)
     try:
         async with running_serve(crawl_settings) as base, aiohttp.ClientSession() as http:
@@ -124,6 +125,9 @@ async def test_dashboard_shows_crawls_with_progress_bars(
             roles.start("worker")
             fetched = row.locator(".crawl-fetched")
             await expect(fetched).not_to_have_text("0", timeout=TIMEOUT_MS)
+            # Part way: the bar is neither empty nor full while the crawl runs.
+            between = re.compile(r"^[1-9][0-9]? %$")
+            await expect(row.locator(".bar em")).to_have_text(between, timeout=TIMEOUT_MS)
             await page.screenshot(path=str(tmp_path / "dashboard-crawling.png"), full_page=True)
             await expect(row.locator("td.state-done")).to_have_text("done", timeout=120_000)
             await expect(row.locator(".bar em")).to_have_text("100 %")

@@ -166,13 +166,14 @@ function renderDeadLetters(letters, total) {
   $("replay").disabled = !total;
 }
 
-// A crawl's progress: URLs with an outcome out of those queued so far (the total grows
-// while links are found; a done crawl is full).
+// A crawl's progress: URLs finished (indexed, unchanged, redirected or dead-lettered) out
+// of those queued so far; a fetched page counts once indexed. The total grows while links
+// are found; only a done crawl is full.
 function crawlProgress(c) {
-  const handled = c.fetched + c.unchanged + c.redirected + c.dead_lettered;
-  const total = handled + c.queued;
   if (c.state === "done") return 1;
-  return total ? handled / total : 0;
+  const finished = c.indexed + c.unchanged + c.redirected + c.dead_lettered;
+  const total = c.fetched + c.unchanged + c.redirected + c.dead_lettered + c.queued;
+  return total ? Math.min(0.99, finished / total) : 0;
 }
 
 function renderCrawls(crawls) {
