@@ -424,6 +424,14 @@ async def test_openapi_document_is_valid(settings: Settings, http: aiohttp.Clien
         assert path in paths, path
     search = paths["/api/search"]["get"]
     assert {p["name"] for p in search["parameters"]} == {"q", "limit", "offset", "host", "lang"}
+    params = {p["name"]: p for p in search["parameters"]}
+    assert params["q"]["required"] is True and params["q"]["schema"]["minLength"] == 1
+    assert params["limit"]["schema"] == {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 100,
+        "default": 10,
+    }
     assert "application/problem+json" in search["responses"]["422"]["content"]
     assert set(paths["/api/urls"]["post"]["requestBody"]["content"]) == {
         "application/json",

@@ -826,3 +826,20 @@ async def test_sqlite_fts_detail_of_a_new_index(tmp_path: Path, detail: str) -> 
     await other.open(readonly=True)
     assert [h.title for h in await other.search("bravo", 5)] == ["Alpha"]
     await other.close()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "word at the start, then " + "plain prose " * 200,
+        "plain prose " * 200 + "and the word near the end",
+        ("é " * 400) + "the word between accents " + ("ü " * 400),
+        ("😀x " * 300) + "word" + (" 😀" * 300),
+        "Word capitalised first, " + "filler " * 100 + "then the word again",
+        "short word",
+    ],
+)
+def test_sqlite_snippet_from_bytes_is_the_snippet_of_the_text(text: str) -> None:
+    from fleet.sinks.sqlite import _cut_window, _find_word, _snippet_of  # noqa: PLC0415
+
+    assert _snippet_of(text.encode(), "word") == _cut_window(text, _find_word(text, "word"))
