@@ -101,7 +101,7 @@ def test_stream_replicas_and_placement() -> None:
 def test_every_stream_and_bucket_gets_the_replicas() -> None:
     s = Settings(stream_replicas=3, stream_placement_tags=("ssd",))
     topo = topology(s)
-    for config in (topo.urls, topo.results, topo.dlq, topo.advisories):
+    for config in (topo.urls, topo.results, topo.dlq, topo.skipped):
         assert config.num_replicas == 3
         assert config.placement is not None and config.placement.tags == ["ssd"]
     kv = replicated_kv(KeyValueConfig(bucket="B"), s)

@@ -381,6 +381,18 @@ class Frontier:
         ]
         self._raise_refused(await self._pipe.publish(items), "crawl event")
 
+    async def count_dead_letter(self, task: UrlTask) -> None:
+        """Count a dead-lettered crawl task in its crawl (idempotent); other tasks: nothing.
+
+        The worker calls it before the term of a URL it dead-letters, the sweep before it
+        deletes a stranded URL from the URLs stream.
+        """
+        if task.crawl is None:
+            return
+        kind = DEAD if task.kind == "page" else SITEMAP_DONE
+        body = CrawlEvent(url=task.url, depth=task.depth, detail="dead")
+        await self.record(task.crawl, [Event(kind, task.id, task.depth, body)])
+
     async def enqueue(self, tasks: Sequence[UrlTask]) -> None:
         """Publish crawl tasks to the URLs stream (dedup id per crawl and URL)."""
         items = [

@@ -48,12 +48,6 @@ log = logging.getLogger(__name__)
 
 WORKERS_CONSUMER = "workers"
 INDEXER_CONSUMER = "indexer"
-REAPER_CONSUMER = "reaper"
-
-
-def max_deliveries_subject(settings: Settings) -> str:
-    """The server's MAX_DELIVERIES advisory subject of the workers' consumer."""
-    return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{settings.urls_stream}.{WORKERS_CONSUMER}"
 
 
 def placement(settings: Settings) -> Placement | None:
@@ -84,13 +78,11 @@ class Topology:
     urls: StreamConfig
     results: StreamConfig
     dlq: StreamConfig
-    advisories: StreamConfig
     frontier: StreamConfig
     crawl: StreamConfig
     skipped: StreamConfig
     workers: ConsumerConfig
     indexer: ConsumerConfig
-    reaper: ConsumerConfig
 
 
 def topology(settings: Settings) -> Topology:
@@ -163,39 +155,16 @@ def topology(settings: Settings) -> Topology:
         max_ack_pending=20_000,
         max_waiting=512,
     )
-    # The server publishes a MAX_DELIVERIES advisory once and does not keep it: stored here,
-    # it reaches the reaper even when no worker was connected at that moment.
-    advisories = StreamConfig(
-        name=settings.advisories_stream,
-        description="fleet: MAX_DELIVERIES advisories of the workers' consumer (for the reaper)",
-        subjects=[max_deliveries_subject(settings)],
-        retention=RetentionPolicy.WORK_QUEUE,
-        storage=StorageType.FILE,
-        max_age=settings.results_max_age_s,
-        # The server's default (2 min), said here: nats-py's 0 read as a drift at every start.
-        duplicate_window=min(120.0, settings.results_max_age_s),
-    )
-    reaper = ConsumerConfig(
-        durable_name=REAPER_CONSUMER,
-        description="fleet max-deliveries reaper (every worker runs one, competing)",
-        deliver_policy=DeliverPolicy.ALL,
-        ack_policy=AckPolicy.EXPLICIT,
-        ack_wait=settings.ack_wait_s,
-        max_deliver=-1,  # an advisory not handled yet is retried until it is
-        max_ack_pending=1_000,
-    )
     frontier, crawl = crawl_topology(settings)
     return Topology(
         urls=replicated(urls, settings),
         results=replicated(results, settings),
         dlq=replicated(dlq, settings),
-        advisories=replicated(advisories, settings),
         skipped=replicated(skipped, settings),
         frontier=replicated(frontier, settings),
         crawl=replicated(crawl, settings),
         workers=workers,
         indexer=indexer,
-        reaper=reaper,
     )
 
 
@@ -431,12 +400,11 @@ async def ensure_topology(
 async def _ensure_topology(js: JetStreamContext, settings: Settings) -> Topology:
     topo = topology(settings)
     await require_jetstream(js, settings, min_api_level=MIN_API_LEVEL)
-    streams = (topo.urls, topo.results, topo.dlq, topo.advisories, topo.skipped)
+    streams = (topo.urls, topo.results, topo.dlq, topo.skipped)
     for stream in (*streams, topo.frontier, topo.crawl):
         await ensure_stream(js, stream)
     await ensure_consumer(js, settings.urls_stream, topo.workers)
     await ensure_consumer(js, settings.results_stream, topo.indexer)
-    await ensure_consumer(js, settings.advisories_stream, topo.reaper)
     return topo
 
 
