@@ -19,6 +19,8 @@ from nats.js.api import StreamConfig
 from fleet.disposition import Settler
 from fleet.errors import ConfigError
 from fleet.messages import UrlTask, dead_letter_decoder, url_task_encoder
+from fleet.nats.frontier import Frontier
+from fleet.nats.hosts import hosts_bucket, robots_bucket
 from fleet.nats.kv import render_bucket
 from fleet.nats.server import EmbeddedNats, find_nats_server
 from fleet.nats.session import connect, nats_session
@@ -94,8 +96,20 @@ async def test_every_stream_consumer_and_bucket_has_three_replicas(
             # Durable consumers inherit their stream's replicas (0: "as the stream").
             assert ci.cluster is not None and len(ci.cluster.replicas or []) == 2, durable
         await render_bucket(js, settings)
-        kv = await js.stream_info(f"KV_{settings.render_bucket}")
-        assert kv.config.num_replicas == 3
+        await hosts_bucket(js, settings)
+        await robots_bucket(js, settings)
+        frontier = Frontier(session.nc, js, settings)
+        try:
+            await frontier.bucket()
+            await frontier.create_cap("c1", 10)
+        finally:
+            await frontier.close()
+        buckets = (settings.render_bucket, settings.hosts_bucket, settings.robots_bucket)
+        for bucket in (*buckets, settings.crawls_bucket):
+            kv = await js.stream_info(f"KV_{bucket}")
+            assert kv.config.num_replicas == 3, bucket
+        cap = await js.stream_info(settings.crawl_cap_stream("c1"))
+        assert cap.config.num_replicas == 3
 
 
 async def test_replicas_change_in_place_on_a_cluster(cluster_settings: Settings) -> None:

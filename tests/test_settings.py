@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 from nats.js.api import KeyValueConfig
 
-from fleet.nats.streams import replicated_kv, topology
+from fleet.nats.replicas import replicated_kv
+from fleet.nats.streams import topology
 from fleet.settings import DEFAULT_NATS_URL, Settings, SettingsError
 from fleet.urls import redact_servers
 

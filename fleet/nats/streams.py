@@ -5,7 +5,7 @@ the server can change in place are updated (with a warning); settings it cannot 
 (retention, storage, subjects) are reported as a drift with the fix, never silently reused.
 
 Every stream and KV bucket fleet creates is replicated as ``FLEET_STREAM_REPLICAS`` says
-(`replicated`, `replicated_kv`: the one place replicas and placement come from); durable
+(``fleet.nats.replicas``: the one place replicas and placement come from); durable
 consumers inherit their stream's replicas.
 """
 
@@ -16,7 +16,6 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Iterator
 from typing import Any, Final, Protocol
 
 from nats.aio.msg import Msg
@@ -29,17 +28,17 @@ from nats.js.api import (
     ConsumerInfo,
     DeliverPolicy,
     DiscardPolicy,
-    KeyValueConfig,
     Placement,
     PubAck,
     RetentionPolicy,
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import APIError, FetchTimeoutError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import FetchTimeoutError, NotFoundError, ServiceUnavailableError
 
 from fleet.errors import ConfigError, TransientError
 from fleet.nats.frontier import crawl_topology
+from fleet.nats.replicas import replicated, replication_explained
 from fleet.settings import Settings
 from fleet.urls import redact_servers
 
@@ -48,27 +47,6 @@ log = logging.getLogger(__name__)
 
 WORKERS_CONSUMER = "workers"
 INDEXER_CONSUMER = "indexer"
-
-
-def placement(settings: Settings) -> Placement | None:
-    """Where replicas go: servers with every ``FLEET_STREAM_PLACEMENT_TAGS`` tag; None: anywhere."""
-    if not settings.stream_placement_tags:
-        return None
-    return Placement(tags=list(settings.stream_placement_tags))
-
-
-def replicated(config: StreamConfig, settings: Settings) -> StreamConfig:
-    """``config`` with the replicas and placement of the settings; use it for every stream."""
-    return dataclasses.replace(
-        config, num_replicas=settings.stream_replicas, placement=placement(settings)
-    )
-
-
-def replicated_kv(config: KeyValueConfig, settings: Settings) -> KeyValueConfig:
-    """``config`` with the replicas and placement of the settings; use it for every KV bucket."""
-    return dataclasses.replace(
-        config, replicas=settings.stream_replicas, placement=placement(settings)
-    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -249,39 +227,6 @@ async def ensure_stream(js: JetStreamContext, want: StreamConfig) -> None:
         merged = dataclasses.replace(info.config, **{k: w for k, (w, _) in drift.items()})
         with replication_explained(want.name, want.num_replicas or 1, want.placement):
             await js.update_stream(merged)
-
-
-# JetStream's error codes for replicas the servers cannot hold.
-_NOT_CLUSTERED = 10074  # replicas > 1 not supported in non-clustered mode
-_INSUFFICIENT_RESOURCES = 10023  # fewer JetStream servers (with the tags) than replicas
-_NO_SUITABLE_PEERS = 10005  # no suitable peers for placement
-
-
-@contextlib.contextmanager
-def replication_explained(
-    name: str, replicas: int, placement: Placement | None = None
-) -> Iterator[None]:
-    """Around a stream or bucket create/update: the server's "cannot place the replicas"
-    becomes a ``ConfigError`` naming the setting to change; other errors pass through."""
-    try:
-        yield
-    except APIError as exc:
-        if exc.err_code == _NOT_CLUSTERED:
-            raise ConfigError(
-                f"stream {name}: FLEET_STREAM_REPLICAS={replicas} needs a JetStream cluster, "
-                "but the NATS server is a single server; set FLEET_STREAM_REPLICAS=1, or run "
-                "a cluster (docs/scaling.md)"
-            ) from None
-        if exc.err_code in (_INSUFFICIENT_RESOURCES, _NO_SUITABLE_PEERS):
-            tags = ",".join(placement.tags or []) if placement else ""
-            where = f" tagged {tags}" if tags else ""
-            raise ConfigError(
-                f"stream {name}: cannot place {replicas} replicas "
-                f"({exc.description or 'insufficient resources'}); FLEET_STREAM_REPLICAS must "
-                f"not exceed the JetStream servers{where} that are up in the cluster (check "
-                "FLEET_STREAM_PLACEMENT_TAGS, or bring the missing servers back)"
-            ) from None
-        raise
 
 
 async def ensure_consumer(js: JetStreamContext, stream: str, want: ConsumerConfig) -> ConsumerInfo:
