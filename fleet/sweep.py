@@ -21,8 +21,9 @@ How a URL is known to be stranded:
   other URLs are still pending (the ack floor stays below the lowest stranded one until
   nothing is pending) and with every worker stopped.
 
-A URL is dead-lettered only when two sweeps in a row found it still in the stream, so an
-ack the server is still applying (a cluster proposes the delete) is never taken for one.
+A URL is dead-lettered only when two sweeps in a row found it still in the stream (the
+second comes at most ``CONFIRM_S`` after the first), so an ack the server is still
+applying (a cluster proposes the delete) is never taken for one.
 Idempotent by sequence: the dead letter's ``Nats-Msg-Id`` is the one the worker's own
 settle would use for that message, and a URL deleted meanwhile is skipped, so two sweeps
 at once (two indexers) write one dead letter.
@@ -58,6 +59,10 @@ PROBE_EXPIRES_S: Final = 0.25
 
 # JetStream's error code when a message to delete is not there (any more).
 _NO_MESSAGE_FOUND: Final = 10057
+
+# The sweep after one that found stranded URLs comes this soon (if the interval is
+# longer): enough for an ack the server is still applying to have removed its URL.
+CONFIRM_S: Final = 5.0
 
 # Advisories remembered between two sweeps (more are found from the state later).
 HINTS_MAX: Final = 10_000
@@ -179,8 +184,10 @@ class Sweeper:
                     log.warning(
                         "sweep of stranded URLs failed (again in %gs): %s", self.interval, exc
                     )
+                # Found some: look again soon rather than a whole interval later.
+                wait = min(self.interval, CONFIRM_S) if self._suspects else self.interval
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=self.interval)
+                    await asyncio.wait_for(stop.wait(), timeout=wait)
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
