@@ -643,10 +643,7 @@ class CrawlWork:
 
     async def dead_lettered(self, task: UrlTask) -> None:
         """Count a crawl task the worker dead-letters (called before its term)."""
-        if task.crawl is None:
-            return
-        kind = DEAD if task.kind == "page" else SITEMAP_DONE
-        await self._count(task, kind, CrawlEvent(url=task.url, depth=task.depth, detail="dead"))
+        await self._f.count_dead_letter(task)
 
     async def _read_sitemap(self, links: CrawlLinks, task: UrlTask, redelivered: bool) -> None:
         """robots.txt (its Sitemap: lines) or one sitemap file; a missing one is no error."""

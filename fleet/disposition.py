@@ -8,11 +8,9 @@ silently gone: if the dead letter cannot be written, the message is nak'ed inste
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import enum
-import json
 import logging
 import random
 import time
@@ -21,9 +19,6 @@ from datetime import UTC, datetime
 from typing import Literal, Protocol
 
 import msgspec
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
 
 from fleet.errors import PermanentError, TransientError, error_reason
 from fleet.messages import (
@@ -33,10 +28,9 @@ from fleet.messages import (
     dead_letter_encoder,
     skipped_encoder,
     trace_headers,
-    url_task_decoder,
     url_task_encoder,
 )
-from fleet.nats.streams import REAPER_CONSUMER, JsPublish, pull
+from fleet.nats.streams import JsPublish
 from fleet.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -213,7 +207,7 @@ class Settler:
         return decision
 
     async def done(self, msg: JetStreamMsg) -> None:
-        """Ack a message fully handled outside ``settle`` (a reaped advisory). Errors are
+        """Ack a message fully handled outside ``settle`` (a crawl's skipped URL). Errors are
         ignored: the message is then redelivered, and handling it again is harmless."""
         with contextlib.suppress(Exception):
             await msg.ack()
@@ -301,7 +295,8 @@ class Settler:
         """Publish ``letter`` to the dead-letter stream; False (logged) if it could not be written.
 
         The dedup id is built from the stage, the item id and ``seq`` (the stream sequence), so a
-        retry, or the reaper after a lost term, does not write the same letter twice.
+        retry, or the sweep (``fleet.sweep``) after a lost term, does not write the same letter
+        twice.
         """
         try:
             await self._js.publish(
@@ -328,120 +323,3 @@ async def _run_hook(hook: Callable[[], Awaitable[None]] | None, url: str) -> boo
         log.warning("could not record the dead letter of %s: %s", url, exc, extra={"url": url})
         return False
     return True
-
-
-class MaxDeliveriesReaper:
-    """Dead-letters URLs whose last allowed delivery ended without an ack or a term.
-
-    That happens when a worker crashes or is stopped during a URL's last attempt: the server
-    will not deliver it again and a work-queue stream would keep it for ever. The server
-    announces it with a MAX_DELIVERIES advisory, which the advisories stream keeps
-    (``fleet.nats.streams.topology``), so one connected later still gets it. Every worker
-    runs a reaper on the shared durable ``reaper`` consumer: one of them takes each
-    advisory, moves the URL into the dead-letter stream, and acks the advisory only then.
-    Dedup ids match the settler's, so a dead letter is never written twice.
-    """
-
-    BATCH = 16
-    RETRY_S = 5.0
-
-    def __init__(
-        self,
-        js: JetStreamContext,
-        settler: Settler,
-        settings: Settings,
-        *,
-        on_dead_letter: Callable[[str, str], None] | None = None,
-        before_delete: Callable[[UrlTask], Awaitable[None]] | None = None,
-    ):
-        """``before_delete`` runs for a decoded task after its dead letter is written and
-        before the URL leaves the stream (a crawl counts it there)."""
-        self._on_dead_letter = on_dead_letter
-        self._before_delete = before_delete
-        self._js = js
-        self._settler = settler
-        self._settings = settings
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        """Bind the ``reaper`` consumer and handle advisories in the background."""
-        sub = await self._js.pull_subscribe_bind(
-            durable=REAPER_CONSUMER, stream=self._settings.advisories_stream
-        )
-        self._task = asyncio.create_task(self._run(sub), name="max-deliveries-reaper")
-
-    async def stop(self) -> None:
-        """Stop pulling; an advisory being handled finishes (or goes back unacked)."""
-        self._stop.set()
-        if self._task is not None:
-            with contextlib.suppress(Exception):
-                await self._task
-
-    async def _run(self, sub: JetStreamContext.PullSubscription) -> None:
-        stream = self._settings.advisories_stream
-        try:
-            while not self._stop.is_set():
-                for msg in await pull(sub, self.BATCH, self._stop, stream=stream):
-                    try:
-                        done = await self._on_advisory(msg)
-                    except Exception as exc:  # a bug must not stop the reaper: retried later
-                        log.warning("could not handle max-deliveries advisory: %s", exc)
-                        done = False
-                    if done:
-                        await self._settler.done(msg)
-                    else:
-                        await self._settler.release(msg, self.RETRY_S)
-        finally:
-            # Left subscribed, the pull's unread status replies hold the connection's drain
-            # for its whole timeout (30 s): a worker would not exit on SIGTERM before that.
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-
-    async def _on_advisory(self, msg: Msg) -> bool:
-        """Dead-letter the URL an advisory names; False when it should be tried again."""
-        try:
-            advisory = json.loads(msg.data)
-            seq = int(advisory["stream_seq"])
-            deliveries = int(advisory.get("deliveries") or self._settings.max_deliver)
-            raw = await self._js.get_msg(self._settings.urls_stream, seq)
-        except NotFoundError:
-            return True  # acked or dead-lettered meanwhile
-        except (KeyError, ValueError) as exc:
-            log.warning("dropping a malformed max-deliveries advisory: %s", exc)
-            return True
-        data = raw.data or b""
-        task: UrlTask | None = None
-        try:
-            task = url_task_decoder.decode(data)
-            url, item_id = task.url, task.id
-        except Exception:
-            url, item_id = "?", f"seq{seq}"
-        letter = DeadLetter(
-            url=url,
-            id=item_id,
-            stage="worker",
-            reason="max_deliveries",
-            error="the last allowed delivery ended without an ack (worker crashed or stopped)",
-            attempts=deliveries,
-            failed_at=time.time(),
-            payload=data,
-            trace_headers=trace_headers(raw.headers),
-        )
-        if not await self._settler.dead_letter(letter, seq):
-            return False
-        if task is not None and self._before_delete is not None:
-            hook = self._before_delete
-            if not await _run_hook(lambda: hook(task), url):
-                return False  # tried again: the advisory goes back to the stream
-        if self._on_dead_letter is not None:
-            self._on_dead_letter("worker", letter.reason)
-        with contextlib.suppress(NotFoundError):
-            await self._js.delete_msg(self._settings.urls_stream, seq)
-        log.warning(
-            "dead-lettered %s after %d deliveries without an ack",
-            url,
-            deliveries,
-            extra={"url": url},
-        )
-        return True

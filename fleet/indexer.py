@@ -1,5 +1,7 @@
 """Indexer role: pull pages in batches, upsert them into the sink, ack after commit.
 
+It also runs the sweep of stranded URLs (``fleet.sweep``): every deployment has an indexer.
+
 A batch is bounded by size (``indexer_batch_size``) and time (``indexer_batch_wait_s``).
 If the sink is unreachable the indexer keeps the batch, tells JetStream it is still working
 on it, and retries with backoff: it acks nothing until the sink has committed.
@@ -26,6 +28,7 @@ from fleet.nats.session import nats_session
 from fleet.nats.streams import INDEXER_CONSUMER, pull
 from fleet.settings import Settings
 from fleet.sinks import Sink
+from fleet.sweep import Sweeper
 from fleet.telemetry import Hook, Telemetry
 from fleet.urls import url_id
 
@@ -255,8 +258,22 @@ async def serve(
                     await asyncio.wait_for(stop.wait(), timeout=delay)
         frontier = Frontier(session.nc, session.js, settings)
         indexer = Indexer(session.js, sink, settings, telemetry=telemetry, frontier=frontier)
+        # The indexer is the one role every deployment runs, workers or not: it sweeps.
+        sweeper = Sweeper(
+            session.nc,
+            session.js,
+            Settler(session.js, settings, stage="worker", max_deliver=settings.max_deliver),
+            settings,
+            on_dead_letter=telemetry.dead_lettered if telemetry is not None else None,
+            before_delete=frontier.count_dead_letter,
+        )
+        sweeping = asyncio.create_task(sweeper.run(stop), name="sweep")
         try:
             await indexer.run(stop)
         finally:
+            # Cut short mid-sweep is harmless: a dead letter's dedup id holds on the retry.
+            sweeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeping
             await frontier.close()
         return indexer.indexed

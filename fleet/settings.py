@@ -57,6 +57,9 @@ class Settings:
     ack_wait_s: float = 30.0
     backoff_base_s: float = 1.0
     backoff_max_s: float = 60.0
+    # How often the sweep (run by the indexer, fleet/sweep.py) dead-letters URLs the server
+    # will not deliver again: their last allowed attempt ended without an answer.
+    sweep_interval_s: float = 15.0
 
     # Worker.
     worker_concurrency: int = 32
@@ -185,11 +188,6 @@ class Settings:
     def dlq_stream(self) -> str:
         """JetStream stream of the dead letters of both stages."""
         return f"{self.stream_prefix}_DLQ"
-
-    @property
-    def advisories_stream(self) -> str:
-        """JetStream stream that keeps the server's MAX_DELIVERIES advisories for the reaper."""
-        return f"{self.stream_prefix}_ADVISORIES"
 
     @property
     def render_bucket(self) -> str:
@@ -386,6 +384,7 @@ class Settings:
         positive = {
             "max_deliver": self.max_deliver,
             "ack_wait_s": self.ack_wait_s,
+            "sweep_interval_s": self.sweep_interval_s,
             "meili_dump_timeout_s": self.meili_dump_timeout_s,
             "nats_ping_interval_s": self.nats_ping_interval_s,
             "worker_concurrency": self.worker_concurrency,

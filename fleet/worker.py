@@ -22,7 +22,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from fleet.crawl import CrawlCoordinator, CrawlWork
-from fleet.disposition import MaxDeliveriesReaper, Settler
+from fleet.disposition import Settler
 from fleet.errors import BadMessage, HttpStatusError, RenderUnavailable, TransientError
 from fleet.messages import Page, Skipped, UrlTask, page_encoder, url_task_decoder
 from fleet.nats.frontier import Frontier
@@ -624,19 +624,10 @@ async def _serve(
                 politeness=await politeness_for(js, settings, fetcher),
                 crawl=crawl,
             )
-            reaper = MaxDeliveriesReaper(
-                js,
-                Settler(js, settings, stage="worker", max_deliver=settings.max_deliver),
-                settings,
-                on_dead_letter=telemetry.dead_lettered if telemetry is not None else None,
-                before_delete=crawl.dead_lettered,
-            )
-            await reaper.start()
             coordinating = asyncio.create_task(CrawlCoordinator(frontier).run(stop))
             try:
                 await worker.run(stop)
             finally:
-                await reaper.stop()
                 coordinating.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await coordinating

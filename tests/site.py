@@ -86,6 +86,7 @@ class LoopbackSite:
         app.router.add_get("/page/{n}", self._page)
         app.router.add_get("/slow/{n}", self._slow)
         app.router.add_get("/status/{code}", self._status)
+        app.router.add_get("/flaky-then-slow/{n}", self._flaky_then_slow)
         app.router.add_get("/redirect", self._redirect)
         app.router.add_get("/plain", self._plain)
         app.router.add_get("/big", self._big)
@@ -125,6 +126,14 @@ class LoopbackSite:
         await asyncio.sleep(float(request.query.get("s", self.slow_s)))
         n = int(request.match_info["n"])
         return web.Response(text=page_html(n), content_type="text/html", charset="utf-8")
+
+    async def _flaky_then_slow(self, request: web.Request) -> web.Response:
+        """503 on the first request, then no answer for 30 s (a worker killed meanwhile)."""
+        self._count(request)
+        if self.hits[request.path] == 1:
+            return web.Response(status=503, text="try again")
+        await asyncio.sleep(30)
+        return web.Response(status=504, text="too late")
 
     async def _status(self, request: web.Request) -> web.Response:
         self._count(request)

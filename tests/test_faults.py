@@ -211,47 +211,33 @@ async def test_ssrf_inputs_are_dead_lettered_and_canary_sees_nothing(
 async def test_crash_on_the_last_attempt_is_dead_lettered_not_stranded(
     settings: Settings, site: LoopbackSite, roles: Roles, tmp_path: Path
 ) -> None:
-    # max_deliver=1: the first delivery is the last. A worker killed during it leaves a
-    # message the server will never deliver again; the reaper must dead-letter it.
-    settings = settings.replace(max_deliver=1, ack_wait_s=2.0)
+    # max_deliver=2: the first attempt fails (503, nak), the worker is killed during the
+    # second, the last. Every worker is then gone: the server will never deliver the URL
+    # again, and the indexer's sweep must dead-letter it.
+    settings = settings.replace(max_deliver=2, ack_wait_s=2.0, sweep_interval_s=0.5)
     roles.env.update(settings.to_env())
-    slow = site.url("/slow/1?s=30")
-    cli_json(settings, "publish", str(write_urls(tmp_path / "u.txt", [slow])))
-    victim = roles.start("worker")
-
-    async def in_flight() -> bool:
-        return bool((await get_status(settings))["consumers"]["workers"]["ack_pending"] == 1)
-
-    await wait_for(in_flight, timeout=30)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait(10)
-
-    # No worker is connected when AckWait runs out and the server emits the advisory: it
-    # waits in the advisories stream for the next worker.
-    async def advisory_kept() -> bool:
-        nc = await nats.connect(settings.nats_server)
-        try:
-            info = await nc.jetstream().stream_info(settings.advisories_stream)
-            return info.state.messages == 1
-        finally:
-            await nc.close()
-
-    await wait_for(advisory_kept, timeout=30)
+    url = site.url("/flaky-then-slow/1")
+    cli_json(settings, "publish", str(write_urls(tmp_path / "u.txt", [url])))
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         metrics_port = probe.getsockname()[1]
-    roles.start("worker", "--metrics-port", str(metrics_port))
+    roles.start("indexer", "--metrics-port", str(metrics_port))
+    victim = roles.start("worker")
+
+    async def on_last_attempt() -> bool:
+        return site.hits.get("/flaky-then-slow/1", 0) >= 2
+
+    await wait_for(on_last_attempt, timeout=30)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(10)
 
     async def dead_lettered() -> bool:
-        return bool((await get_status(settings))["dead_letters"] == 1)
+        st = await get_status(settings)
+        return bool(st["dead_letters"] == 1 and st["streams"]["urls"]["messages"] == 0)
 
     await wait_for(dead_lettered, timeout=30)
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as resp:
         exposition = resp.read().decode()
     assert 'fleet_dead_letters_total{reason="max_deliveries",stage="worker"} 1.0' in exposition
     letters = cli_json(settings, "dlq", "list")
-    assert [(d["url"], d["reason"], d["attempts"]) for d in letters] == [
-        (slow, "max_deliveries", 1)
-    ]
-    st = await get_status(settings)
-    assert st["streams"]["urls"]["messages"] == 0  # taken out, not stranded
+    assert [(d["url"], d["reason"], d["attempts"]) for d in letters] == [(url, "max_deliveries", 2)]

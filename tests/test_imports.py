@@ -24,6 +24,7 @@ ROLES = {
     "fleet.check",
     "fleet.disposition",
     "fleet.crawl",
+    "fleet.sweep",
     "fleet.cli",
 }
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 from nats.js.api import KeyValueConfig
 
-from fleet.nats.streams import replicated_kv, topology
+from fleet.nats.replicas import replicated_kv
+from fleet.nats.streams import topology
 from fleet.settings import DEFAULT_NATS_URL, Settings, SettingsError
 from fleet.urls import redact_servers
 
@@ -101,7 +102,7 @@ def test_stream_replicas_and_placement() -> None:
 def test_every_stream_and_bucket_gets_the_replicas() -> None:
     s = Settings(stream_replicas=3, stream_placement_tags=("ssd",))
     topo = topology(s)
-    for config in (topo.urls, topo.results, topo.dlq, topo.advisories):
+    for config in (topo.urls, topo.results, topo.dlq, topo.skipped):
         assert config.num_replicas == 3
         assert config.placement is not None and config.placement.tags == ["ssd"]
     kv = replicated_kv(KeyValueConfig(bucket="B"), s)

@@ -37,11 +37,12 @@ from nats.js.api import (
     ConsumerConfig,
     DeliverPolicy,
     DiscardPolicy,
+    KeyValueConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from fleet.errors import TransientError
 from fleet.messages import (
@@ -58,6 +59,7 @@ from fleet.messages import (
     skipped_encoder,
     url_task_encoder,
 )
+from fleet.nats.replicas import ensure_bucket, replicated, replicated_kv, replication_explained
 from fleet.settings import Settings
 
 if TYPE_CHECKING:
@@ -381,6 +383,18 @@ class Frontier:
         ]
         self._raise_refused(await self._pipe.publish(items), "crawl event")
 
+    async def count_dead_letter(self, task: UrlTask) -> None:
+        """Count a dead-lettered crawl task in its crawl (idempotent); other tasks: nothing.
+
+        The worker calls it before the term of a URL it dead-letters, the sweep before it
+        deletes a stranded URL from the URLs stream.
+        """
+        if task.crawl is None:
+            return
+        kind = DEAD if task.kind == "page" else SITEMAP_DONE
+        body = CrawlEvent(url=task.url, depth=task.depth, detail="dead")
+        await self.record(task.crawl, [Event(kind, task.id, task.depth, body)])
+
     async def enqueue(self, tasks: Sequence[UrlTask]) -> None:
         """Publish crawl tasks to the URLs stream (dedup id per crawl and URL)."""
         items = [
@@ -498,18 +512,18 @@ class Frontier:
 
     async def create_cap(self, crawl: str, max_pages: int) -> None:
         """The stream whose message limit is the crawl's page cap."""
-        await self._js.add_stream(
-            StreamConfig(
-                name=self._s.crawl_cap_stream(crawl),
-                description=f"fleet: page cap of crawl {crawl}",
-                subjects=[f"{self._s.crawl_subject}-cap.{crawl}"],
-                retention=RetentionPolicy.LIMITS,
-                storage=StorageType.FILE,
-                max_msgs=max_pages,
-                discard=DiscardPolicy.NEW,
-                duplicate_window=self._s.dedup_window_s,
-            )
+        config = StreamConfig(
+            name=self._s.crawl_cap_stream(crawl),
+            description=f"fleet: page cap of crawl {crawl}",
+            subjects=[f"{self._s.crawl_subject}-cap.{crawl}"],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_msgs=max_pages,
+            discard=DiscardPolicy.NEW,
+            duplicate_window=self._s.dedup_window_s,
         )
+        with replication_explained(config.name or "", self._s.stream_replicas):
+            await self._js.add_stream(replicated(config, self._s))
 
     async def within_cap(self, crawl: str, uids: Sequence[str]) -> list[bool]:
         """Take a page of the cap for each URL: True while the cap has room (or the URL
@@ -530,14 +544,12 @@ class Frontier:
     async def bucket(self) -> KeyValue:
         """The crawl jobs KV bucket, created on first use (history 1: the current spec)."""
         if self._kv is None:
-            try:
-                self._kv = await self._js.key_value(self._s.crawls_bucket)
-            except BucketNotFoundError:
-                self._kv = await self._js.create_key_value(
-                    bucket=self._s.crawls_bucket,
-                    history=1,
-                    description="fleet: crawl jobs (spec and state)",
-                )
+            config = KeyValueConfig(
+                bucket=self._s.crawls_bucket,
+                history=1,
+                description="fleet: crawl jobs (spec and state)",
+            )
+            self._kv = await ensure_bucket(self._js, replicated_kv(config, self._s))
         return self._kv
 
     async def put_spec(self, spec: CrawlSpec) -> None:

@@ -20,9 +20,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, TypeVar
 
 from nats.js import JetStreamContext
-from nats.js.api import StorageType
+from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import (
-    BucketNotFoundError,
     KeyDeletedError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
@@ -37,6 +36,7 @@ from fleet.messages import (
     robots_entry_decoder,
     robots_entry_encoder,
 )
+from fleet.nats.replicas import ensure_bucket, replicated_kv
 from fleet.settings import Settings
 
 if TYPE_CHECKING:
@@ -62,30 +62,25 @@ def origin_key(origin: str) -> str:
 
 async def _bucket(
     js: JetStreamContext,
+    settings: Settings,
     name: str,
     *,
     storage: StorageType,
     description: str,
     max_age_s: float | None = None,
 ) -> KeyValue:
-    try:
-        return await js.key_value(name)
-    except BucketNotFoundError:
-        # Idempotent: another worker creating it with the same config at once is harmless.
-        return await js.create_key_value(
-            bucket=name,
-            history=1,
-            ttl=max_age_s,
-            storage=storage,
-            direct=True,
-            description=description,
-        )
+    # Idempotent: another worker creating it with the same config at once is harmless.
+    config = KeyValueConfig(
+        bucket=name, history=1, ttl=max_age_s, storage=storage, direct=True, description=description
+    )
+    return await ensure_bucket(js, replicated_kv(config, settings))
 
 
 async def hosts_bucket(js: JetStreamContext, settings: Settings) -> KeyValue:
     """The per-origin limiter state bucket, created on first use."""
     return await _bucket(
         js,
+        settings,
         settings.hosts_bucket,
         storage=StorageType.MEMORY,
         max_age_s=HOSTS_MAX_AGE_S,
@@ -97,6 +92,7 @@ async def robots_bucket(js: JetStreamContext, settings: Settings) -> KeyValue:
     """The robots.txt cache bucket, created on first use (entries carry their own TTL)."""
     return await _bucket(
         js,
+        settings,
         settings.robots_bucket,
         storage=StorageType.FILE,
         description="fleet: robots.txt per origin (per-message TTL)",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 import time
@@ -13,7 +12,7 @@ from nats.js.api import KeyValueConfig
 from nats.js.errors import BucketNotFoundError, KeyDeletedError, KeyNotFoundError
 
 from fleet.messages import RenderDecision, render_decision_decoder, render_decision_encoder
-from fleet.nats.streams import replicated_kv, replication_explained
+from fleet.nats.replicas import ensure_bucket, replicated_kv
 from fleet.settings import Settings
 
 if TYPE_CHECKING:
@@ -44,39 +43,6 @@ async def render_bucket(js: JetStreamContext, settings: Settings) -> KeyValue:
         settings,
     )
     return await ensure_bucket(js, config)
-
-
-async def ensure_bucket(js: JetStreamContext, want: KeyValueConfig) -> KeyValue:
-    """Open the KV bucket ``want``, creating it if missing; an existing bucket whose replicas
-    or placement differ is updated in place (with a warning), like a stream's drift."""
-    try:
-        kv = await js.key_value(want.bucket)
-    except BucketNotFoundError:
-        with replication_explained(f"KV_{want.bucket}", want.replicas, want.placement):
-            return await js.create_key_value(config=want)
-    # A KV bucket is the stream KV_<bucket>: reconcile its replication like any stream's.
-    stream = f"KV_{want.bucket}"
-    info = await js.stream_info(stream)
-    have = info.config
-    want_tags = sorted(want.placement.tags or []) if want.placement else None
-    have_tags = sorted(have.placement.tags or []) if have.placement else []
-    if have.num_replicas != want.replicas or (want_tags is not None and want_tags != have_tags):
-        log.warning(
-            "KV bucket %s replication drift, updating: replicas %s -> %d%s",
-            want.bucket,
-            have.num_replicas,
-            want.replicas,
-            f", tags {have_tags} -> {want_tags}" if want_tags not in (None, have_tags) else "",
-        )
-        with replication_explained(stream, want.replicas, want.placement):
-            await js.update_stream(
-                dataclasses.replace(
-                    have,
-                    num_replicas=want.replicas,
-                    placement=want.placement if want.placement is not None else have.placement,
-                )
-            )
-    return kv
 
 
 async def learned_domains(js: JetStreamContext, settings: Settings) -> list[RenderDecision]:

@@ -5,7 +5,7 @@ the server can change in place are updated (with a warning); settings it cannot 
 (retention, storage, subjects) are reported as a drift with the fix, never silently reused.
 
 Every stream and KV bucket fleet creates is replicated as ``FLEET_STREAM_REPLICAS`` says
-(`replicated`, `replicated_kv`: the one place replicas and placement come from); durable
+(``fleet.nats.replicas``: the one place replicas and placement come from); durable
 consumers inherit their stream's replicas.
 """
 
@@ -16,7 +16,6 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Iterator
 from typing import Any, Final, Protocol
 
 from nats.aio.msg import Msg
@@ -29,17 +28,17 @@ from nats.js.api import (
     ConsumerInfo,
     DeliverPolicy,
     DiscardPolicy,
-    KeyValueConfig,
     Placement,
     PubAck,
     RetentionPolicy,
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import APIError, FetchTimeoutError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import FetchTimeoutError, NotFoundError, ServiceUnavailableError
 
 from fleet.errors import ConfigError, TransientError
 from fleet.nats.frontier import crawl_topology
+from fleet.nats.replicas import replicated, replication_explained
 from fleet.settings import Settings
 from fleet.urls import redact_servers
 
@@ -48,33 +47,6 @@ log = logging.getLogger(__name__)
 
 WORKERS_CONSUMER = "workers"
 INDEXER_CONSUMER = "indexer"
-REAPER_CONSUMER = "reaper"
-
-
-def max_deliveries_subject(settings: Settings) -> str:
-    """The server's MAX_DELIVERIES advisory subject of the workers' consumer."""
-    return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{settings.urls_stream}.{WORKERS_CONSUMER}"
-
-
-def placement(settings: Settings) -> Placement | None:
-    """Where replicas go: servers with every ``FLEET_STREAM_PLACEMENT_TAGS`` tag; None: anywhere."""
-    if not settings.stream_placement_tags:
-        return None
-    return Placement(tags=list(settings.stream_placement_tags))
-
-
-def replicated(config: StreamConfig, settings: Settings) -> StreamConfig:
-    """``config`` with the replicas and placement of the settings; use it for every stream."""
-    return dataclasses.replace(
-        config, num_replicas=settings.stream_replicas, placement=placement(settings)
-    )
-
-
-def replicated_kv(config: KeyValueConfig, settings: Settings) -> KeyValueConfig:
-    """``config`` with the replicas and placement of the settings; use it for every KV bucket."""
-    return dataclasses.replace(
-        config, replicas=settings.stream_replicas, placement=placement(settings)
-    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,13 +56,11 @@ class Topology:
     urls: StreamConfig
     results: StreamConfig
     dlq: StreamConfig
-    advisories: StreamConfig
     frontier: StreamConfig
     crawl: StreamConfig
     skipped: StreamConfig
     workers: ConsumerConfig
     indexer: ConsumerConfig
-    reaper: ConsumerConfig
 
 
 def topology(settings: Settings) -> Topology:
@@ -163,39 +133,16 @@ def topology(settings: Settings) -> Topology:
         max_ack_pending=20_000,
         max_waiting=512,
     )
-    # The server publishes a MAX_DELIVERIES advisory once and does not keep it: stored here,
-    # it reaches the reaper even when no worker was connected at that moment.
-    advisories = StreamConfig(
-        name=settings.advisories_stream,
-        description="fleet: MAX_DELIVERIES advisories of the workers' consumer (for the reaper)",
-        subjects=[max_deliveries_subject(settings)],
-        retention=RetentionPolicy.WORK_QUEUE,
-        storage=StorageType.FILE,
-        max_age=settings.results_max_age_s,
-        # The server's default (2 min), said here: nats-py's 0 read as a drift at every start.
-        duplicate_window=min(120.0, settings.results_max_age_s),
-    )
-    reaper = ConsumerConfig(
-        durable_name=REAPER_CONSUMER,
-        description="fleet max-deliveries reaper (every worker runs one, competing)",
-        deliver_policy=DeliverPolicy.ALL,
-        ack_policy=AckPolicy.EXPLICIT,
-        ack_wait=settings.ack_wait_s,
-        max_deliver=-1,  # an advisory not handled yet is retried until it is
-        max_ack_pending=1_000,
-    )
     frontier, crawl = crawl_topology(settings)
     return Topology(
         urls=replicated(urls, settings),
         results=replicated(results, settings),
         dlq=replicated(dlq, settings),
-        advisories=replicated(advisories, settings),
         skipped=replicated(skipped, settings),
         frontier=replicated(frontier, settings),
         crawl=replicated(crawl, settings),
         workers=workers,
         indexer=indexer,
-        reaper=reaper,
     )
 
 
@@ -280,39 +227,6 @@ async def ensure_stream(js: JetStreamContext, want: StreamConfig) -> None:
         merged = dataclasses.replace(info.config, **{k: w for k, (w, _) in drift.items()})
         with replication_explained(want.name, want.num_replicas or 1, want.placement):
             await js.update_stream(merged)
-
-
-# JetStream's error codes for replicas the servers cannot hold.
-_NOT_CLUSTERED = 10074  # replicas > 1 not supported in non-clustered mode
-_INSUFFICIENT_RESOURCES = 10023  # fewer JetStream servers (with the tags) than replicas
-_NO_SUITABLE_PEERS = 10005  # no suitable peers for placement
-
-
-@contextlib.contextmanager
-def replication_explained(
-    name: str, replicas: int, placement: Placement | None = None
-) -> Iterator[None]:
-    """Around a stream or bucket create/update: the server's "cannot place the replicas"
-    becomes a ``ConfigError`` naming the setting to change; other errors pass through."""
-    try:
-        yield
-    except APIError as exc:
-        if exc.err_code == _NOT_CLUSTERED:
-            raise ConfigError(
-                f"stream {name}: FLEET_STREAM_REPLICAS={replicas} needs a JetStream cluster, "
-                "but the NATS server is a single server; set FLEET_STREAM_REPLICAS=1, or run "
-                "a cluster (docs/scaling.md)"
-            ) from None
-        if exc.err_code in (_INSUFFICIENT_RESOURCES, _NO_SUITABLE_PEERS):
-            tags = ",".join(placement.tags or []) if placement else ""
-            where = f" tagged {tags}" if tags else ""
-            raise ConfigError(
-                f"stream {name}: cannot place {replicas} replicas "
-                f"({exc.description or 'insufficient resources'}); FLEET_STREAM_REPLICAS must "
-                f"not exceed the JetStream servers{where} that are up in the cluster (check "
-                "FLEET_STREAM_PLACEMENT_TAGS, or bring the missing servers back)"
-            ) from None
-        raise
 
 
 async def ensure_consumer(js: JetStreamContext, stream: str, want: ConsumerConfig) -> ConsumerInfo:
@@ -431,12 +345,11 @@ async def ensure_topology(
 async def _ensure_topology(js: JetStreamContext, settings: Settings) -> Topology:
     topo = topology(settings)
     await require_jetstream(js, settings, min_api_level=MIN_API_LEVEL)
-    streams = (topo.urls, topo.results, topo.dlq, topo.advisories, topo.skipped)
+    streams = (topo.urls, topo.results, topo.dlq, topo.skipped)
     for stream in (*streams, topo.frontier, topo.crawl):
         await ensure_stream(js, stream)
     await ensure_consumer(js, settings.urls_stream, topo.workers)
     await ensure_consumer(js, settings.results_stream, topo.indexer)
-    await ensure_consumer(js, settings.advisories_stream, topo.reaper)
     return topo
 
 

@@ -151,7 +151,7 @@ class Telemetry:
             self.metrics.urls_published.labels(result).inc(count)
 
     def dead_lettered(self, stage: str, reason: str) -> None:
-        """Count a dead letter written outside a message hook (the max-deliveries reaper)."""
+        """Count a dead letter written outside a message hook (the sweep of stranded URLs)."""
         if self.metrics is not None:
             self.metrics.dead_letters.labels(stage, reason).inc()
 
