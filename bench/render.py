@@ -49,7 +49,7 @@ from fleet.nats.server import EmbeddedNats
 from fleet.scrape.fetch import Fetcher
 from fleet.scrape.proxy import GuardedProxy
 from fleet.scrape.render.chromium import CHROMIUM_ARGS, chromium_executable
-from fleet.scrape.render.pool import DOM_QUIET_MS, SETTLE_JS, BrowserPool
+from fleet.scrape.render.pool import DOM_QUIET_MS, SETTLE_JS, TIMER_MAX_MS, BrowserPool
 from fleet.settings import Settings
 
 DEFAULT_PAGES = 4000
@@ -234,7 +234,7 @@ async def bare_playwright(
             while not queue.empty():
                 url = queue.get_nowait()
                 await page.goto(url, wait_until="load")
-                await page.evaluate(SETTLE_JS, DOM_QUIET_MS)
+                await page.evaluate(SETTLE_JS, [DOM_QUIET_MS, TIMER_MAX_MS])
                 chars += len(await page.content())
 
         # Warm-up page outside the clock (browser start, first bundle fetch).

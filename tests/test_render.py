@@ -135,7 +135,7 @@ def test_assess_on_the_test_site_pages() -> None:
         return assess(body, ex.text)
 
     assert judge(js_page_html(1)).reason == "script_heavy"
-    assert judge(SPA_SHELL.format(root="root", script="/a.js")).reason == "spa_root"
+    assert judge(SPA_SHELL.format(root="root", script="/a.js", title="SPA")).reason == "spa_root"
     assert judge(borderline_html(1)).verdict == "sample"
     assert judge(page_html(1)).verdict == "http"
 
@@ -216,7 +216,7 @@ class FakeRenderer:
 
 
 RENDERED = "<html><body><main><p>" + "rendered words " * 100 + "</p></main></body></html>"
-SHELL = SPA_SHELL.format(root="root", script="/a.js")
+SHELL = SPA_SHELL.format(root="root", script="/a.js", title="SPA")
 
 
 async def scrape(

@@ -100,6 +100,9 @@ class BrowserProxy(Protocol):
         The page is then not fetched a second time; over HTTPS the browser fetches it again.
         """
 
+    def loading(self, document_url: str) -> int:
+        """Requests of the page at ``document_url`` in flight that its text may wait for."""
+
 
 class Rendering(Protocol):
     """What the scraper needs to render a page (``BrowserPool``)."""
@@ -167,22 +170,30 @@ class _Session:
         return int(self.process.pid) if self.process is not None else None
 
 
-# Settling: the DOM quiet for ``quietMs`` while none of the page's fetch()/XHR calls or
-# script loads is pending (counted in the page by NET_TRACKER_JS; a page without the
-# tracker, as in the benchmark's bare loop, waits for the DOM alone). Counted in the page,
-# not through Playwright's request events: those cost three messages per request between
-# Chromium, the driver and Python, about 2 ms of the worker's CPU per page (measured).
+# Settling: the DOM quiet for ``quietMs`` while nothing the page's text may still wait for
+# is pending (counted in the page by TRACKER_JS): fetch()/XHR calls, script loads, dynamic
+# import()s, and short timers and animation frames, those due within ``timerMaxMs`` of the
+# settle's start (a clock ticking forever holds it that long at most). Promise chains run
+# in microtasks, before any timer: what they wait on is one of the above. A page without
+# the tracker, as in the benchmark's bare loop, waits for the DOM alone. Counted in the
+# page, not through Playwright's request events: those cost three messages per request
+# between Chromium, the driver and Python, about 2 ms of the worker's CPU per page
+# (measured). The settle's own timers are the browser's, not the tracked ones.
 SETTLE_JS: Final = """
-(quietMs) => new Promise((resolve) => {
-  const pending = () => window.__fleetPending || 0;
-  let timer = setTimeout(done, quietMs);
+([quietMs, timerMaxMs]) => new Promise((resolve) => {
+  const native = window.__fleetNative || {setTimeout, clearTimeout};
+  const later = (fn, ms) => native.setTimeout.call(window, fn, ms);
+  const cancel = (id) => native.clearTimeout.call(window, id);
+  const until = performance.now() + timerMaxMs;
+  const busy = window.__fleetBusy || (() => 0);
+  let timer = later(done, quietMs);
   const observer = new MutationObserver(() => {
-    clearTimeout(timer);
-    timer = setTimeout(done, quietMs);
+    cancel(timer);
+    timer = later(done, quietMs);
   });
   observer.observe(document, {subtree: true, childList: true, characterData: true});
   function done() {
-    if (pending() > 0) { timer = setTimeout(done, quietMs); return; }
+    if (busy(until) > 0) { timer = later(done, quietMs); return; }
     observer.disconnect();
     resolve(true);
   }
@@ -190,15 +201,37 @@ SETTLE_JS: Final = """
 """
 
 
-# Runs in every document before its own scripts: counts fetch()/XHR calls and external
-# script loads in flight, what a page's text still waits for after the load event. Images,
-# styles and WebSockets are not counted: text does not wait for them.
-NET_TRACKER_JS: Final = r"""
+# Short timers and frames count while they are due within this of the settle's start.
+TIMER_MAX_MS: Final = 2000
+
+
+# Runs in every document before its own scripts: counts what a page's text may still wait
+# for after the load event. Network: fetch()/XHR calls, external scripts added after load,
+# dynamic import()s (seen as module requests in flight: Resource Timing lists a request
+# once it ends, so an import() is counted from the call, by a wrapper of the page's own
+# ``import`` keyword being impossible, through the <script type=module> it becomes: no —
+# see below). Timers: setTimeout/setInterval callbacks and requestAnimationFrame, each
+# with the time it is due. Images, styles and WebSockets are not counted: text does not
+# wait for them.
+TRACKER_JS: Final = r"""
 (() => {
-  if (Object.prototype.hasOwnProperty.call(window, '__fleetPending')) return;
+  if (Object.prototype.hasOwnProperty.call(window, '__fleetBusy')) return;
+  const hide = (name, value) => Object.defineProperty(window, name, {value});
+  const native = {
+    setTimeout: window.setTimeout, clearTimeout: window.clearTimeout,
+    setInterval: window.setInterval, clearInterval: window.clearInterval,
+    requestAnimationFrame: window.requestAnimationFrame,
+    cancelAnimationFrame: window.cancelAnimationFrame,
+  };
+  hide('__fleetNative', native);
   let pending = 0;
   const done = () => { pending = Math.max(0, pending - 1); };
-  Object.defineProperty(window, '__fleetPending', {get: () => pending});
+  const due = new Map();  // timer or frame key -> when it is due (performance.now())
+  hide('__fleetBusy', (until) => {
+    let n = pending;
+    for (const at of due.values()) if (at <= until) n++;
+    return n;
+  });
   const fetch0 = window.fetch;
   if (typeof fetch0 === 'function') {
     window.fetch = function fetch(...args) {
@@ -216,6 +249,47 @@ NET_TRACKER_JS: Final = r"""
       pending++;
       this.addEventListener('loadend', done, {once: true});
       try { return send0.apply(this, args); } catch (e) { done(); throw e; }
+    };
+  }
+  const delayOf = (ms) => Math.max(0, Number(ms) || 0);
+  window.setTimeout = function setTimeout(fn, ms, ...rest) {
+    if (typeof fn !== 'function') return native.setTimeout.call(window, fn, ms, ...rest);
+    let id;
+    const run = function (...a) { due.delete('t' + id); return fn.apply(this, a); };
+    id = native.setTimeout.call(window, run, ms, ...rest);
+    due.set('t' + id, performance.now() + delayOf(ms));
+    return id;
+  };
+  window.clearTimeout = function clearTimeout(id) {
+    due.delete('t' + id);
+    return native.clearTimeout.call(window, id);
+  };
+  window.setInterval = function setInterval(fn, ms, ...rest) {
+    if (typeof fn !== 'function') return native.setInterval.call(window, fn, ms, ...rest);
+    let id;
+    const every = delayOf(ms);
+    const run = function (...a) {
+      due.set('i' + id, performance.now() + every);  // the next tick
+      return fn.apply(this, a);
+    };
+    id = native.setInterval.call(window, run, ms, ...rest);
+    due.set('i' + id, performance.now() + every);
+    return id;
+  };
+  window.clearInterval = function clearInterval(id) {
+    due.delete('i' + id);
+    return native.clearInterval.call(window, id);
+  };
+  if (typeof native.requestAnimationFrame === 'function') {
+    window.requestAnimationFrame = function requestAnimationFrame(fn) {
+      let id;
+      id = native.requestAnimationFrame.call(window, (t) => { due.delete('f' + id); fn(t); });
+      due.set('f' + id, performance.now());
+      return id;
+    };
+    window.cancelAnimationFrame = function cancelAnimationFrame(id) {
+      due.delete('f' + id);
+      return native.cancelAnimationFrame.call(window, id);
     };
   }
   const JS = /^(|module|(text|application)\/(x-)?(java|ecma)script)$/i;
@@ -486,7 +560,7 @@ class BrowserPool:
                 user_agent=self._settings.user_agent,
             )
             try:
-                await context.add_init_script(NET_TRACKER_JS)
+                await context.add_init_script(TRACKER_JS)
                 page = await context.new_page()
             except Exception:
                 self._spawn(self._close_quietly(context.close()))
@@ -666,7 +740,7 @@ class BrowserPool:
             with self._proxy.serving(document):
                 async with asyncio.timeout(self._settings.render_timeout_s):
                     await page.goto(url, wait_until="load")
-                    await self._settle(page)
+                    await self._settle(page, url)
                     html = await page.content()
         except TimeoutError:
             if session.dead:
@@ -702,12 +776,18 @@ class BrowserPool:
             return BrowserCrashed(f"browser died while rendering {url}: {_first_line(exc)}")
         return RenderFailed(f"render of {url} failed: {_first_line(exc)}")
 
-    async def _settle(self, page: Page) -> None:
-        """Wait until the DOM is quiet and no fetch/XHR/script is pending, at most
-        settle_max_s (then the page is taken as it is)."""
+    async def _settle(self, page: Page, url: str) -> None:
+        """Wait until the DOM is quiet and nothing the text may wait for is pending (in the
+        page, and at the proxy: a dynamic import() the page cannot see until it ends), at
+        most settle_max_s (then the page is taken as it is)."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._settings.render_settle_max_s):
-                await page.evaluate(SETTLE_JS, DOM_QUIET_MS)
+                while True:
+                    await page.evaluate(SETTLE_JS, [DOM_QUIET_MS, TIMER_MAX_MS])
+                    if not self._proxy.loading(url):
+                        return
+                    while self._proxy.loading(url):
+                        await asyncio.sleep(DOM_QUIET_MS / 1000)
 
     async def _responsive(self, session: _Session) -> bool:
         """After a timeout: is the browser itself still answering?"""
