@@ -105,6 +105,7 @@ class LoopbackSite:
         app.router.add_get("/module/{n}", self._module)
         app.router.add_get("/chunk/{n}", self._chunk)
         app.router.add_get("/borderline/{n}", self._borderline_page)
+        app.router.add_get("/docs-page/{n}", self._docs_page)
         app.router.add_get("/static/{name}", self._static)
         app.router.add_get("/api/data/{n}", self._api_data)
         app.router.add_get("/probe", self._probe_page)
@@ -192,6 +193,11 @@ class LoopbackSite:
         self._count(request)
         n = int(request.match_info["n"])
         return _html(borderline_html(n))
+
+    async def _docs_page(self, request: web.Request) -> web.Response:
+        self._count(request)
+        n = int(request.match_info["n"])
+        return _html(docs_page_html(n))
 
     async def _static(self, request: web.Request) -> web.Response:
         self._count(request)
@@ -510,6 +516,7 @@ STATIC_JS = {
     "promise.js": _PROMISE_JS,
     "import.js": _IMPORT_JS,
     "clock.js": _CLOCK_JS,
+    "theme.js": "document.documentElement.dataset.theme = 'light';",
 }
 
 
@@ -539,6 +546,17 @@ def borderline_html(n: int) -> str:
         "/* padding so the script outweighs the visible text of the HTML: "
         + "x" * 200
         + " */</script></body></html>"
+    )
+
+
+def docs_page_html(n: int) -> str:
+    """A short page of a static documentation site: its text complete in the HTML, a few
+    scripts that change nothing one reads (borderline by the markup, static when rendered)."""
+    intro = " ".join(WORDS[(n + i) % len(WORDS)] for i in range(60))
+    return (
+        f'<!doctype html><html lang="en"><head><title>Docs {n}</title>'
+        + '<script src="/static/theme.js"></script>' * 3
+        + f"</head><body><main><h1>Docs {n}</h1><p>docsword{n} {intro}</p></main></body></html>"
     )
 
 

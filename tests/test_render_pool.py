@@ -28,6 +28,7 @@ from fleet.scrape.render.pool import (
     GC_EVERY,
     PAGE_REUSE_LIMIT,
     TIMER_MAX_MS,
+    TMPDIR_PREFIX,
     BrowserPool,
     _Session,
     _Tab,
@@ -321,6 +322,34 @@ def _zombie_or_gone(pid: int | None) -> bool:
         return pid is None or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+async def test_a_killed_browsers_temporary_directory_is_removed(
+    site: LoopbackSite, rig_factory: list[Rig]
+) -> None:
+    rig = await start_rig(rig_factory, site_settings(site))
+    assert "spaword1" in await rig.render_text(site.url("/spa/1"))
+    victim = rig.pool.browser_pid
+    assert victim is not None
+    # Chromium writes its temporary files (/tmp/org.chromium.Chromium.*) under its TMPDIR:
+    # the pool gives each browser its own.
+    tmpdir = Path(psutil.Process(victim).environ()["TMPDIR"])
+    assert tmpdir.name.startswith(TMPDIR_PREFIX) and tmpdir.is_dir()
+    litter = tmpdir / "org.chromium.Chromium.abc123"  # what a killed browser leaves there
+    litter.mkdir()
+    (litter / "SingletonSocket").write_text("")
+    for proc in [*psutil.Process(victim).children(recursive=True), psutil.Process(victim)]:
+        proc.kill()
+
+    async def removed() -> bool:
+        return not tmpdir.exists()
+
+    await wait_for(removed, timeout=15)
+    # The next page gets a new browser, with a directory of its own.
+    assert "spaword2" in await rig.render_text(site.url("/spa/2"))
+    fresh = rig.pool.browser_pid
+    assert fresh is not None and fresh != victim
+    assert Path(psutil.Process(fresh).environ()["TMPDIR"]).is_dir()
 
 
 @pytest.mark.parametrize("wrapped", [False, True], ids=["binary", "wrapper-script"])

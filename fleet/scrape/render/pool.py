@@ -17,6 +17,8 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol, Self
@@ -63,6 +65,9 @@ MEMORY_CHECK_INTERVAL_S: Final = 10.0
 
 
 HANG_PROBE_TIMEOUT_S: Final = 5.0
+
+
+TMPDIR_PREFIX: Final = "fleet-chromium-"
 
 
 DOM_QUIET_MS: Final = 100
@@ -152,6 +157,7 @@ class _Session:
     browser: Browser
     process: psutil.Process | None  # the browser's main process
     generation: int
+    tmpdir: str  # the browser's TMPDIR, removed when it is closed or killed
     tabs: set[_Tab] = field(default_factory=set)  # open, not closing
     idle: list[_Tab] = field(default_factory=list)  # ready for a render
     # Tabs that count against render_concurrency + 1: opening, idle, rendering or being
@@ -375,9 +381,9 @@ class BrowserPool:
 
     async def start(self, *, launch: bool = True) -> None:
         """Import Playwright, find Chromium and (``launch``) start it now, so a broken
-        setup fails at start. Without ``launch`` (auto mode: most pages never need it) the
-        browser starts with the first page that does; if it cannot, rendering is off
-        for good (``RenderUnavailable`` from then on, one warning)."""
+        setup fails at start. Without ``launch`` (auto mode: most pages never need it)
+        Playwright's driver and the browser start with the first page that does; if they
+        cannot, rendering is off for good (``RenderUnavailable`` from then on, one warning)."""
         try:
             import playwright.async_api  # noqa: F401, PLC0415
         except ImportError:
@@ -387,14 +393,14 @@ class BrowserPool:
         executable = chromium_executable(self._settings)
         if executable is not None and not os.access(executable, os.X_OK):
             raise RenderUnavailable(f"no Chromium at {executable}: {RENDER_FIX}")
+        if not launch:
+            return  # the driver too starts with the first page that needs a browser
         try:
             await self._start_driver()
         except Exception as exc:  # e.g. the driver's node binary cannot load its libraries
             raise RenderUnavailable(
                 f"cannot start Playwright's driver ({_first_line(exc)}): {RENDER_FIX}"
             ) from None
-        if not launch:
-            return
         try:
             await self._ensure_session()
         except Exception as exc:
@@ -453,17 +459,27 @@ class BrowserPool:
     async def _launch(self) -> _Session:
         assert self._playwright is not None
         before = set(await asyncio.to_thread(children, is_browser_main))
-        browser = await self._playwright.chromium.launch(
-            executable_path=chromium_executable(self._settings),
-            headless=True,
-            args=[*self._launch_args()],
-            handle_sigterm=False,  # the worker drains on SIGTERM, then closes the pool
-            handle_sigint=False,
-            handle_sighup=False,
-        )
+        # Chromium's own temporary files (.org.chromium.Chromium.* directories) go to a
+        # directory of this browser's, removed with it: a killed browser leaves them behind.
+        tmpdir = await asyncio.to_thread(tempfile.mkdtemp, prefix=TMPDIR_PREFIX)
+        try:
+            browser = await self._playwright.chromium.launch(
+                executable_path=chromium_executable(self._settings),
+                headless=True,
+                args=[*self._launch_args()],
+                # The browser's environment is this process's (Playwright's default) but
+                # for its temporary directory.
+                env={**os.environ, "TMPDIR": tmpdir},
+                handle_sigterm=False,  # the worker drains on SIGTERM, then closes the pool
+                handle_sigint=False,
+                handle_sighup=False,
+            )
+        except BaseException:
+            await asyncio.to_thread(shutil.rmtree, tmpdir, True)
+            raise
         process = await asyncio.to_thread(new_browser_process, before)
         self._generation += 1
-        session = _Session(browser, process, self._generation)
+        session = _Session(browser, process, self._generation, tmpdir)
         browser.on("disconnected", lambda _: self._on_disconnected(session))
         self._sessions.add(session)
         log.info(
@@ -516,13 +532,16 @@ class BrowserPool:
         if session.process is not None:
             # Chromium exits on its own after close; a crashed or hung one may not.
             await asyncio.to_thread(kill_tree, session.process)
+        await asyncio.to_thread(shutil.rmtree, session.tmpdir, True)
 
     async def _ensure_session(self) -> _Session:
         session = self._session
         if session is not None and not session.retired:
             return session
         async with self._launch_lock:
-            if self._driver_lost():
+            if self._playwright is None and not self._closed:
+                await self._start_driver()
+            elif self._driver_lost():
                 await self._restart_driver()
             if self._session is None or self._session.retired:
                 self._session = await self._launch()
@@ -786,7 +805,9 @@ class BrowserPool:
                     await page.evaluate(SETTLE_JS, [DOM_QUIET_MS, TIMER_MAX_MS])
                     if not self._proxy.loading(url):
                         return
-                    while self._proxy.loading(url):
+                    # A counter shared by every tab, polled: an event per origin would
+                    # cost every proxied request more than this costs the rare wait.
+                    while self._proxy.loading(url):  # noqa: ASYNC110
                         await asyncio.sleep(DOM_QUIET_MS / 1000)
 
     async def _responsive(self, session: _Session) -> bool:
