@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol, Self
 
@@ -837,6 +838,30 @@ class BrowserPool:
                 self._settings.browser_max_rss_mb,
             )
             self._restart(session, "rss")
+
+
+# What `fleet check worker` renders: its text exists only once the script ran.
+PROBE_HTML: Final = (
+    "<!doctype html><title>fleet</title><p id=probe></p><script>"
+    "document.getElementById('probe').textContent = 'rendered ' + (6 * 7)</script>"
+)
+
+
+async def probe_browser(settings: Settings, proxy: BrowserProxy) -> str:
+    """Launch a browser as a worker would, render a data: URL whose script writes its text,
+    close it; returns what was checked. Raises ``RenderUnavailable`` (with the fix) when
+    Playwright or Chromium is missing or cannot launch, ``RenderFailed`` when the page did
+    not render (`fleet check worker`)."""
+    url = "data:text/html," + urllib.parse.quote(PROBE_HTML)
+    document = FetchResult(url, url, 200, "text/html", "utf-8", PROBE_HTML.encode(), 0.0, 0)
+    started = time.perf_counter()
+    async with BrowserPool(settings.replace(render_concurrency=1), proxy) as pool:
+        rendered = await pool.render(url, document)
+    if "rendered 42" not in rendered.html:
+        raise RenderFailed("the browser rendered a page without running its script")
+    executable = chromium_executable(settings) or "Playwright's Chromium"
+    elapsed = time.perf_counter() - started
+    return f"browser {executable} (launched, rendered a page, closed: {elapsed:.1f}s)"
 
 
 def _first_line(exc: BaseException) -> str:
