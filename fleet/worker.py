@@ -619,7 +619,11 @@ async def _serve(
                 stale_s=2 * settings.render_timeout_s,
             )
             policy = RenderPolicy(
-                store, samples=settings.render_samples, hold_s=settings.render_learn_hold_s
+                store,
+                samples=settings.render_samples,
+                hold_s=settings.render_learn_hold_s,
+                # Held pages keep their slots: the others go on meanwhile.
+                max_held=max(1, settings.worker_concurrency // 4),
             )
         async with Fetcher(settings) as fetcher:
             scraper = Scraper(fetcher, settings, telemetry=telemetry, renderer=pool, policy=policy)

@@ -14,7 +14,7 @@ from pathlib import Path
 import nats
 import pytest
 
-from fleet.errors import TransientError
+from fleet.errors import RenderDeferred, TransientError
 from fleet.messages import (
     Page,
     RenderDecision,
@@ -32,7 +32,7 @@ from fleet.nats.kv import (
 from fleet.scrape import extract
 from fleet.scrape.fetch import FetchResult
 from fleet.scrape.render.assess import Assessment, assess, domain_of, rendering_helped
-from fleet.scrape.render.policy import MemoryDecisionStore, RenderPolicy
+from fleet.scrape.render.policy import DEFER_S, MemoryDecisionStore, RenderPolicy
 from fleet.scrape.render.pool import Rendered
 from fleet.scrape.scraper import Scraper
 from fleet.settings import Settings
@@ -217,6 +217,24 @@ async def test_borderline_pages_wait_for_the_samples_then_follow_the_decision() 
     assert {(p.render, p.reason) for p in plans} == {(True, "domain_learned")}
     assert a.held + b.held == 4
     assert store.decisions["app.example"].samples == 2
+
+
+async def test_a_full_hold_defers_first_deliveries_and_holds_redeliveries() -> None:
+    store = MemoryDecisionStore(slots=1)
+    policy = RenderPolicy(store, samples=1, hold_s=10, max_held=1, poll_s=0.01)
+    border = Assessment("sample", "borderline", 300, 500)
+    url = "http://busy.example/p"
+    sample = await policy.plan(url, border, may_defer=True)
+    held = asyncio.create_task(policy.plan(url, border, may_defer=True))
+    await asyncio.sleep(0.05)
+    with pytest.raises(RenderDeferred) as deferred:  # the hold is full: back later
+        await policy.plan(url, border, may_defer=True)
+    assert deferred.value.retry_after_s == DEFER_S
+    assert deferred.value.reason == "render_learning"
+    redelivered = asyncio.create_task(policy.plan(url, border))  # a redelivery waits
+    await policy.record(url, sample, 300, 320)
+    for plan in await asyncio.gather(held, redelivered):
+        assert (plan.render, plan.reason) == (False, "domain_static")
 
 
 async def test_a_failed_sample_gives_its_slot_to_a_waiting_page() -> None:

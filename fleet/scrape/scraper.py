@@ -126,7 +126,7 @@ class Scraper:
         with self._telemetry.stage("extract"):
             ex = self._extract(fetched.body, fetched, fetched.content_type, fetched.charset)
         via: Literal["http", "browser"] = "http"
-        plan = await self._plan(task.url, fetched, ex)
+        plan = await self._plan(task.url, fetched, ex, attempt)
         if plan.render and self._renderer is None:
             # Auto without a browser: only pages that need rendering count as unavailable.
             plan = Plan(False, "borderline" if plan.sample else "render_unavailable")
@@ -200,7 +200,9 @@ class Scraper:
             max_links=self._settings.max_links,
         )
 
-    async def _plan(self, url: str, fetched: FetchResult, ex: extraction.Extracted) -> Plan:
+    async def _plan(
+        self, url: str, fetched: FetchResult, ex: extraction.Extracted, attempt: int
+    ) -> Plan:
         mode = self._settings.render
         if mode == "never":
             return Plan(False, "render_never")
@@ -212,4 +214,7 @@ class Scraper:
         if self._policy is None or self._renderer is None:
             # No browser here: nothing to learn with, and no page should wait for it.
             return Plan(assessment.verdict == "render", assessment.reason)
-        return await self._policy.plan(url, assessment)
+        # A first delivery may be deferred while its domain is learned (the redelivery
+        # waits instead, and leaves retries for real failures).
+        may_defer = attempt == 1 and self._settings.max_deliver > 2
+        return await self._policy.plan(url, assessment, may_defer=may_defer)

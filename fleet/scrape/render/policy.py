@@ -6,8 +6,12 @@ borderline pages were rendered as samples; each sample first claims one of the d
 fleet), and the worker that fills the last slot decides, once (the first decision stored
 wins). Meanwhile the domain's other borderline pages wait for the decision, up to
 ``render_learn_hold_s`` (the *hold*), then follow it; a page whose hold ends undecided is
-rendered, so a domain that needs rendering still gets every page rendered. Pages whose own
-markup says JavaScript builds them (verdict ``render``) never wait.
+rendered, so a domain that needs rendering still gets every page rendered. A held page
+keeps its worker slot, so a worker holds at most ``max_held`` pages (a quarter of
+``worker_concurrency``): a further one, on its first delivery, is *deferred* instead
+(``RenderDeferred``: nak'ed for DEFER_S, fetched again then) rather than stall the worker;
+redelivered, it is held. Pages whose own markup says JavaScript builds them (verdict
+``render``) never wait.
 
 The decisions and claims reach the policy through ``DecisionStore`` (a Protocol); the
 shared JetStream implementation is ``fleet.nats.kv.KvDecisionStore``.
@@ -21,6 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Final, Protocol
 
+from fleet.errors import RenderDeferred
 from fleet.messages import RenderDecision, RenderSample
 from fleet.scrape.render.assess import Assessment, domain_of, rendering_helped
 
@@ -31,6 +36,10 @@ HOLD_POLL_S: Final = 0.25  # a held page looks for the decision this often (one 
 
 
 CLAIM_RETRY_S: Final = 1.0  # slots all taken: look for a released one this often
+
+
+# A deferred page comes back after this: learning takes a browser start and a few renders.
+DEFER_S: Final = 2.0
 
 
 class DecisionStore(Protocol):
@@ -104,9 +113,10 @@ class Plan:
 class RenderPlanning(Protocol):
     """What the worker needs from the auto-mode policy (``RenderPolicy``)."""
 
-    async def plan(self, url: str, assessment: Assessment) -> Plan:
+    async def plan(self, url: str, assessment: Assessment, *, may_defer: bool = False) -> Plan:
         """Whether to render the page at ``url``, given its ``assessment``, and why; a
-        borderline page of an undecided domain may wait here (the hold)."""
+        borderline page of an undecided domain may wait here (the hold), or, with
+        ``may_defer``, raise ``RenderDeferred`` when the hold is full."""
 
     async def record(self, url: str, plan: Plan, http_chars: int, rendered_chars: int) -> None:
         """Report a sample (a ``Plan`` with ``sample``): the text length by HTTP and rendered."""
@@ -124,17 +134,20 @@ class RenderPolicy:
         *,
         samples: int = 3,
         hold_s: float = 10.0,
+        max_held: int = 8,
         poll_s: float = HOLD_POLL_S,
     ) -> None:
         self._store = store
         self._samples = samples
         self._hold_s = hold_s
+        self._max_held = max_held
+        self._holding = 0  # pages waiting in _hold now
         self._poll_s = poll_s
         self._slots_full: dict[str, float] = {}  # domain -> when a claim last found no slot
         self._reads: dict[str, asyncio.Task[RenderDecision | None]] = {}  # one read per domain
         self.held = 0  # pages that waited for a decision (read by tests and the benchmark)
 
-    async def plan(self, url: str, assessment: Assessment) -> Plan:
+    async def plan(self, url: str, assessment: Assessment, *, may_defer: bool = False) -> Plan:
         """Render when the domain is learned as needing it, or the page's own signals say so.
 
         A borderline page (verdict ``sample``) of an undecided domain is a learning sample
@@ -153,8 +166,17 @@ class RenderPolicy:
         claimed = await self._claim(domain)
         if claimed is not None:
             return claimed
+        if may_defer and self._holding >= self._max_held:
+            raise RenderDeferred(
+                f"{url}: {domain} is still being learned; back in {DEFER_S:g}s",
+                retry_after_s=DEFER_S,
+            )
         self.held += 1
-        return await self._hold(domain)
+        self._holding += 1
+        try:
+            return await self._hold(domain)
+        finally:
+            self._holding -= 1
 
     async def _claim(self, domain: str) -> Plan | None:
         full_since = self._slots_full.get(domain)
