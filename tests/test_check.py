@@ -224,6 +224,7 @@ async def test_credentials_never_in_check_output(
         meili_api_key=MEILI_KEY,
         supervisor_port=_free_port(),  # no supervisor: its check fails
         api_port=_free_port(),  # no `fleet serve` either
+        render="never",  # the worker's browser check is tested on its own below
     )
     secrets = (NATS_PASSWORD, MEILI_KEY)
 
