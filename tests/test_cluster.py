@@ -17,7 +17,7 @@ from nats.aio.client import Client as NATS
 from nats.js.api import StreamConfig
 
 from fleet.errors import ConfigError
-from fleet.nats.kv import render_bucket
+from fleet.nats.kv import render_bucket, render_samples_bucket
 from fleet.nats.server import EmbeddedNats, find_nats_server
 from fleet.nats.session import connect, nats_session
 from fleet.nats.streams import INDEXER_CONSUMER, REAPER_CONSUMER, WORKERS_CONSUMER, topology
@@ -93,6 +93,9 @@ async def test_every_stream_consumer_and_bucket_has_three_replicas(
             assert ci.cluster is not None and len(ci.cluster.replicas or []) == 2, durable
         await render_bucket(js, settings)
         kv = await js.stream_info(f"KV_{settings.render_bucket}")
+        assert kv.config.num_replicas == 3
+        await render_samples_bucket(js, settings)
+        kv = await js.stream_info(f"KV_{settings.render_samples_bucket}")
         assert kv.config.num_replicas == 3
 
 
