@@ -496,8 +496,9 @@ def report_text(r: dict[str, Any]) -> str:
         "  trace (pages done, RSS MB, PSS MB): "
         + ", ".join(f"{d}:{a}/{b}" for d, a, b in mem["trace"])
     )
-    if r.get("static"):
-        lines += ["", *render_static.report_lines(r["static"])]
+    for key in ("static", "static_generated"):
+        if r.get(key):
+            lines += ["", *render_static.report_lines(r[key])]
     return "\n".join(lines) + "\n"
 
 
@@ -552,9 +553,12 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         off = await pool_rate(site, args.media_pages, args.concurrency, block_media=False)
         on = await pool_rate(site, args.media_pages, args.concurrency, block_media=True)
         log(f"  off {off:.2f}, on {on:.2f} pages/s")
-    static = None
+    static = generated = None
     if args.static_rounds > 0:
         static = render_static.compare(workdir / "static", args.static_copies, args.static_rounds)
+        generated = render_static.compare(
+            workdir / "generated", 0, args.static_rounds, corpus="generated"
+        )
     return {
         "machine": machine_info(),
         "chromium": version,
@@ -572,6 +576,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "crawlee": crawlee,
         "crawlee_ratio": fleet["pages_per_s"] / crawlee["pages_per_s"],
         "static": static,
+        "static_generated": generated,
     }
 
 

@@ -9,6 +9,10 @@ with Playwright installed and Debian's Chromium: in ``auto`` the browser starts 
 page needs it (the search page; the domain's ``render_samples`` samples). Reported: pages/s
 (fleet's own steady figure), CPU per page of fleet's process tree, pages rendered (the
 sink's ``via``), and the ratio auto / never (target ≥ 90 %).
+
+A second corpus, ``generated`` (``bench.site``: the pages of ``make bench``, 2,000 by
+default), has no page that needs or may need rendering: there ``auto`` must never start a
+browser, and its cost is only the page assessment.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.run import SiteServer, ToolResult, log, run_fleet
+from bench.site import generate_site
 
 DOCS = Path("/usr/share/doc/python3-dev/html")
 TARGET_STATIC_RATIO = 0.9
@@ -62,17 +67,27 @@ def one_run(
     }
 
 
-def compare(workdir: Path, copies: int, rounds: int) -> dict[str, Any]:
-    """never, auto, never, auto … (``rounds`` of each), then the medians and their ratio."""
+def compare(
+    workdir: Path, copies: int, rounds: int, corpus: str = "docs", pages: int = 2000
+) -> dict[str, Any]:
+    """never, auto, never, auto … (``rounds`` of each), then the medians and their ratio.
+    ``corpus``: ``docs`` (python3-doc, ``copies`` times) or ``generated`` (``pages``)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    with SiteServer(DOCS, workdir, "nginx") as server:
-        urls = corpus_urls(server.port, copies)
+    root = DOCS
+    if corpus == "generated":
+        site = generate_site(workdir / "site", pages)
+        root = site.root
+    with SiteServer(root, workdir, "nginx") as server:
+        if corpus == "generated":
+            urls = [f"http://127.0.0.1:{server.port}{p}" for p in site.paths]
+        else:
+            urls = corpus_urls(server.port, copies)
         urls_file = workdir / "urls.txt"
         urls_file.write_text("".join(u + "\n" for u in urls))
         runs: list[dict[str, Any]] = []
         for _ in range(rounds):
             for mode in ("never", "auto"):
-                log(f"static corpus: fleet run --render {mode}, {len(urls)} pages, 2 workers")
+                log(f"{corpus} corpus: fleet run --render {mode}, {len(urls)} pages, 2 workers")
                 run = one_run(mode, urls_file, len(urls), server, workdir)
                 log(
                     f"  {run['pages_per_s']:.0f} pages/s, {run['cpu_ms_per_page']:.2f} CPU "
@@ -85,7 +100,7 @@ def compare(workdir: Path, copies: int, rounds: int) -> dict[str, Any]:
 
     never, auto = median("never", "pages_per_s"), median("auto", "pages_per_s")
     return {
-        "corpus": str(DOCS),
+        "corpus": str(DOCS) if corpus == "docs" else f"bench.site ({len(urls)} generated pages)",
         "pages": len(urls),
         "workers": WORKERS,
         "runs": runs,
@@ -101,7 +116,7 @@ def report_lines(s: dict[str, Any]) -> list[str]:
     """The static-corpus part of ``bench.render``'s table."""
     verdict = "PASS" if s["ratio"] >= TARGET_STATIC_RATIO else "MISS"
     lines = [
-        f"static corpus ({s['pages']} pages of {s['corpus']}, nginx, fleet run, "
+        f"static corpus ({s['pages']} URLs of {s['corpus']}, nginx, fleet run, "
         f"{s['workers']} workers):",
         f"  {'run':24} {'pages/s':>8} {'CPU ms/page':>12} {'rendered':>9} {'peak RSS MB':>12}",
     ]
