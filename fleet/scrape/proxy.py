@@ -144,8 +144,10 @@ class GuardedProxy:
         A page cannot see its own dynamic import() until the module has arrived, the proxy
         can. By origin, since the Referer of an import() is the importing script (and a
         cross-origin one carries only the origin): a tab may wait for another tab's script
-        of the same site, which is short. Over HTTPS the proxy sees only a tunnel, so there
-        it counts nothing."""
+        of the same site, which is short (or, on a plain-HTTP origin that sends no
+        Sec-Fetch-Dest, for its fetch() calls: a long poll there holds the site's settles
+        up to render_settle_max_s). Over HTTPS the proxy sees only a tunnel, so there it
+        counts nothing."""
         return self._loading.get(_origin(document_url), 0)
 
     async def __aenter__(self) -> Self:
