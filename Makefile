@@ -30,7 +30,7 @@ help:
 	@echo "make lint   - ruff + mypy --strict"
 	@echo "make bench  - fleet vs Scrapy on a generated 2,000-page loopback site"
 	@echo "make bench-crawl  - fleet run --crawl vs Scrapy CrawlSpider vs Crawlee, 2,000 pages from the root"
-	@echo "make bench-render - worker --render always vs a bare Playwright loop (Chromium)"
+	@echo "make bench-render - --render always vs a bare Playwright loop and Crawlee; auto vs never on python3-doc"
 	@echo "make bench-scale  - supervisor: burst to max replicas, drain to min, URLs/s per replica count"
 	@echo "make bench-serve  - fleet serve: GET /api/search on SQLite, req/s and p99 (target 500, 50 ms)"
 	@echo "make images - build $(IMAGE) and $(BROWSER_IMAGE) (BASE_IMAGE=fleet-base:local offline)"

@@ -11,12 +11,16 @@
    The worker's process tree (Python, the Playwright driver, Chromium and its children) is
    sampled every 0.5 s: RSS summed over the tree, and every 1 s PSS (shared pages counted
    once: the tree's own resident memory).
-4. Block-media: the pool in this process renders --media-pages pages with
+4. Crawlee: its PlaywrightCrawler (``bench.crawlee_render``, a process of its own) renders
+   --crawlee-pages of the same pages with the same Chromium and concurrency.
+5. Block-media: the pool in this process renders --media-pages pages with
    render_block_media off, then on.
+6. Static corpus (``bench.render_static``): ``fleet run`` with FLEET_RENDER=never and auto
+   alternated on real documentation pages served by nginx: what auto costs a static site.
 
 Prints a table (or --json). Targets (PASS/MISS, informational): fleet ≥ 90 % of the bare
-loop's pages/s; worker memory (PSS of its process tree) flat within ±10 % after warm-up
-(the first 25 % of pages).
+loop's pages/s and ≥ 3x Crawlee's; worker memory (PSS of its process tree) flat within
+±10 % after warm-up (the first 25 % of pages); auto ≥ 90 % of never on the static corpus.
 """
 
 from __future__ import annotations
@@ -44,12 +48,13 @@ import psutil
 from aiohttp import web
 from playwright.async_api import Route, async_playwright
 
+from bench import render_static
 from bench.run import free_port, log, machine_info
 from fleet.nats.server import EmbeddedNats
 from fleet.scrape.fetch import Fetcher
 from fleet.scrape.proxy import GuardedProxy
 from fleet.scrape.render.chromium import CHROMIUM_ARGS, chromium_executable
-from fleet.scrape.render.pool import DOM_QUIET_MS, SETTLE_JS, BrowserPool
+from fleet.scrape.render.pool import DOM_QUIET_MS, SETTLE_JS, TIMER_MAX_MS, BrowserPool
 from fleet.settings import Settings
 
 DEFAULT_PAGES = 4000
@@ -58,6 +63,8 @@ DEFAULT_MEDIA_PAGES = 200
 QUICK_PAGES = 300
 DEFAULT_CONCURRENCY = 4
 TARGET_RATIO = 0.9
+TARGET_CRAWLEE = 3.0
+STATIC_COPIES = 3  # the corpus listed 3 times: 1,590 URLs
 TARGET_FLAT = 0.10
 WARMUP_SHARE = 0.25
 SAMPLE_S = 0.5
@@ -234,7 +241,7 @@ async def bare_playwright(
             while not queue.empty():
                 url = queue.get_nowait()
                 await page.goto(url, wait_until="load")
-                await page.evaluate(SETTLE_JS, DOM_QUIET_MS)
+                await page.evaluate(SETTLE_JS, [DOM_QUIET_MS, TIMER_MAX_MS])
                 chars += len(await page.content())
 
         # Warm-up page outside the clock (browser start, first bundle fetch).
@@ -378,6 +385,29 @@ def _spread(values: list[int]) -> dict[str, float]:
     }
 
 
+# --------------------------------------------------------------------------- Crawlee
+
+
+def run_crawlee(
+    site: Site, pages: int, concurrency: int, chromium: str | None, workdir: Path
+) -> dict[str, Any]:
+    """Crawlee's PlaywrightCrawler in its own process on the first ``pages`` pages."""
+    urls, stats = workdir / "crawlee-urls.txt", workdir / "crawlee-stats.json"
+    urls.write_text("".join(site.url(n) + "\n" for n in range(pages)))
+    command = [sys.executable, "-m", "bench.crawlee_render", "--urls", str(urls)]
+    command += ["--stats", str(stats), "--concurrency", str(concurrency)]
+    if chromium:
+        command += ["--chromium", chromium]
+    busy = machine_busy_s()
+    with (workdir / "crawlee.log").open("wb") as err:
+        subprocess.run(command, stdin=subprocess.DEVNULL, stderr=err, check=True, timeout=3600)
+    busy = machine_busy_s() - busy
+    result: dict[str, Any] = json.loads(stats.read_text())
+    # Whole run, browser start included (Crawlee has no hook after it): an upper bound.
+    result["cpu_ms_per_page"] = busy * 1000 / max(1, result["pages"])
+    return result
+
+
 # --------------------------------------------------------------------------- block-media
 
 
@@ -427,6 +457,8 @@ def report_text(r: dict[str, Any]) -> str:
         f"{r['baseline']['intercepted_pages_per_s']:>8.2f}",
         f"{'fleet worker --render always':34} {f['pages']:>6} {f['pages_per_s']:>8.2f} "
         f"{f['cpu_ms_per_page']:>12.1f}",
+        f"{'Crawlee PlaywrightCrawler':34} {r['crawlee']['pages']:>6} "
+        f"{r['crawlee']['pages_per_s']:>8.2f} {r['crawlee']['cpu_ms_per_page']:>12.1f}",
         f"{'pool, block_media off':34} {r['media']['pages']:>6} {r['media']['off']:>8.2f}",
         f"{'pool, block_media on':34} {r['media']['pages']:>6} {r['media']['on']:>8.2f}",
         "",
@@ -437,6 +469,9 @@ def report_text(r: dict[str, Any]) -> str:
         f"(all processes; both runs keep the {r['machine'].get('cpus')} cores busy)",
         f"interception alone: {routed / r['baseline']['pages_per_s']:.0%} of the bare loop; "
         f"fleet / intercepted loop: {f['pages_per_s'] / routed:.0%}",
+        f"ratio fleet / Crawlee: {r['crawlee_ratio']:.2f}x  (target ≥ {TARGET_CRAWLEE:.0f}x: "
+        f"{_verdict(r['crawlee_ratio'] >= TARGET_CRAWLEE)}; Crawlee's CPU/page includes its "
+        "browser start)",
         f"block_media on / off: {r['media']['on'] / r['media']['off']:.2f}x",
         "",
         f"worker tree memory after warm-up ({mem['samples']} samples, "
@@ -461,6 +496,9 @@ def report_text(r: dict[str, Any]) -> str:
         "  trace (pages done, RSS MB, PSS MB): "
         + ", ".join(f"{d}:{a}/{b}" for d, a, b in mem["trace"])
     )
+    for key in ("static", "static_generated"):
+        if r.get(key):
+            lines += ["", *render_static.report_lines(r[key])]
     return "\n".join(lines) + "\n"
 
 
@@ -469,6 +507,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--pages", type=int, default=DEFAULT_PAGES, help="pages for the worker run")
     p.add_argument("--baseline-pages", type=int, default=DEFAULT_BASELINE_PAGES)
     p.add_argument("--media-pages", type=int, default=DEFAULT_MEDIA_PAGES)
+    p.add_argument("--crawlee-pages", type=int, default=DEFAULT_BASELINE_PAGES)
+    p.add_argument("--static-copies", type=int, default=STATIC_COPIES)
+    p.add_argument("--static-rounds", type=int, default=2, help="never/auto pairs (0: none)")
     p.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY)
     p.add_argument("--quick", action="store_true", help=f"{QUICK_PAGES} pages everywhere")
     p.add_argument("--json", action="store_true")
@@ -476,6 +517,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick:
         args.pages = args.baseline_pages = args.media_pages = QUICK_PAGES
+        args.crawlee_pages = QUICK_PAGES // 2
+        args.static_rounds = 1
     return args
 
 
@@ -503,10 +546,19 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         log("bare Playwright loop with pass-through interception")
         routed, _ = await bare_playwright(base_urls, args.concurrency, chromium, intercept=True)
         log(f"  {routed:.2f} pages/s")
+        log(f"Crawlee PlaywrightCrawler: {args.crawlee_pages} pages")
+        crawlee = run_crawlee(site, args.crawlee_pages, args.concurrency, chromium, workdir)
+        log(f"  {crawlee['pages_per_s']:.2f} pages/s")
         log(f"block_media off/on: {args.media_pages} pages each")
         off = await pool_rate(site, args.media_pages, args.concurrency, block_media=False)
         on = await pool_rate(site, args.media_pages, args.concurrency, block_media=True)
         log(f"  off {off:.2f}, on {on:.2f} pages/s")
+    static = generated = None
+    if args.static_rounds > 0:
+        static = render_static.compare(workdir / "static", args.static_copies, args.static_rounds)
+        generated = render_static.compare(
+            workdir / "generated", 0, args.static_rounds, corpus="generated"
+        )
     return {
         "machine": machine_info(),
         "chromium": version,
@@ -521,6 +573,10 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "fleet": fleet,
         "ratio": fleet["pages_per_s"] / base,
         "media": {"pages": args.media_pages, "off": off, "on": on},
+        "crawlee": crawlee,
+        "crawlee_ratio": fleet["pages_per_s"] / crawlee["pages_per_s"],
+        "static": static,
+        "static_generated": generated,
     }
 
 

@@ -1,7 +1,8 @@
 """`fleet check ROLE`: is this role able to do its job right now? (container healthchecks)
 
 Every role needs NATS with JetStream and the three streams; a worker also needs its durable
-consumer, an indexer its consumer and a reachable sink. The answer is one line naming what
+consumer (and, rendering on, a browser that launches and renders), an indexer its consumer
+and a reachable sink. The answer is one line naming what
 was checked or what is missing, and an exit code (0 healthy, 1 not). The supervisor and
 `fleet serve` (role ``api``) are asked over HTTP: their own ``/health`` already covers
 their dependencies.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import importlib.util
 from typing import Final
 
 import aiohttp
@@ -110,6 +112,28 @@ async def _check(role: str, settings: Settings) -> list[str]:
     return checked
 
 
+async def _check_browser(settings: Settings) -> str:
+    """A rendering worker's browser: launched, a data: URL rendered, closed (``probe_browser``).
+
+    With ``render=auto`` and no Playwright installed the worker runs without rendering (it
+    says so at start): healthy, and the answer says so. Playwright installed but no
+    working browser is unhealthy in both modes: pages that need rendering would not get it.
+    """
+    from fleet.scrape.fetch import Fetcher  # noqa: PLC0415 - only a rendering worker's check
+    from fleet.scrape.proxy import GuardedProxy  # noqa: PLC0415
+    from fleet.scrape.render.pool import probe_browser  # noqa: PLC0415
+
+    if settings.render == "auto" and importlib.util.find_spec("playwright") is None:
+        return "browser: none (render=auto without Playwright: pages get the HTTP result)"
+    try:
+        async with Fetcher(settings) as fetcher, GuardedProxy(settings, fetcher) as proxy:
+            return await probe_browser(settings, proxy)
+    except FleetError as exc:
+        raise Unhealthy(f"browser: {exc}") from None
+    except TimeoutError:
+        raise Unhealthy("browser: no page rendered in time (Chromium too slow to start?)") from None
+
+
 async def _check_sink(settings: Settings) -> str:
     try:
         store = open_sink(settings)
@@ -168,6 +192,10 @@ async def check(role: str, settings: Settings, *, timeout_s: float = 5.0) -> Che
                 checked = await _check_api(settings)
             else:
                 checked = await _check(role, settings)
+        if role == "worker" and settings.render != "never":
+            # Its own budget: a browser launch is slower than a NATS round trip.
+            async with asyncio.timeout(timeout_s):
+                checked.append(await _check_browser(settings))
     except Unhealthy as exc:
         return CheckResult(role, False, _redacted(str(exc), settings))
     except TimeoutError:

@@ -198,6 +198,14 @@ class RenderFailed(TransientError):
     reason = "render_failed"
 
 
+class RenderDeferred(TransientError):
+    """A borderline page of a domain auto mode is still learning, sent back for a moment
+    (``retry_after_s``) because this worker holds enough such pages already; it comes back
+    when the domain's decision is likely made (``fleet.scrape.render.policy``)."""
+
+    reason = "render_learning"
+
+
 class RenderUnavailable(ConfigError):
     """Rendering was asked for but Playwright or Chromium is missing; names the fix."""
 

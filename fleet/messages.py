@@ -93,6 +93,23 @@ class RenderDecision(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
     decided_at: float = 0.0
 
 
+class RenderSample(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One of an undecided domain's sample renders (``render_samples`` slots per domain).
+
+    Stored in the render-samples KV bucket, one key per slot: claimed by a worker before it
+    renders (created only if absent, so at most ``render_samples`` are in flight fleet-wide),
+    then filled with what the render showed. The worker filling the last slot decides.
+    """
+
+    domain: str
+    slot: int
+    claimed_at: float  # a claim older than render_timeout_s (its worker died) is taken over
+    done: bool = False
+    helped: bool = False  # rendering showed much more text than HTTP (rendering_helped)
+    http_chars: int = 0
+    rendered_chars: int = 0
+
+
 CrawlScopeName = Literal["host", "domain", "prefix", "any"]
 
 
@@ -200,6 +217,8 @@ dead_letter_encoder = msgspec.json.Encoder()
 dead_letter_decoder = msgspec.json.Decoder(DeadLetter)
 render_decision_encoder = msgspec.json.Encoder()
 render_decision_decoder = msgspec.json.Decoder(RenderDecision)
+render_sample_encoder = msgspec.json.Encoder()
+render_sample_decoder = msgspec.json.Decoder(RenderSample)
 skipped_encoder = msgspec.json.Encoder()
 skipped_decoder = msgspec.json.Decoder(Skipped)
 robots_entry_encoder = msgspec.json.Encoder()

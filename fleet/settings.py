@@ -101,6 +101,12 @@ class Settings:
     # Abort images, fonts and media while rendering: faster on image-heavy pages (see
     # docs/benchmarks.md), off by default so pages render as a visitor sees them.
     render_block_media: bool = False
+    # Auto mode's learning per domain (docs/architecture.md, "Rendering"): sample renders
+    # of an undecided domain, fleet-wide (at most this many in flight; they decide it).
+    render_samples: int = 3
+    # A borderline page of an undecided domain waits this long for the decision, then is
+    # rendered anyway: a domain that needs rendering still gets every page rendered.
+    render_learn_hold_s: float = 10.0
 
     # Indexer and sinks.
     sink: str = DEFAULT_SINK
@@ -193,6 +199,11 @@ class Settings:
     def render_bucket(self) -> str:
         """JetStream KV bucket of the learned per-domain render decisions."""
         return f"{self.stream_prefix}_RENDER"
+
+    @property
+    def render_samples_bucket(self) -> str:
+        """JetStream KV bucket of auto mode's sample renders of undecided domains (claims)."""
+        return f"{self.stream_prefix}_RENDER_SAMPLES"
 
     @property
     def skipped_stream(self) -> str:
@@ -397,6 +408,7 @@ class Settings:
             "render_context_pages": self.render_context_pages,
             "browser_max_rss_mb": self.browser_max_rss_mb,
             "render_driver_heap_mb": self.render_driver_heap_mb,
+            "render_samples": self.render_samples,
             "supervisor_max": self.supervisor_max,
             "supervisor_target_lag": self.supervisor_target_lag,
             "supervisor_activation_lag": self.supervisor_activation_lag,

@@ -27,7 +27,7 @@ from fleet.errors import BadMessage, HttpStatusError, RenderUnavailable, Transie
 from fleet.messages import Page, Skipped, UrlTask, page_encoder, url_task_decoder
 from fleet.nats.frontier import Frontier
 from fleet.nats.hosts import KvHostSlots, KvRobotsCache, hosts_bucket, robots_bucket
-from fleet.nats.kv import KvDecisionStore, render_bucket
+from fleet.nats.kv import KvDecisionStore, render_bucket, render_samples_bucket
 from fleet.nats.session import nats_session
 from fleet.nats.streams import WORKERS_CONSUMER, pull
 from fleet.scrape.fetch import Fetcher
@@ -609,8 +609,22 @@ async def _serve(
     async with nats_session(settings, name="fleet-worker") as session:
         nc, js = session.nc, session.js
         policy = None
-        if settings.render == "auto":
-            policy = RenderPolicy(KvDecisionStore(await render_bucket(js, settings)))
+        if settings.render == "auto" and pool is not None:
+            store = KvDecisionStore(
+                await render_bucket(js, settings),
+                await render_samples_bucket(js, settings),
+                slots=settings.render_samples,
+                # A sample's claim outlives its render (a render takes render_timeout_s at
+                # most); older, its worker died and another takes the slot over.
+                stale_s=2 * settings.render_timeout_s,
+            )
+            policy = RenderPolicy(
+                store,
+                samples=settings.render_samples,
+                hold_s=settings.render_learn_hold_s,
+                # Held pages keep their slots: the others go on meanwhile.
+                max_held=max(1, settings.worker_concurrency // 4),
+            )
         async with Fetcher(settings) as fetcher:
             scraper = Scraper(fetcher, settings, telemetry=telemetry, renderer=pool, policy=policy)
             frontier = Frontier(nc, js, settings)

@@ -97,8 +97,16 @@ class LoopbackSite:
         app.router.add_get("/spa-xhr/{n}", self._spa_page_with("xhr.js"))
         app.router.add_get("/spa-chunk/{n}", self._spa_page_with("chunk.js"))
         app.router.add_get("/spa-poll/{n}", self._spa_page_with("poll.js"))
+        app.router.add_get("/spa-timer/{n}", self._spa_page_with("timer.js", title="Loading…"))
+        app.router.add_get("/spa-interval/{n}", self._spa_page_with("interval.js"))
+        app.router.add_get("/spa-raf/{n}", self._spa_page_with("raf.js"))
+        app.router.add_get("/spa-promise/{n}", self._spa_page_with("promise.js"))
+        app.router.add_get("/spa-import/{n}", self._spa_page_with("import.js"))
+        app.router.add_get("/spa-clock/{n}", self._spa_page_with("clock.js"))
+        app.router.add_get("/module/{n}", self._module)
         app.router.add_get("/chunk/{n}", self._chunk)
         app.router.add_get("/borderline/{n}", self._borderline_page)
+        app.router.add_get("/docs-page/{n}", self._docs_page)
         app.router.add_get("/static/{name}", self._static)
         app.router.add_get("/api/data/{n}", self._api_data)
         app.router.add_get("/probe", self._probe_page)
@@ -166,13 +174,13 @@ class LoopbackSite:
         return _html(js_page_html(n))
 
     def _spa_page_with(
-        self, script: str, root: str = "app"
+        self, script: str, root: str = "app", title: str = "SPA"
     ) -> Callable[[web.Request], Awaitable[web.Response]]:
         """An SPA shell: an empty root element and one script that fills it."""
 
         async def page(request: web.Request) -> web.Response:
             self._count(request)
-            return _html(SPA_SHELL.format(root=root, script=f"/static/{script}"))
+            return _html(SPA_SHELL.format(root=root, script=f"/static/{script}", title=title))
 
         return page
 
@@ -183,10 +191,22 @@ class LoopbackSite:
         n = int(request.match_info["n"])
         return web.Response(text=_CHUNK_JS % (n, WORDS), content_type="application/javascript")
 
+    async def _module(self, request: web.Request) -> web.Response:
+        """An ES module for a dynamic import(), answered after ?s= seconds."""
+        self._count(request)
+        await asyncio.sleep(float(request.query.get("s", "0")))
+        n = int(request.match_info["n"])
+        return web.Response(text=_MODULE_JS % (n, WORDS), content_type="application/javascript")
+
     async def _borderline_page(self, request: web.Request) -> web.Response:
         self._count(request)
         n = int(request.match_info["n"])
         return _html(borderline_html(n))
+
+    async def _docs_page(self, request: web.Request) -> web.Response:
+        self._count(request)
+        n = int(request.match_info["n"])
+        return _html(docs_page_html(n))
 
     async def _static(self, request: web.Request) -> web.Response:
         self._count(request)
@@ -349,7 +369,7 @@ def _html(text: str) -> web.Response:
 
 
 SPA_SHELL = (
-    '<!doctype html><html lang="en"><head><title>SPA</title></head>'
+    '<!doctype html><html lang="en"><head><title>{title}</title></head>'
     '<body><div id="{root}"></div><script src="{script}"></script></body></html>'
 )
 
@@ -415,12 +435,97 @@ document.getElementById('app').append(p);
 fetch('/api/data/' + n + '?s=60').catch(() => {});
 """
 
+# The page of issue 15: filled by a 300 ms timer after DOMContentLoaded (title included).
+_TIMER_JS = """
+const n = location.pathname.split('/').pop();
+document.addEventListener('DOMContentLoaded', () => setTimeout(() => {
+  const p = document.createElement('p');
+  p.textContent = 'timerword' + n + ' ' + 'rendered by a timer '.repeat(30);
+  document.getElementById('app').append(p);
+  document.title = 'Timer page ' + n;
+}, 300));
+"""
+
+# Polls every 150 ms until its third tick, then writes the text and stops.
+_INTERVAL_JS = """
+const n = location.pathname.split('/').pop();
+let ticks = 0;
+const every = setInterval(() => {
+  if (++ticks < 3) return;
+  clearInterval(every);
+  const p = document.createElement('p');
+  p.textContent = 'intervalword' + n + ' ' + 'written on the third tick '.repeat(30);
+  document.getElementById('app').append(p);
+}, 150);
+"""
+
+# Thirty animation frames (~0.5 s at 60 Hz), then the text.
+_RAF_JS = """
+const n = location.pathname.split('/').pop();
+let frames = 0;
+const step = () => {
+  if (++frames < 30) { requestAnimationFrame(step); return; }
+  const p = document.createElement('p');
+  p.textContent = 'rafword' + n + ' ' + 'written after thirty frames '.repeat(30);
+  document.getElementById('app').append(p);
+};
+requestAnimationFrame(step);
+"""
+
+# A promise chain with a pause in the middle (a 250 ms sleep), as async code writes it.
+_PROMISE_JS = """
+const n = location.pathname.split('/').pop();
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+(async () => {
+  let words = [];
+  for (let i = 0; i < 50; i++) words = await Promise.resolve([...words, 'chain']);
+  await sleep(250);
+  const parts = await Promise.all([Promise.resolve('promiseword' + n), sleep(50)]);
+  const p = document.createElement('p');
+  p.textContent = parts[0] + ' ' + words.join(' ') + ' ' + 'after the chain '.repeat(20);
+  document.getElementById('app').append(p);
+})();
+"""
+
+# After the load event, a dynamic import() of a module that takes 0.5 s to arrive.
+_IMPORT_JS = """
+const n = location.pathname.split('/').pop();
+window.addEventListener('load', () => setTimeout(() => {
+  import('/module/' + n + '?s=0.5').then((m) => m.show());
+}, 0));
+"""
+_MODULE_JS = """
+export function show() {
+  const p = document.createElement('p');
+  p.textContent = 'importword%d ' + %r.join(' ');
+  document.getElementById('app').append(p);
+}
+"""
+
+# Text at once, then a clock that ticks forever (slower than the DOM's quiet window):
+# settling stops at its timer bound.
+_CLOCK_JS = """
+const n = location.pathname.split('/').pop();
+const p = document.createElement('p');
+p.textContent = 'clockword' + n + ' ' + 'a page with a clock '.repeat(30);
+const clock = document.createElement('span');
+document.getElementById('app').append(p, clock);
+setInterval(() => { clock.textContent = String(Date.now()); }, 400);
+"""
+
 STATIC_JS = {
     "app.js": _APP_JS % repr(WORDS),
     "slow.js": _SLOW_JS,
     "xhr.js": _XHR_JS,
     "chunk.js": _CHUNK_LOADER_JS,
     "poll.js": _POLL_JS,
+    "timer.js": _TIMER_JS,
+    "interval.js": _INTERVAL_JS,
+    "raf.js": _RAF_JS,
+    "promise.js": _PROMISE_JS,
+    "import.js": _IMPORT_JS,
+    "clock.js": _CLOCK_JS,
+    "theme.js": "document.documentElement.dataset.theme = 'light';",
 }
 
 
@@ -450,6 +555,17 @@ def borderline_html(n: int) -> str:
         "/* padding so the script outweighs the visible text of the HTML: "
         + "x" * 200
         + " */</script></body></html>"
+    )
+
+
+def docs_page_html(n: int) -> str:
+    """A short page of a static documentation site: its text complete in the HTML, a few
+    scripts that change nothing one reads (borderline by the markup, static when rendered)."""
+    intro = " ".join(WORDS[(n + i) % len(WORDS)] for i in range(60))
+    return (
+        f'<!doctype html><html lang="en"><head><title>Docs {n}</title>'
+        + '<script src="/static/theme.js"></script>' * 3
+        + f"</head><body><main><h1>Docs {n}</h1><p>docsword{n} {intro}</p></main></body></html>"
     )
 
 

@@ -19,11 +19,18 @@ from fleet.nats.server import EmbeddedNats, find_nats_server
 from fleet.nats.streams import ensure_topology
 from fleet.settings import Settings
 from fleet.sinks import open_sink
-from tests.conftest import fleet_cli, need
+from tests.conftest import fleet_cli, make_settings, need, need_browser
 from tests.fakes.meili import FakeMeili
+from tests.site import LoopbackSite
 
 NATS_PASSWORD = "s3cret-nats-pw"
 MEILI_KEY = "meili-master-key-k3y"
+
+
+@pytest.fixture
+def settings(nats_server: EmbeddedNats, site: LoopbackSite, tmp_path: Path) -> Settings:
+    # Rendering off: a worker's check then asks NATS only (the browser's check is below).
+    return make_settings(nats_server, site.hostport, tmp_path).replace(render="never")
 
 
 def _free_port() -> int:
@@ -217,6 +224,7 @@ async def test_credentials_never_in_check_output(
         meili_api_key=MEILI_KEY,
         supervisor_port=_free_port(),  # no supervisor: its check fails
         api_port=_free_port(),  # no `fleet serve` either
+        render="never",  # the worker's browser check is tested on its own below
     )
     secrets = (NATS_PASSWORD, MEILI_KEY)
 
@@ -266,3 +274,32 @@ async def test_credentials_never_in_check_output(
     _assert_no_secret(answers, (*secrets, wrong_password))
     assert _exit_codes(answers) == {"nats": {0}}
     assert answers[("nats", False)][1].count("nats://***@127.0.0.1") == 2
+
+
+async def test_a_rendering_workers_check_launches_the_browser(settings: Settings) -> None:
+    need_browser()
+    await _create_topology(settings)
+    for mode in ("always", "auto"):
+        result = await check("worker", settings.replace(render=mode), timeout_s=30)
+        assert result.ok, result.line()
+        assert "consumer workers; browser " in result.detail
+        assert "launched, rendered a page, closed" in result.detail
+
+
+async def test_a_broken_browser_makes_a_rendering_worker_unhealthy(
+    settings: Settings, tmp_path: Path
+) -> None:
+    need_browser()
+    await _create_topology(settings)
+    missing = settings.replace(render="always", chromium_path=str(tmp_path / "no-chromium"))
+    result = await check("worker", missing, timeout_s=30)
+    assert not result.ok
+    assert result.detail.startswith(f"browser: no Chromium at {tmp_path / 'no-chromium'}")
+    assert "FLEET_CHROMIUM_PATH" in result.detail  # the fix
+    broken = tmp_path / "chromium"
+    broken.write_text("#!/bin/sh\necho 'error while loading shared libraries' >&2\nexit 127\n")
+    broken.chmod(0o755)
+    auto = settings.replace(render="auto", chromium_path=str(broken))
+    result = await check("worker", auto, timeout_s=30)
+    assert not result.ok
+    assert result.detail.startswith("browser: cannot launch Chromium"), result.detail

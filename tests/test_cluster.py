@@ -21,7 +21,7 @@ from fleet.errors import ConfigError
 from fleet.messages import UrlTask, dead_letter_decoder, url_task_encoder
 from fleet.nats.frontier import Frontier
 from fleet.nats.hosts import hosts_bucket, robots_bucket
-from fleet.nats.kv import render_bucket
+from fleet.nats.kv import render_bucket, render_samples_bucket
 from fleet.nats.server import EmbeddedNats, find_nats_server
 from fleet.nats.session import connect, nats_session
 from fleet.nats.streams import INDEXER_CONSUMER, WORKERS_CONSUMER, topology
@@ -98,14 +98,15 @@ async def test_every_stream_consumer_and_bucket_has_three_replicas(
         await render_bucket(js, settings)
         await hosts_bucket(js, settings)
         await robots_bucket(js, settings)
+        await render_samples_bucket(js, settings)
         frontier = Frontier(session.nc, js, settings)
         try:
             await frontier.bucket()
             await frontier.create_cap("c1", 10)
         finally:
             await frontier.close()
-        buckets = (settings.render_bucket, settings.hosts_bucket, settings.robots_bucket)
-        for bucket in (*buckets, settings.crawls_bucket):
+        buckets = (settings.render_bucket, settings.render_samples_bucket, settings.hosts_bucket)
+        for bucket in (*buckets, settings.robots_bucket, settings.crawls_bucket):
             kv = await js.stream_info(f"KV_{bucket}")
             assert kv.config.num_replicas == 3, bucket
         cap = await js.stream_info(settings.crawl_cap_stream("c1"))

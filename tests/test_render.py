@@ -3,6 +3,7 @@ the whole pipeline (real nats-server, worker and indexer processes, real Chromiu
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -13,19 +14,25 @@ from pathlib import Path
 import nats
 import pytest
 
-from fleet.errors import TransientError
+from fleet.errors import RenderDeferred, TransientError
 from fleet.messages import (
     Page,
     RenderDecision,
+    RenderSample,
     UrlTask,
     render_decision_decoder,
     render_decision_encoder,
 )
-from fleet.nats.kv import KvDecisionStore, learned_domains, render_bucket
+from fleet.nats.kv import (
+    KvDecisionStore,
+    learned_domains,
+    render_bucket,
+    render_samples_bucket,
+)
 from fleet.scrape import extract
 from fleet.scrape.fetch import FetchResult
 from fleet.scrape.render.assess import Assessment, assess, domain_of, rendering_helped
-from fleet.scrape.render.policy import MemoryDecisionStore, RenderPolicy
+from fleet.scrape.render.policy import DEFER_S, MemoryDecisionStore, RenderPolicy
 from fleet.scrape.render.pool import Rendered
 from fleet.scrape.scraper import Scraper
 from fleet.settings import Settings
@@ -89,11 +96,13 @@ BUNDLE = "<script>" + "var x = 1;" * 300 + "</script>"
         # <noscript> with a harmless tracking pixel is no signal.
         ("<body><noscript><img src=/p.gif></noscript><p>hi</p></body>", "hi", "http", "static"),
         # Little text, a lot of script.
-        (f"<body><p>Loading</p>{BUNDLE}</body>", "Loading", "render", "script_heavy"),
+        # Little text, a lot of script: the domain's samples decide (a short page of a
+        # documentation site loads as many scripts as a loading shell).
+        (f"<body><p>Loading</p>{BUNDLE}</body>", "Loading", "sample", "script_heavy"),
         (
             "<body><p>hi</p>" + '<script src="/a.js"></script>' * 2 + "</body>",
             "hi",
-            "render",
+            "sample",
             "script_heavy",
         ),
         # JSON data islands are not code.
@@ -135,7 +144,7 @@ def test_assess_on_the_test_site_pages() -> None:
         return assess(body, ex.text)
 
     assert judge(js_page_html(1)).reason == "script_heavy"
-    assert judge(SPA_SHELL.format(root="root", script="/a.js")).reason == "spa_root"
+    assert judge(SPA_SHELL.format(root="root", script="/a.js", title="SPA")).reason == "spa_root"
     assert judge(borderline_html(1)).verdict == "sample"
     assert judge(page_html(1)).verdict == "http"
 
@@ -153,14 +162,15 @@ def test_rendering_helped_and_domain_of() -> None:
 
 
 async def test_policy_learns_from_samples_and_shares_through_the_store() -> None:
-    store = MemoryDecisionStore()
-    policy = RenderPolicy(store, samples_needed=3)
+    store = MemoryDecisionStore(slots=3)
+    policy = RenderPolicy(store, samples=3)
     border = Assessment("sample", "borderline", 300, 500)
     url = "http://shop.example/p/1"
-    for _ in range(3):
-        plan = await policy.plan(url, border)
-        assert (plan.render, plan.reason, plan.sample) == (True, "sample", True)
-        await policy.record(url, 300, 4000)
+    plans = [await policy.plan(url, border) for _ in range(3)]
+    assert [(p.render, p.reason, p.sample) for p in plans] == [(True, "sample", True)] * 3
+    assert sorted(p.slot for p in plans) == [0, 1, 2]
+    for plan in plans:
+        await policy.record(url, plan, 300, 4000)
     decision = store.decisions["shop.example"]
     assert decision.needs_render and decision.samples == 3
     # A second worker with the same store renders without sampling, even static-looking pages.
@@ -170,17 +180,83 @@ async def test_policy_learns_from_samples_and_shares_through_the_store() -> None
 
 
 async def test_policy_learns_that_a_domain_does_not_need_rendering() -> None:
-    store = MemoryDecisionStore()
-    policy = RenderPolicy(store, samples_needed=2)
+    store = MemoryDecisionStore(slots=2)
+    policy = RenderPolicy(store, samples=2)
     border = Assessment("sample", "borderline", 900, 1000)
     for _ in range(2):
-        await policy.record("http://blog.example/a", 900, 950)
+        plan = await policy.plan("http://blog.example/a", border)
+        await policy.record("http://blog.example/a", plan, 900, 950)
     assert not store.decisions["blog.example"].needs_render
     plan = await policy.plan("http://blog.example/b", border)
     assert (plan.render, plan.reason) == (False, "domain_static")
     # A page that shows its own strong signal is still rendered.
     plan = await policy.plan("http://blog.example/c", Assessment("render", "spa_root", 0, 2000))
     assert (plan.render, plan.reason) == (True, "spa_root")
+
+
+async def test_borderline_pages_wait_for_the_samples_then_follow_the_decision() -> None:
+    # Two workers, one store: two slots, so two samples in flight; every other borderline
+    # page waits (the hold) and follows the decision once the samples made it.
+    store = MemoryDecisionStore(slots=2)
+    a, b = (RenderPolicy(store, samples=2, hold_s=10, poll_s=0.01) for _ in range(2))
+    border = Assessment("sample", "borderline", 300, 500)
+    url = "http://app.example/p"
+    s1, s2 = await a.plan(url, border), await b.plan(url, border)
+    assert s1.sample and s2.sample
+    held = [asyncio.create_task(w.plan(url, border)) for w in (a, b, a, b)]
+    await asyncio.sleep(0.1)
+    assert not any(t.done() for t in held)  # no third sample: they wait
+    # A page whose markup says JavaScript builds it does not wait.
+    plan = await a.plan(url, Assessment("render", "noscript", 10, 3000))
+    assert (plan.render, plan.reason) == (True, "noscript")
+    await a.record(url, s1, 300, 5000)
+    await asyncio.sleep(0.05)
+    assert not any(t.done() for t in held)
+    await b.record(url, s2, 300, 5000)
+    plans = await asyncio.gather(*held)
+    assert {(p.render, p.reason) for p in plans} == {(True, "domain_learned")}
+    assert a.held + b.held == 4
+    assert store.decisions["app.example"].samples == 2
+
+
+async def test_a_full_hold_defers_first_deliveries_and_holds_redeliveries() -> None:
+    store = MemoryDecisionStore(slots=1)
+    policy = RenderPolicy(store, samples=1, hold_s=10, max_held=1, poll_s=0.01)
+    border = Assessment("sample", "borderline", 300, 500)
+    url = "http://busy.example/p"
+    sample = await policy.plan(url, border, may_defer=True)
+    held = asyncio.create_task(policy.plan(url, border, may_defer=True))
+    await asyncio.sleep(0.05)
+    with pytest.raises(RenderDeferred) as deferred:  # the hold is full: back later
+        await policy.plan(url, border, may_defer=True)
+    assert deferred.value.retry_after_s == DEFER_S
+    assert deferred.value.reason == "render_learning"
+    redelivered = asyncio.create_task(policy.plan(url, border))  # a redelivery waits
+    await policy.record(url, sample, 300, 320)
+    for plan in await asyncio.gather(held, redelivered):
+        assert (plan.render, plan.reason) == (False, "domain_static")
+
+
+async def test_a_failed_sample_gives_its_slot_to_a_waiting_page() -> None:
+    store = MemoryDecisionStore(slots=1)
+    policy = RenderPolicy(store, samples=1, hold_s=10, poll_s=0.01)
+    border = Assessment("sample", "borderline", 300, 500)
+    url = "http://flaky.example/p"
+    first = await policy.plan(url, border)
+    waiting = asyncio.create_task(policy.plan(url, border))
+    await asyncio.sleep(0.05)
+    await policy.abandon(url, first)  # its render failed
+    second = await waiting
+    assert (second.sample, second.slot) == (True, 0)
+
+
+async def test_a_hold_that_ends_undecided_renders_the_page() -> None:
+    store = MemoryDecisionStore(slots=1)
+    policy = RenderPolicy(store, samples=1, hold_s=0.2, poll_s=0.01)
+    border = Assessment("sample", "borderline", 300, 500)
+    await policy.plan("http://slow.example/1", border)  # a sample that never reports
+    plan = await policy.plan("http://slow.example/2", border)
+    assert (plan.render, plan.reason, plan.sample) == (True, "learn_hold_expired", False)
 
 
 # --------------------------------------------------------------------------------------
@@ -216,7 +292,7 @@ class FakeRenderer:
 
 
 RENDERED = "<html><body><main><p>" + "rendered words " * 100 + "</p></main></body></html>"
-SHELL = SPA_SHELL.format(root="root", script="/a.js")
+SHELL = SPA_SHELL.format(root="root", script="/a.js", title="SPA")
 
 
 async def scrape(
@@ -262,7 +338,7 @@ async def test_scraper_without_a_browser_keeps_the_http_result() -> None:
 
 async def test_scraper_records_samples_and_uses_the_learned_decision() -> None:
     store = MemoryDecisionStore()
-    policy = RenderPolicy(store)
+    policy = RenderPolicy(store, hold_s=0.1)
     renderer = FakeRenderer(RENDERED)
     for _ in range(3):
         page = await scrape(FakeFetcher(borderline_html(1)), renderer, policy=policy)
@@ -292,7 +368,8 @@ async def test_auto_mode_renders_only_what_needs_it(
     need_browser()
     settings = settings.replace(render="auto", render_concurrency=2)
     expect = {
-        site.url("/js/1"): ("browser", "script_heavy", "jsword1"),
+        # Script-heavy: a sample of its domain (the only borderline page here).
+        site.url("/js/1"): ("browser", "sample", "jsword1"),
         site.url("/spa/2"): ("browser", "spa_root", "spaword2"),
         site.url("/spa-slow/3"): ("browser", "spa_root", "slowword3"),
         site.url("/page/4"): ("http", "static", "unique4"),
@@ -350,6 +427,52 @@ async def test_learned_domain_is_shared_between_worker_processes(
     for url in later:
         assert (pages[url].via, pages[url].via_reason) == ("browser", "domain_learned"), url
     assert "moreword11" in pages[site.url("/borderline/11")].text
+
+
+async def test_two_workers_learn_each_domain_once_with_bounded_samples(
+    settings: Settings, site: LoopbackSite, tmp_path: Path
+) -> None:
+    # Two worker processes, two domains of borderline pages: one needs rendering (its
+    # script writes most of the text), one does not (a docs site loading a few scripts).
+    # Fleet-wide, each domain gets exactly render_samples sample renders; its other pages
+    # wait for the decision and follow it: every page of the first is rendered, no other
+    # page of the second is.
+    need_browser()
+    with LoopbackSite() as docs:
+        settings = settings.replace(
+            render="auto",
+            render_concurrency=2,
+            render_samples=2,
+            render_learn_hold_s=120.0,
+            allow_hosts=(*settings.allow_hosts, docs.hostport),
+        )
+        needs = [site.url(f"/borderline/{n}") for n in range(12)]
+        static = [docs.url(f"/docs-page/{n}") for n in range(12)]
+        urls = [u for pair in zip(needs, static, strict=True) for u in pair]
+        roles = Roles(settings)
+        try:
+            roles.start("worker", "--concurrency", "6")
+            roles.start("worker", "--concurrency", "6")
+            roles.start("indexer")
+            cli_json(settings, "publish", str(write_urls(tmp_path / "u.txt", urls)))
+            await wait_indexed(settings, urls)
+            st = json.loads(cli(settings, "status", "--json").stdout)
+        finally:
+            roles.stop_all()
+    pages = await result_pages(settings)
+    reasons = [pages[u].via_reason for u in needs]
+    assert reasons.count("sample") == 2, reasons
+    assert set(reasons) == {"sample", "domain_learned"}, reasons
+    for n, url in enumerate(needs):
+        assert pages[url].via == "browser" and f"moreword{n} " in pages[url].text, url
+    reasons = [pages[u].via_reason for u in static]
+    assert reasons.count("sample") == 2, reasons
+    assert set(reasons) == {"sample", "domain_static"}, reasons
+    assert {pages[u].via for u in static if pages[u].via_reason == "domain_static"} == {"http"}
+    learned = {d["domain"]: d for d in st["render_domains"]}
+    assert learned[site.hostport]["needs_render"] is True
+    assert learned[docs.hostport]["needs_render"] is False
+    assert {learned[h]["samples"] for h in (site.hostport, docs.hostport)} == {2}
 
 
 async def test_learned_domains_empty_without_bucket(settings: Settings) -> None:
@@ -432,7 +555,8 @@ async def test_kv_store_shares_decisions_and_forgets_deleted_ones(settings: Sett
         js = nc.jetstream()
         kv = await render_bucket(js, settings)
         await render_bucket(js, settings)  # idempotent: a second worker opens the same bucket
-        writer, reader = KvDecisionStore(kv), KvDecisionStore(kv, ttl_s=0)
+        samples = await render_samples_bucket(js, settings)
+        writer, reader = KvDecisionStore(kv, samples), KvDecisionStore(kv, samples, ttl_s=0)
         decision = RenderDecision(domain="127.0.0.1:8080", needs_render=True, samples=3)
         await writer.put(decision)
         assert await reader.get("127.0.0.1:8080") == decision
@@ -440,5 +564,40 @@ async def test_kv_store_shares_decisions_and_forgets_deleted_ones(settings: Sett
         await kv.delete("127.0.0.1_8080")
         assert await reader.get("127.0.0.1:8080") is None
         assert await learned_domains(js, settings) == []
+    finally:
+        await nc.close()
+
+
+async def test_kv_store_bounds_samples_fleet_wide_and_decides_once(settings: Settings) -> None:
+    nc = await nats.connect(settings.nats_server)
+    try:
+        js = nc.jetstream()
+        kv, samples = await render_bucket(js, settings), await render_samples_bucket(js, settings)
+        # Three workers racing for two slots of one domain: exactly two claims succeed.
+        stores = [KvDecisionStore(kv, samples, slots=2, ttl_s=0) for _ in range(3)]
+        domain = "127.0.0.1:9090"
+        claims = await asyncio.gather(*(s.claim_sample(domain) for s in stores for _ in range(2)))
+        assert sorted(c for c in claims if c is not None) == [0, 1]
+        assert claims.count(None) == 4
+        # A failed sample gives its slot back; a claim older than stale_s is taken over.
+        await stores[0].release_sample(domain, 1)
+        assert await stores[2].claim_sample(domain) == 1
+        impatient = KvDecisionStore(kv, samples, slots=2, stale_s=0.0)
+        assert await impatient.claim_sample(domain) == 0
+        # Results fill the slots; the decision is created once, the first one stays.
+        done = [
+            RenderSample(domain=domain, slot=n, claimed_at=0.0, done=True, helped=True)
+            for n in range(2)
+        ]
+        assert await stores[0].report_sample(done[0]) == [done[0]]
+        assert await stores[1].report_sample(done[1]) == done
+        assert await stores[1].claim_sample(domain) is None  # every slot done
+        first = RenderDecision(domain=domain, needs_render=True, samples=2)
+        second = RenderDecision(domain=domain, needs_render=False, samples=2)
+        assert await stores[0].decide(first) == first
+        assert await stores[1].decide(second) == first
+        assert await stores[2].get(domain) == first
+        # The samples bucket holds no decisions: `fleet status` lists only the decision.
+        assert await learned_domains(js, settings) == [first]
     finally:
         await nc.close()

@@ -24,7 +24,15 @@ from fleet.scrape.render.chromium import (
     chromium_executable,
     is_playwright_driver,
 )
-from fleet.scrape.render.pool import GC_EVERY, PAGE_REUSE_LIMIT, BrowserPool, _Session, _Tab
+from fleet.scrape.render.pool import (
+    GC_EVERY,
+    PAGE_REUSE_LIMIT,
+    TIMER_MAX_MS,
+    TMPDIR_PREFIX,
+    BrowserPool,
+    _Session,
+    _Tab,
+)
 from fleet.settings import Settings
 from fleet.telemetry import Metrics, Telemetry
 from tests.conftest import Roles, need_browser, wait_for
@@ -199,6 +207,57 @@ async def test_settling_waits_for_what_the_text_waits_for(
     assert word in await rig.render_text(site.url(path))
 
 
+@pytest.mark.parametrize(
+    ("path", "word"),
+    [
+        ("/spa-interval/2", "intervalword2"),
+        ("/spa-raf/3", "rafword3"),
+        ("/spa-promise/4", "promiseword4"),
+        ("/spa-import/5", "importword5"),
+    ],
+    ids=["setInterval", "requestAnimationFrame", "promise-chain", "dynamic-import"],
+)
+async def test_settling_waits_for_timers_frames_promises_and_imports(
+    site: LoopbackSite, rig_factory: list[Rig], path: str, word: str
+) -> None:
+    # Each page writes its text 0.3-0.5 s after the load event, with no fetch or script
+    # element pending meanwhile: only the tracked timers, frames and import() wait for it.
+    rig = await start_rig(rig_factory, site_settings(site))
+    assert word in await rig.render_text(site.url(path))
+
+
+async def test_a_page_filled_by_a_300_ms_timer_is_indexed_rendered(
+    site: LoopbackSite, rig_factory: list[Rig]
+) -> None:
+    # Issue 15: the script fills the page in a setTimeout(…, 300) after DOMContentLoaded;
+    # the HTTP body says "Loading…" and has no text.
+    rig = await start_rig(rig_factory, site_settings(site))
+    url = site.url("/spa-timer/1")
+    doc = await rig.fetcher.fetch(url)
+    rendered = await rig.pool.render(url, doc)
+    ex = extract.extract(
+        rendered.html.encode(),
+        final_url=doc.final_url,
+        content_type="text/html",
+        charset="utf-8",
+        max_links=10,
+    )
+    assert ex.title == "Timer page 1"
+    assert ex.text.startswith("timerword1 rendered by a timer")
+
+
+async def test_settling_stops_at_the_timer_bound_on_a_clock_that_ticks_forever(
+    site: LoopbackSite, rig_factory: list[Rig]
+) -> None:
+    # A 400 ms interval never ends: timers count only while due within TIMER_MAX_MS of the
+    # settle's start, so the render ends near that bound, well before render_settle_max_s.
+    rig = await start_rig(rig_factory, site_settings(site, render_settle_max_s=20.0))
+    started = asyncio.get_running_loop().time()
+    assert "clockword6" in await rig.render_text(site.url("/spa-clock/6"))
+    elapsed = asyncio.get_running_loop().time() - started
+    assert TIMER_MAX_MS / 1000 <= elapsed < 10
+
+
 async def test_settling_stops_at_its_cap_on_a_request_that_never_ends(
     site: LoopbackSite, rig_factory: list[Rig]
 ) -> None:
@@ -263,6 +322,34 @@ def _zombie_or_gone(pid: int | None) -> bool:
         return pid is None or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+async def test_a_killed_browsers_temporary_directory_is_removed(
+    site: LoopbackSite, rig_factory: list[Rig]
+) -> None:
+    rig = await start_rig(rig_factory, site_settings(site))
+    assert "spaword1" in await rig.render_text(site.url("/spa/1"))
+    victim = rig.pool.browser_pid
+    assert victim is not None
+    # Chromium writes its temporary files (/tmp/org.chromium.Chromium.*) under its TMPDIR:
+    # the pool gives each browser its own.
+    tmpdir = Path(psutil.Process(victim).environ()["TMPDIR"])
+    assert tmpdir.name.startswith(TMPDIR_PREFIX) and tmpdir.is_dir()
+    litter = tmpdir / "org.chromium.Chromium.abc123"  # what a killed browser leaves there
+    litter.mkdir()
+    (litter / "SingletonSocket").write_text("")
+    for proc in [*psutil.Process(victim).children(recursive=True), psutil.Process(victim)]:
+        proc.kill()
+
+    async def removed() -> bool:
+        return not tmpdir.exists()
+
+    await wait_for(removed, timeout=15)
+    # The next page gets a new browser, with a directory of its own.
+    assert "spaword2" in await rig.render_text(site.url("/spa/2"))
+    fresh = rig.pool.browser_pid
+    assert fresh is not None and fresh != victim
+    assert Path(psutil.Process(fresh).environ()["TMPDIR"]).is_dir()
 
 
 @pytest.mark.parametrize("wrapped", [False, True], ids=["binary", "wrapper-script"])

@@ -20,12 +20,14 @@ round trip per request through the driver and keeps Chromium's HTTP cache on.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import socket
 from collections.abc import Iterator, Mapping
 from http import HTTPStatus
 from typing import Final, Self
+from urllib.parse import urlsplit
 
 from aiohttp.abc import AbstractResolver
 from yarl import URL
@@ -104,6 +106,10 @@ class GuardedProxy:
         # Documents the worker fetched already, by URL: the browser's request for one of
         # them is answered from here instead of fetching the page a second time.
         self._documents: dict[str, list[FetchResult]] = {}
+        # Script requests in flight (a dynamic import() among them), by the origin of the
+        # page that made them (their Referer's): what settling counts beside the page's
+        # own tracker (``loading``).
+        self._loading: collections.Counter[str] = collections.Counter()
         # Counters, read by tests.
         self.refused = 0
         self.tunnels = 0
@@ -131,6 +137,18 @@ class GuardedProxy:
                 queue.remove(document)
             if not queue and self._documents.get(document.final_url) is queue:
                 del self._documents[document.final_url]
+
+    def loading(self, document_url: str) -> int:
+        """Plain-HTTP script requests in flight from pages of ``document_url``'s origin.
+
+        A page cannot see its own dynamic import() until the module has arrived, the proxy
+        can. By origin, since the Referer of an import() is the importing script (and a
+        cross-origin one carries only the origin): a tab may wait for another tab's script
+        of the same site, which is short (or, on a plain-HTTP origin that sends no
+        Sec-Fetch-Dest, for its fetch() calls: a long poll there holds the site's settles
+        up to render_settle_max_s). Over HTTPS the proxy sees only a tunnel, so there it
+        counts nothing."""
+        return self._loading.get(_origin(document_url), 0)
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -282,12 +300,20 @@ class GuardedProxy:
             response_headers = {"content-type": content_type}
         else:
             forwarded = {k: v for k, v in headers.items() if k in FORWARDED_HEADERS}
+            referer = _origin(headers.get("referer", "")) if _is_script(headers) else ""
+            if referer:
+                self._loading[referer] += 1
             try:
                 res = await self._fetcher.request(target, headers=forwarded, follow_redirects=False)
             except (BlockedAddress, InvalidUrl) as exc:
                 raise _Refused(403, str(exc)) from None
             except FleetError as exc:
                 raise _Refused(504 if exc.reason == "timeout" else 502, str(exc)) from None
+            finally:
+                if referer:
+                    self._loading[referer] -= 1
+                    if self._loading[referer] <= 0:
+                        del self._loading[referer]
             response_headers = res.headers
         body = b"" if method == "HEAD" else res.body
         lines = [f"HTTP/1.1 {res.status} {_reason(res.status)}"]
@@ -305,6 +331,21 @@ class GuardedProxy:
             return check_url(url, self._policy)
         except (BlockedAddress, InvalidUrl) as exc:
             raise _Refused(403, str(exc)) from None
+
+
+def _is_script(headers: Mapping[str, str]) -> bool:
+    """A script or module request: Sec-Fetch-Dest says so where Chromium sends it
+    (trustworthy origins), else the Accept of scripts (which fetch() shares: the page's
+    tracker counts those anyway)."""
+    dest = headers.get("sec-fetch-dest")
+    if dest:
+        return dest == "script"
+    return headers.get("accept", "") == "*/*"
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower() if parts.scheme and parts.netloc else ""
 
 
 def _parse_head(head: bytes) -> tuple[str, str, dict[str, str]]:

@@ -126,7 +126,7 @@ class Scraper:
         with self._telemetry.stage("extract"):
             ex = self._extract(fetched.body, fetched, fetched.content_type, fetched.charset)
         via: Literal["http", "browser"] = "http"
-        plan = await self._plan(task.url, fetched, ex)
+        plan = await self._plan(task.url, fetched, ex, attempt)
         if plan.render and self._renderer is None:
             # Auto without a browser: only pages that need rendering count as unavailable.
             plan = Plan(False, "borderline" if plan.sample else "render_unavailable")
@@ -138,8 +138,10 @@ class Scraper:
             except RenderUnavailable:
                 if self._settings.render == "always":
                     raise
+                await self._abandon(task.url, plan)
                 plan = Plan(False, "render_unavailable")
             except TransientError:
+                await self._abandon(task.url, plan)
                 self._telemetry.rendered("browser", plan.reason, "error", None)
                 if self._settings.render == "always" or attempt < self._settings.max_deliver:
                     raise
@@ -153,7 +155,7 @@ class Scraper:
                         rendered.html.encode(), fetched, "text/html", "utf-8"
                     )
                 if plan.sample and self._policy is not None:
-                    await self._policy.record(task.url, len(ex.text), len(rendered_ex.text))
+                    await self._policy.record(task.url, plan, len(ex.text), len(rendered_ex.text))
                 ex, via = rendered_ex, "browser"
         if via == "http":
             self._telemetry.rendered("http", plan.reason, "ok", None)
@@ -183,6 +185,10 @@ class Scraper:
             depth=task.depth,
         )
 
+    async def _abandon(self, url: str, plan: Plan) -> None:
+        if plan.sample and self._policy is not None:
+            await self._policy.abandon(url, plan)  # its sample slot goes to another page
+
     def _extract(
         self, body: bytes, fetched: FetchResult, content_type: str, charset: str | None
     ) -> extraction.Extracted:
@@ -194,7 +200,9 @@ class Scraper:
             max_links=self._settings.max_links,
         )
 
-    async def _plan(self, url: str, fetched: FetchResult, ex: extraction.Extracted) -> Plan:
+    async def _plan(
+        self, url: str, fetched: FetchResult, ex: extraction.Extracted, attempt: int
+    ) -> Plan:
         mode = self._settings.render
         if mode == "never":
             return Plan(False, "render_never")
@@ -203,6 +211,10 @@ class Scraper:
         if mode == "always":
             return Plan(True, "render_always")
         assessment = assess(fetched.body, ex.text)
-        if self._policy is None:
+        if self._policy is None or self._renderer is None:
+            # No browser here: nothing to learn with, and no page should wait for it.
             return Plan(assessment.verdict == "render", assessment.reason)
-        return await self._policy.plan(url, assessment)
+        # A first delivery may be deferred while its domain is learned (the redelivery
+        # waits instead, and leaves retries for real failures).
+        may_defer = attempt == 1 and self._settings.max_deliver > 2
+        return await self._policy.plan(url, assessment, may_defer=may_defer)

@@ -8,12 +8,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Literal
+from typing import Final, Literal
 from urllib.parse import urlsplit
-
-if TYPE_CHECKING:
-    pass
-
 
 Verdict = Literal["render", "sample", "http"]
 
@@ -83,10 +79,10 @@ def script_weight(body: bytes) -> int:
 def assess(body: bytes, text: str) -> Assessment:
     """Decide from the HTTP body and the text extracted from it whether to render.
 
-    ``render``: the page on its own says JavaScript builds it (empty SPA root with little
-    text, script-heavy with little text, <noscript> asking for JavaScript). ``sample``: it
-    might (more script than text): render it if the domain is still being learned.
-    ``http``: the HTTP result stands.
+    ``render``: the page's own markup says JavaScript builds it (empty SPA root with little
+    text, <noscript> asking for JavaScript): rendered at once. ``sample``: it might (much
+    more script than text, ``script_heavy``, or just more, ``borderline``): the domain's
+    learning decides (``fleet.scrape.render.policy``). ``http``: the HTTP result stands.
     """
     text_chars = len(text)
     scripts = script_weight(body)
@@ -98,10 +94,12 @@ def assess(body: bytes, text: str) -> Assessment:
         for inner in _NOSCRIPT.findall(body):
             if _NEEDS_JS.search(inner):
                 return Assessment("render", "noscript", text_chars, scripts)
+    # A lot of script for the text: a loading shell, or a short page of a static site that
+    # loads a few scripts (a documentation index). Only the domain's samples can tell.
     if text_chars < BORDERLINE_TEXT_CHARS and scripts >= SCRIPT_HEAVY_RATIO * max(
         text_chars, THIN_TEXT_CHARS // 2
     ):
-        return Assessment("render", "script_heavy", text_chars, scripts)
+        return Assessment("sample", "script_heavy", text_chars, scripts)
     if text_chars < BORDERLINE_TEXT_CHARS and scripts > text_chars:
         return Assessment("sample", "borderline", text_chars, scripts)
     return Assessment("http", "static", text_chars, scripts)

@@ -17,7 +17,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
+import tempfile
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol, Self
 
@@ -65,6 +68,9 @@ MEMORY_CHECK_INTERVAL_S: Final = 10.0
 HANG_PROBE_TIMEOUT_S: Final = 5.0
 
 
+TMPDIR_PREFIX: Final = "fleet-chromium-"
+
+
 DOM_QUIET_MS: Final = 100
 
 
@@ -99,6 +105,9 @@ class BrowserProxy(Protocol):
 
         The page is then not fetched a second time; over HTTPS the browser fetches it again.
         """
+
+    def loading(self, document_url: str) -> int:
+        """Requests of the page at ``document_url`` in flight that its text may wait for."""
 
 
 class Rendering(Protocol):
@@ -149,6 +158,7 @@ class _Session:
     browser: Browser
     process: psutil.Process | None  # the browser's main process
     generation: int
+    tmpdir: str  # the browser's TMPDIR, removed when it is closed or killed
     tabs: set[_Tab] = field(default_factory=set)  # open, not closing
     idle: list[_Tab] = field(default_factory=list)  # ready for a render
     # Tabs that count against render_concurrency + 1: opening, idle, rendering or being
@@ -167,22 +177,30 @@ class _Session:
         return int(self.process.pid) if self.process is not None else None
 
 
-# Settling: the DOM quiet for ``quietMs`` while none of the page's fetch()/XHR calls or
-# script loads is pending (counted in the page by NET_TRACKER_JS; a page without the
-# tracker, as in the benchmark's bare loop, waits for the DOM alone). Counted in the page,
-# not through Playwright's request events: those cost three messages per request between
-# Chromium, the driver and Python, about 2 ms of the worker's CPU per page (measured).
+# Settling: the DOM quiet for ``quietMs`` while nothing the page's text may still wait for
+# is pending (counted in the page by TRACKER_JS): fetch()/XHR calls, script loads, dynamic
+# import()s, and short timers and animation frames, those due within ``timerMaxMs`` of the
+# settle's start (a clock ticking forever holds it that long at most). Promise chains run
+# in microtasks, before any timer: what they wait on is one of the above. A page without
+# the tracker, as in the benchmark's bare loop, waits for the DOM alone. Counted in the
+# page, not through Playwright's request events: those cost three messages per request
+# between Chromium, the driver and Python, about 2 ms of the worker's CPU per page
+# (measured). The settle's own timers are the browser's, not the tracked ones.
 SETTLE_JS: Final = """
-(quietMs) => new Promise((resolve) => {
-  const pending = () => window.__fleetPending || 0;
-  let timer = setTimeout(done, quietMs);
+([quietMs, timerMaxMs]) => new Promise((resolve) => {
+  const native = window.__fleetNative || {setTimeout, clearTimeout};
+  const later = (fn, ms) => native.setTimeout.call(window, fn, ms);
+  const cancel = (id) => native.clearTimeout.call(window, id);
+  const until = performance.now() + timerMaxMs;
+  const busy = window.__fleetBusy || (() => 0);
+  let timer = later(done, quietMs);
   const observer = new MutationObserver(() => {
-    clearTimeout(timer);
-    timer = setTimeout(done, quietMs);
+    cancel(timer);
+    timer = later(done, quietMs);
   });
   observer.observe(document, {subtree: true, childList: true, characterData: true});
   function done() {
-    if (pending() > 0) { timer = setTimeout(done, quietMs); return; }
+    if (busy(until) > 0) { timer = later(done, quietMs); return; }
     observer.disconnect();
     resolve(true);
   }
@@ -190,15 +208,37 @@ SETTLE_JS: Final = """
 """
 
 
-# Runs in every document before its own scripts: counts fetch()/XHR calls and external
-# script loads in flight, what a page's text still waits for after the load event. Images,
-# styles and WebSockets are not counted: text does not wait for them.
-NET_TRACKER_JS: Final = r"""
+# Short timers and frames count while they are due within this of the settle's start.
+TIMER_MAX_MS: Final = 2000
+
+
+# Runs in every document before its own scripts: counts what a page's text may still wait
+# for after the load event. Network: fetch()/XHR calls, external scripts added after load,
+# dynamic import()s (seen as module requests in flight: Resource Timing lists a request
+# once it ends, so an import() is counted from the call, by a wrapper of the page's own
+# ``import`` keyword being impossible, through the <script type=module> it becomes: no —
+# see below). Timers: setTimeout/setInterval callbacks and requestAnimationFrame, each
+# with the time it is due. Images, styles and WebSockets are not counted: text does not
+# wait for them.
+TRACKER_JS: Final = r"""
 (() => {
-  if (Object.prototype.hasOwnProperty.call(window, '__fleetPending')) return;
+  if (Object.prototype.hasOwnProperty.call(window, '__fleetBusy')) return;
+  const hide = (name, value) => Object.defineProperty(window, name, {value});
+  const native = {
+    setTimeout: window.setTimeout, clearTimeout: window.clearTimeout,
+    setInterval: window.setInterval, clearInterval: window.clearInterval,
+    requestAnimationFrame: window.requestAnimationFrame,
+    cancelAnimationFrame: window.cancelAnimationFrame,
+  };
+  hide('__fleetNative', native);
   let pending = 0;
   const done = () => { pending = Math.max(0, pending - 1); };
-  Object.defineProperty(window, '__fleetPending', {get: () => pending});
+  const due = new Map();  // timer or frame key -> when it is due (performance.now())
+  hide('__fleetBusy', (until) => {
+    let n = pending;
+    for (const at of due.values()) if (at <= until) n++;
+    return n;
+  });
   const fetch0 = window.fetch;
   if (typeof fetch0 === 'function') {
     window.fetch = function fetch(...args) {
@@ -216,6 +256,47 @@ NET_TRACKER_JS: Final = r"""
       pending++;
       this.addEventListener('loadend', done, {once: true});
       try { return send0.apply(this, args); } catch (e) { done(); throw e; }
+    };
+  }
+  const delayOf = (ms) => Math.max(0, Number(ms) || 0);
+  window.setTimeout = function setTimeout(fn, ms, ...rest) {
+    if (typeof fn !== 'function') return native.setTimeout.call(window, fn, ms, ...rest);
+    let id;
+    const run = function (...a) { due.delete('t' + id); return fn.apply(this, a); };
+    id = native.setTimeout.call(window, run, ms, ...rest);
+    due.set('t' + id, performance.now() + delayOf(ms));
+    return id;
+  };
+  window.clearTimeout = function clearTimeout(id) {
+    due.delete('t' + id);
+    return native.clearTimeout.call(window, id);
+  };
+  window.setInterval = function setInterval(fn, ms, ...rest) {
+    if (typeof fn !== 'function') return native.setInterval.call(window, fn, ms, ...rest);
+    let id;
+    const every = delayOf(ms);
+    const run = function (...a) {
+      due.set('i' + id, performance.now() + every);  // the next tick
+      return fn.apply(this, a);
+    };
+    id = native.setInterval.call(window, run, ms, ...rest);
+    due.set('i' + id, performance.now() + every);
+    return id;
+  };
+  window.clearInterval = function clearInterval(id) {
+    due.delete('i' + id);
+    return native.clearInterval.call(window, id);
+  };
+  if (typeof native.requestAnimationFrame === 'function') {
+    window.requestAnimationFrame = function requestAnimationFrame(fn) {
+      let id;
+      id = native.requestAnimationFrame.call(window, (t) => { due.delete('f' + id); fn(t); });
+      due.set('f' + id, performance.now());
+      return id;
+    };
+    window.cancelAnimationFrame = function cancelAnimationFrame(id) {
+      due.delete('f' + id);
+      return native.cancelAnimationFrame.call(window, id);
     };
   }
   const JS = /^(|module|(text|application)\/(x-)?(java|ecma)script)$/i;
@@ -301,9 +382,9 @@ class BrowserPool:
 
     async def start(self, *, launch: bool = True) -> None:
         """Import Playwright, find Chromium and (``launch``) start it now, so a broken
-        setup fails at start. Without ``launch`` (auto mode: most pages never need it) the
-        browser starts with the first page that does; if it cannot, rendering is off
-        for good (``RenderUnavailable`` from then on, one warning)."""
+        setup fails at start. Without ``launch`` (auto mode: most pages never need it)
+        Playwright's driver and the browser start with the first page that does; if they
+        cannot, rendering is off for good (``RenderUnavailable`` from then on, one warning)."""
         try:
             import playwright.async_api  # noqa: F401, PLC0415
         except ImportError:
@@ -313,14 +394,14 @@ class BrowserPool:
         executable = chromium_executable(self._settings)
         if executable is not None and not os.access(executable, os.X_OK):
             raise RenderUnavailable(f"no Chromium at {executable}: {RENDER_FIX}")
+        if not launch:
+            return  # the driver too starts with the first page that needs a browser
         try:
             await self._start_driver()
         except Exception as exc:  # e.g. the driver's node binary cannot load its libraries
             raise RenderUnavailable(
                 f"cannot start Playwright's driver ({_first_line(exc)}): {RENDER_FIX}"
             ) from None
-        if not launch:
-            return
         try:
             await self._ensure_session()
         except Exception as exc:
@@ -379,17 +460,27 @@ class BrowserPool:
     async def _launch(self) -> _Session:
         assert self._playwright is not None
         before = set(await asyncio.to_thread(children, is_browser_main))
-        browser = await self._playwright.chromium.launch(
-            executable_path=chromium_executable(self._settings),
-            headless=True,
-            args=[*self._launch_args()],
-            handle_sigterm=False,  # the worker drains on SIGTERM, then closes the pool
-            handle_sigint=False,
-            handle_sighup=False,
-        )
+        # Chromium's own temporary files (.org.chromium.Chromium.* directories) go to a
+        # directory of this browser's, removed with it: a killed browser leaves them behind.
+        tmpdir = await asyncio.to_thread(tempfile.mkdtemp, prefix=TMPDIR_PREFIX)
+        try:
+            browser = await self._playwright.chromium.launch(
+                executable_path=chromium_executable(self._settings),
+                headless=True,
+                args=[*self._launch_args()],
+                # The browser's environment is this process's (Playwright's default) but
+                # for its temporary directory.
+                env={**os.environ, "TMPDIR": tmpdir},
+                handle_sigterm=False,  # the worker drains on SIGTERM, then closes the pool
+                handle_sigint=False,
+                handle_sighup=False,
+            )
+        except BaseException:
+            await asyncio.to_thread(shutil.rmtree, tmpdir, True)
+            raise
         process = await asyncio.to_thread(new_browser_process, before)
         self._generation += 1
-        session = _Session(browser, process, self._generation)
+        session = _Session(browser, process, self._generation, tmpdir)
         browser.on("disconnected", lambda _: self._on_disconnected(session))
         self._sessions.add(session)
         log.info(
@@ -442,13 +533,16 @@ class BrowserPool:
         if session.process is not None:
             # Chromium exits on its own after close; a crashed or hung one may not.
             await asyncio.to_thread(kill_tree, session.process)
+        await asyncio.to_thread(shutil.rmtree, session.tmpdir, True)
 
     async def _ensure_session(self) -> _Session:
         session = self._session
         if session is not None and not session.retired:
             return session
         async with self._launch_lock:
-            if self._driver_lost():
+            if self._playwright is None and not self._closed:
+                await self._start_driver()
+            elif self._driver_lost():
                 await self._restart_driver()
             if self._session is None or self._session.retired:
                 self._session = await self._launch()
@@ -486,7 +580,7 @@ class BrowserPool:
                 user_agent=self._settings.user_agent,
             )
             try:
-                await context.add_init_script(NET_TRACKER_JS)
+                await context.add_init_script(TRACKER_JS)
                 page = await context.new_page()
             except Exception:
                 self._spawn(self._close_quietly(context.close()))
@@ -666,7 +760,7 @@ class BrowserPool:
             with self._proxy.serving(document):
                 async with asyncio.timeout(self._settings.render_timeout_s):
                     await page.goto(url, wait_until="load")
-                    await self._settle(page)
+                    await self._settle(page, url)
                     html = await page.content()
         except TimeoutError:
             if session.dead:
@@ -702,12 +796,20 @@ class BrowserPool:
             return BrowserCrashed(f"browser died while rendering {url}: {_first_line(exc)}")
         return RenderFailed(f"render of {url} failed: {_first_line(exc)}")
 
-    async def _settle(self, page: Page) -> None:
-        """Wait until the DOM is quiet and no fetch/XHR/script is pending, at most
-        settle_max_s (then the page is taken as it is)."""
+    async def _settle(self, page: Page, url: str) -> None:
+        """Wait until the DOM is quiet and nothing the text may wait for is pending (in the
+        page, and at the proxy: a dynamic import() the page cannot see until it ends), at
+        most settle_max_s (then the page is taken as it is)."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._settings.render_settle_max_s):
-                await page.evaluate(SETTLE_JS, DOM_QUIET_MS)
+                while True:
+                    await page.evaluate(SETTLE_JS, [DOM_QUIET_MS, TIMER_MAX_MS])
+                    if not self._proxy.loading(url):
+                        return
+                    # A counter shared by every tab, polled: an event per origin would
+                    # cost every proxied request more than this costs the rare wait.
+                    while self._proxy.loading(url):  # noqa: ASYNC110
+                        await asyncio.sleep(DOM_QUIET_MS / 1000)
 
     async def _responsive(self, session: _Session) -> bool:
         """After a timeout: is the browser itself still answering?"""
@@ -736,6 +838,30 @@ class BrowserPool:
                 self._settings.browser_max_rss_mb,
             )
             self._restart(session, "rss")
+
+
+# What `fleet check worker` renders: its text exists only once the script ran.
+PROBE_HTML: Final = (
+    "<!doctype html><title>fleet</title><p id=probe></p><script>"
+    "document.getElementById('probe').textContent = 'rendered ' + (6 * 7)</script>"
+)
+
+
+async def probe_browser(settings: Settings, proxy: BrowserProxy) -> str:
+    """Launch a browser as a worker would, render a data: URL whose script writes its text,
+    close it; returns what was checked. Raises ``RenderUnavailable`` (with the fix) when
+    Playwright or Chromium is missing or cannot launch, ``RenderFailed`` when the page did
+    not render (`fleet check worker`)."""
+    url = "data:text/html," + urllib.parse.quote(PROBE_HTML)
+    document = FetchResult(url, url, 200, "text/html", "utf-8", PROBE_HTML.encode(), 0.0, 0)
+    started = time.perf_counter()
+    async with BrowserPool(settings.replace(render_concurrency=1), proxy) as pool:
+        rendered = await pool.render(url, document)
+    if "rendered 42" not in rendered.html:
+        raise RenderFailed("the browser rendered a page without running its script")
+    executable = chromium_executable(settings) or "Playwright's Chromium"
+    elapsed = time.perf_counter() - started
+    return f"browser {executable} (launched, rendered a page, closed: {elapsed:.1f}s)"
 
 
 def _first_line(exc: BaseException) -> str:
