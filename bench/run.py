@@ -1,14 +1,20 @@
 """fleet vs. Scrapy on the same generated site, in one run: ``python -m bench.run``.
 
-1. Generate a deterministic site (--pages, default 2,000; --quick: 300) into a work dir.
+1. Generate a deterministic site (--pages, default 2,000; --quick: 300) into a work dir,
+   or with ``--corpus DIR`` take every ``*.html`` of an existing directory of real pages
+   (e.g. /usr/share/doc/python3-dev/html, 530 Python doc pages).
 2. Serve it on 127.0.0.1 from a separate process (nginx when installed, else aiohttp).
 3. Write the URL list (every page once).
 4. Baseline: Scrapy fetches exactly that list and extracts the same fields (subprocess).
 5. fleet: ``fleet run URLS --workers N --sink sqlite:///WORKDIR/bench.db --json`` with a
-   private nats-server, end to end.
-6. Print pages/s, wall time, peak RSS and CPU time of both, the ratio and the targets.
+   private nats-server, end to end, ``FLEET_RENDER=never`` (Scrapy renders nothing either).
+6. Print pages/s, wall time, peak RSS and CPU time of both, CPU per page (whole process
+   tree: for fleet the workers, indexer, `fleet run` and nats-server, with a per-process
+   table), the ratios (pages/s, CPU per page) and the targets.
    With --repeat N, steps 4-5 alternate N times and each tool's median round is shown.
-7. Politeness (bench/polite.py, unless --skip-polite): 200 loopback hosts x 20 pages with
+7. ``fleet publish`` (bench/publish.py, unless --skip-publish): URLs/s and CPU per URL of
+   publishing 200,000 URLs with dedup, validation and exact counts (target 25,000 URLs/s).
+8. Politeness (bench/polite.py, unless --skip-polite): 200 loopback hosts x 20 pages with
    FLEET_HOST_DELAY_S=0.2, against the rate those limits allow, and the CPU cost of the
    politeness bookkeeping per page. Steps 4-5 run with politeness off for their one host.
 
@@ -890,6 +896,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--skip-polite", action="store_true", help="no politeness figure (200 hosts x 20 pages)"
     )
     parser.add_argument(
+        "--skip-publish", action="store_true", help="no `fleet publish` figure (bench/publish.py)"
+    )
+    parser.add_argument(
+        "--publish-urls",
+        type=int,
+        default=200_000,
+        help="distinct URLs for the `fleet publish` figure (default 200,000)",
+    )
+    parser.add_argument(
         "--repeat",
         type=int,
         default=1,
@@ -1047,6 +1062,11 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO = sys.stdout) -> int:
             "evaluation": evaluate(scrapy, fleet),
             "workdir_kept": str(workdir) if (args.keep or args.workdir) else None,
         }
+        if not args.skip_publish and not args.skip_fleet:
+            from bench import publish  # noqa: PLC0415 - it imports this module
+
+            time.sleep(SETTLE_S)
+            report["publish"] = publish.run_publish(workdir, args.publish_urls)
         polite_ok = True
         if not args.skip_polite and not args.skip_fleet:
             from bench import polite  # noqa: PLC0415 - it imports this module
@@ -1058,13 +1078,18 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO = sys.stdout) -> int:
         stdout.write(json.dumps(report, indent=2) + "\n")
     else:
         stdout.write(render(report, scrapy, fleet, scrapy_runs, fleet_runs))
+        if "publish" in report:
+            from bench import publish  # noqa: PLC0415
+
+            stdout.write(publish.render(report["publish"]))
         if "politeness" in report:
             from bench import polite  # noqa: PLC0415
 
             stdout.write(polite.render(report["politeness"]))
     stdout.flush()
     failed = [r for r in (*scrapy_runs, *fleet_runs) if not r.ok]
-    return 1 if failed or not polite_ok else 0
+    publish_ok = report.get("publish", {}).get("exact", True)
+    return 1 if failed or not polite_ok or not publish_ok else 0
 
 
 if __name__ == "__main__":
