@@ -130,7 +130,9 @@ class TreeSampler:
         # Read every time, not cached: a child seen between fork and exec still carries its
         # parent's command line (nats-server and the workers are started by `fleet run`).
         args = proc.cmdline()
-        label = _short_command(args) if args else proc.name()
+        if not args:  # exiting (its command line is gone): keep what it was called
+            return self._labels.setdefault(proc.pid, proc.name())
+        label = _short_command(args)
         self._labels[proc.pid] = label
         return label
 
