@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 _EXPECTED_STREAM = "Nats-Expected-Stream"
 _NO_RESPONDERS = "503"
+_PRUNE_AT = 1 << 16
 
 
 class _ApiError(msgspec.Struct):
@@ -95,6 +96,9 @@ class FastAcks:
             raise RuntimeError("FastAcks used outside `async with`")
         token = str(next(self._tokens))
         future: asyncio.Future[PubAck] = asyncio.get_running_loop().create_future()
+        if len(self._futures) >= _PRUNE_AT:
+            # Futures given up on (cancelled at their deadline) whose reply never came.
+            self._futures = {k: f for k, f in self._futures.items() if not f.done()}
         self._futures[token] = future
         if stream is not None:
             headers = (
