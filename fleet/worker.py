@@ -600,12 +600,13 @@ def politeness_needed(settings: Settings) -> bool:
 
 
 async def politeness_for(
-    js: JetStreamContext, settings: Settings, fetcher: Fetcher
+    js: JetStreamContext, settings: Settings, fetcher: Fetcher, acks: FastAcks | None = None
 ) -> Politeness | None:
-    """The worker's politeness gate over the fleet-wide KV buckets (None: nothing limited)."""
+    """The worker's politeness gate over the fleet-wide KV buckets (None: nothing limited);
+    with ``acks``, host-state writes go through them (``KvHostSlots``)."""
     if not politeness_needed(settings):
         return None
-    slots = KvHostSlots(await hosts_bucket(js, settings))
+    slots = KvHostSlots(await hosts_bucket(js, settings), acks=acks, bucket=settings.hosts_bucket)
     robots = Robots(
         KvRobotsCache(js, await robots_bucket(js, settings), settings.robots_bucket),
         fetcher,
@@ -632,7 +633,7 @@ async def _serve(
                 settings,
                 max_payload=nc.max_payload,
                 telemetry=telemetry,
-                politeness=await politeness_for(js, settings, fetcher),
+                politeness=await politeness_for(js, settings, fetcher, results),
                 crawl=crawl,
                 results=results,
             )

@@ -8,7 +8,9 @@ import nats
 import pytest
 from nats.js.errors import APIError, NoStreamResponseError
 
+from fleet.messages import HostState
 from fleet.nats.acks import FastAcks
+from fleet.nats.hosts import KvHostSlots
 from fleet.nats.server import EmbeddedNats
 
 
@@ -33,5 +35,32 @@ async def test_acks_duplicates_and_errors(nats_server: EmbeddedNats) -> None:
             assert ack.seq == 3
         info = await js.stream_info("T")
         assert info.state.messages == 3
+    finally:
+        await nc.close()
+
+
+async def test_host_slots_compare_and_set_through_fast_acks(nats_server: EmbeddedNats) -> None:
+    """Two workers' slots (one on FastAcks, one on kv.update) bump one origin's state at once:
+    every bump lands exactly once, conflicts are retried."""
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        kv = await js.create_key_value(bucket="hosts_t", history=1, direct=True)
+        async with FastAcks(nc, js) as acks:
+            fast = KvHostSlots(kv, acks=acks, bucket="hosts_t")
+            plain = KvHostSlots(kv)
+
+            def bump(state: HostState | None) -> tuple[HostState | None, int]:
+                n = int(state.throttled) + 1 if state is not None else 1
+                return HostState(origin="http://a:80", throttled=n), n
+
+            async def bumps(slots: KvHostSlots) -> list[int]:
+                return [await slots.transact("http://a:80", bump) for _ in range(25)]
+
+            got = await asyncio.gather(bumps(fast), bumps(plain))
+        seen = sorted(n for run in got for n in run)
+        assert seen == list(range(1, 51))
+        state = await plain.get("http://a:80")
+        assert state is not None and state.throttled == 50
     finally:
         await nc.close()
