@@ -1,14 +1,20 @@
 """fleet vs. Scrapy on the same generated site, in one run: ``python -m bench.run``.
 
-1. Generate a deterministic site (--pages, default 2,000; --quick: 300) into a work dir.
+1. Generate a deterministic site (--pages, default 2,000; --quick: 300) into a work dir,
+   or with ``--corpus DIR`` take every ``*.html`` of an existing directory of real pages
+   (e.g. /usr/share/doc/python3-dev/html, 530 Python doc pages).
 2. Serve it on 127.0.0.1 from a separate process (nginx when installed, else aiohttp).
 3. Write the URL list (every page once).
 4. Baseline: Scrapy fetches exactly that list and extracts the same fields (subprocess).
 5. fleet: ``fleet run URLS --workers N --sink sqlite:///WORKDIR/bench.db --json`` with a
-   private nats-server, end to end.
-6. Print pages/s, wall time, peak RSS and CPU time of both, the ratio and the targets.
+   private nats-server, end to end, ``FLEET_RENDER=never`` (Scrapy renders nothing either).
+6. Print pages/s, wall time, peak RSS and CPU time of both, CPU per page (whole process
+   tree: for fleet the workers, indexer, `fleet run` and nats-server, with a per-process
+   table), the ratios (pages/s, CPU per page) and the targets.
    With --repeat N, steps 4-5 alternate N times and each tool's median round is shown.
-7. Politeness (bench/polite.py, unless --skip-polite): 200 loopback hosts x 20 pages with
+7. ``fleet publish`` (bench/publish.py, unless --skip-publish): URLs/s and CPU per URL of
+   publishing 200,000 URLs with dedup, validation and exact counts (target 25,000 URLs/s).
+8. Politeness (bench/polite.py, unless --skip-polite): 200 loopback hosts x 20 pages with
    FLEET_HOST_DELAY_S=0.2, against the rate those limits allow, and the CPU cost of the
    politeness bookkeeping per page. Steps 4-5 run with politeness off for their one host.
 
@@ -42,13 +48,14 @@ from typing import Any, TextIO
 
 import psutil
 
-from bench.site import MAX_PAGE_BYTES, MIN_PAGE_BYTES, generate_site
+from bench.site import MAX_PAGE_BYTES, MIN_PAGE_BYTES, corpus_site, generate_site
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_PAGES = 2000
 QUICK_PAGES = 300
 TARGET_RATIO = 10.0
 TARGET_PAGES_PER_S = 300.0
+TARGET_CPU_RATIO = 0.2  # fleet's CPU per page (all its processes) / Scrapy's
 SAMPLE_INTERVAL_S = 0.1
 SETTLE_S = 2.0  # pause between the two runs
 BUSY_PERCENT = 15.0  # warn when the machine is busier than this before the runs
@@ -123,7 +130,9 @@ class TreeSampler:
         # Read every time, not cached: a child seen between fork and exec still carries its
         # parent's command line (nats-server and the workers are started by `fleet run`).
         args = proc.cmdline()
-        label = _short_command(args) if args else proc.name()
+        if not args:  # exiting (its command line is gone): keep what it was called
+            return self._labels.setdefault(proc.pid, proc.name())
+        label = _short_command(args)
         self._labels[proc.pid] = label
         return label
 
@@ -469,6 +478,11 @@ class ToolResult:
         return self.pages_done / self.wall_s if self.wall_s > 0 else 0.0
 
     @property
+    def cpu_ms_per_page(self) -> float | None:
+        """CPU time of the whole process tree (start-up included) per page done, in ms."""
+        return 1000 * self.cpu_s / self.pages_done if self.pages_done else None
+
+    @property
     def steady_pages_per_s(self) -> float | None:
         if self.steady_s is None or self.steady_s <= 0:
             return None
@@ -603,6 +617,9 @@ def run_fleet(
     # step 7 measures politeness on many hosts).
     env["FLEET_HOST_CONCURRENCY"] = "0"
     env["FLEET_HOST_DELAY_S"] = "0"
+    # The HTTP path against Scrapy's (which renders nothing): no browser (bench/render.py
+    # measures rendering).
+    env["FLEET_RENDER"] = "never"
     cpu_before = server.cpu_seconds()
     run = run_measured(command, env=env, workdir=workdir, name="fleet", timeout_s=timeout_s)
     server_cpu = server.cpu_seconds() - cpu_before
@@ -679,14 +696,21 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def _target(name: str, value: float | None, goal: float, unit: str) -> dict[str, Any]:
-    status = "N/A" if value is None else ("PASS" if value >= goal else "MISS")
+def _target(
+    name: str, value: float | None, goal: float, unit: str, *, at_most: bool = False
+) -> dict[str, Any]:
+    """A target row: PASS when ``value`` >= ``goal`` (or <= with ``at_most``)."""
+    met = value is not None and (value <= goal if at_most else value >= goal)
+    status = "N/A" if value is None else ("PASS" if met else "MISS")
     return {"target": name, "value": value, "goal": goal, "unit": unit, "status": status}
 
 
 def evaluate(scrapy: ToolResult | None, fleet: ToolResult | None) -> dict[str, Any]:
-    ratios: dict[str, float | None] = {"wall_clock": None, "steady_state": None}
+    ratios: dict[str, float | None] = {"wall_clock": None, "steady_state": None, "cpu": None}
     if scrapy and fleet and scrapy.ok and fleet.ok:
+        s_cpu, f_cpu = scrapy.cpu_ms_per_page, fleet.cpu_ms_per_page
+        if s_cpu and f_cpu:
+            ratios["cpu"] = f_cpu / s_cpu
         if scrapy.wall_pages_per_s > 0:
             ratios["wall_clock"] = fleet.wall_pages_per_s / scrapy.wall_pages_per_s
         s_steady, f_steady = scrapy.steady_pages_per_s, fleet.steady_pages_per_s
@@ -694,6 +718,13 @@ def evaluate(scrapy: ToolResult | None, fleet: ToolResult | None) -> dict[str, A
             ratios["steady_state"] = f_steady / s_steady
     fleet_ok = fleet is not None and fleet.ok
     targets = [
+        _target(
+            "fleet CPU per page <= 0.2x Scrapy's (all processes)",
+            ratios["cpu"],
+            TARGET_CPU_RATIO,
+            "x",
+            at_most=True,
+        ),
         _target(
             "fleet >= 10x Scrapy, end to end (wall clock)", ratios["wall_clock"], TARGET_RATIO, "x"
         ),
@@ -725,6 +756,18 @@ def _fmt(value: float | None, spec: str = ".1f", suffix: str = "") -> str:
 
 def _mib(n: int) -> str:
     return f"{n / MIB:.0f} MiB"
+
+
+def _cpu_table(scrapy: ToolResult | None, fleet: ToolResult | None) -> list[str]:
+    """CPU per page by process (same command summed), each tool's median round."""
+    lines = ["", "  CPU per page by process (ms, whole run incl. start-up):"]
+    for r in (scrapy, fleet):
+        if r is None or not r.pages_done:
+            continue
+        for name, sec in r.cpu_breakdown:
+            lines.append(f"    {r.name:<7} {name:<28} {1000 * sec / r.pages_done:>8.3f}")
+        lines.append(f"    {r.name:<7} {'total':<28} {_fmt(r.cpu_ms_per_page, '>8.3f')}")
+    return lines
 
 
 def render(
@@ -776,6 +819,7 @@ def render(
     lines.append(row("peak RSS, process tree", lambda r: _mib(r.peak_rss_bytes)))
     lines.append(row("peak processes in tree", lambda r: str(r.peak_processes)))
     lines.append(row("CPU time, process tree (s)", lambda r: f"{r.cpu_s:.1f}"))
+    lines.append(row("CPU per page, process tree (ms)", lambda r: _fmt(r.cpu_ms_per_page, ".2f")))
     lines.append(row("site server CPU time (s)", lambda r: f"{r.server_cpu_s:.1f}"))
     if report.get("repeat", 1) > 1:
         runs = {"scrapy": scrapy_runs, "fleet": fleet_runs}
@@ -791,6 +835,7 @@ def render(
         "",
         f"  ratio fleet/Scrapy, wall clock:   {_fmt(ratios['wall_clock'], '.2f', 'x')}",
         f"  ratio fleet/Scrapy, steady state: {_fmt(ratios['steady_state'], '.2f', 'x')}",
+        f"  ratio fleet/Scrapy, CPU per page: {_fmt(ratios['cpu'], '.3f', 'x')}",
         "",
         "  targets (reported, never fatal):",
     ]
@@ -798,6 +843,7 @@ def render(
         spec = ".2f" if t["unit"] == "x" else ".1f"
         value = _fmt(t["value"], spec, "x" if t["unit"] == "x" else " pages/s")
         lines.append(f"    {t['status']:<5} {t['target']:<72} {value}")
+    lines += _cpu_table(scrapy, fleet)
     for r in (scrapy, fleet):
         if r is None:
             continue
@@ -836,11 +882,29 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="Scrapy CONCURRENT_REQUESTS and _PER_DOMAIN (default 32; Scrapy's are 16/8)",
     )
     parser.add_argument("--seed", type=int, default=1, help="site generator seed (default 1)")
+    parser.add_argument(
+        "--corpus",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="serve this directory of real HTML pages (every *.html once, e.g. "
+        "/usr/share/doc/python3-dev/html) instead of the generated site; --pages N takes the "
+        "first N",
+    )
     parser.add_argument("--server", choices=("auto", "aiohttp", "nginx"), default="auto")
     parser.add_argument("--skip-scrapy", action="store_true")
     parser.add_argument("--skip-fleet", action="store_true")
     parser.add_argument(
         "--skip-polite", action="store_true", help="no politeness figure (200 hosts x 20 pages)"
+    )
+    parser.add_argument(
+        "--skip-publish", action="store_true", help="no `fleet publish` figure (bench/publish.py)"
+    )
+    parser.add_argument(
+        "--publish-urls",
+        type=int,
+        default=200_000,
+        help="distinct URLs for the `fleet publish` figure (default 200,000)",
     )
     parser.add_argument(
         "--repeat",
@@ -853,9 +917,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, default=None, help="default: a new temp dir")
     parser.add_argument("--keep", action="store_true", help="keep the work dir")
     args = parser.parse_args(argv)
-    if args.pages is None:
+    if args.pages is None and args.corpus is None:
         args.pages = QUICK_PAGES if args.quick else DEFAULT_PAGES
-    if min(args.pages, args.workers, args.scrapy_concurrency, args.repeat) < 1:
+    if min(args.pages or 1, args.workers, args.scrapy_concurrency, args.repeat) < 1:
         parser.error("--pages, --workers, --scrapy-concurrency and --repeat must be >= 1")
     return args
 
@@ -911,16 +975,26 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO = sys.stdout) -> int:
     with _workdir(args.workdir, args.keep) as workdir:
         log(f"work dir {workdir}")
         t0 = time.perf_counter()
-        site_dir = workdir / "site"
-        if site_dir.exists():
-            shutil.rmtree(site_dir)
-        site = generate_site(site_dir, args.pages, args.seed)
-        os.sync()  # no write-back of the fresh site competing with the runs
-        log(
-            f"generated {site.pages} pages, {site.total_bytes / 1e6:.1f} MB "
-            f"({site.min_bytes}-{site.max_bytes} bytes/page; limits {MIN_PAGE_BYTES}-"
-            f"{MAX_PAGE_BYTES}) in {time.perf_counter() - t0:.1f} s"
-        )
+        if args.corpus is not None:
+            site = corpus_site(args.corpus)
+            if args.pages:
+                site = dataclasses.replace(site, paths=site.paths[: args.pages])
+            site_dir = site.root
+            log(
+                f"corpus {site_dir}: {site.pages} pages, {site.total_bytes / 1e6:.1f} MB "
+                f"({site.min_bytes}-{site.max_bytes} bytes/page)"
+            )
+        else:
+            site_dir = workdir / "site"
+            if site_dir.exists():
+                shutil.rmtree(site_dir)
+            site = generate_site(site_dir, args.pages, args.seed)
+            os.sync()  # no write-back of the fresh site competing with the runs
+            log(
+                f"generated {site.pages} pages, {site.total_bytes / 1e6:.1f} MB "
+                f"({site.min_bytes}-{site.max_bytes} bytes/page; limits {MIN_PAGE_BYTES}-"
+                f"{MAX_PAGE_BYTES}) in {time.perf_counter() - t0:.1f} s"
+            )
         scrapy_runs: list[ToolResult] = []
         fleet_runs: list[ToolResult] = []
         with SiteServer(site_dir, workdir, args.server) as server:
@@ -973,6 +1047,7 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO = sys.stdout) -> int:
             "machine": machine,
             "server": server.kind,
             "site": {
+                "corpus": str(site.root) if args.corpus is not None else None,
                 "pages": site.pages,
                 "seed": args.seed,
                 "total_bytes": site.total_bytes,
@@ -989,6 +1064,11 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO = sys.stdout) -> int:
             "evaluation": evaluate(scrapy, fleet),
             "workdir_kept": str(workdir) if (args.keep or args.workdir) else None,
         }
+        if not args.skip_publish and not args.skip_fleet:
+            from bench import publish  # noqa: PLC0415 - it imports this module
+
+            time.sleep(SETTLE_S)
+            report["publish"] = publish.run_publish(workdir, args.publish_urls)
         polite_ok = True
         if not args.skip_polite and not args.skip_fleet:
             from bench import polite  # noqa: PLC0415 - it imports this module
@@ -1000,13 +1080,18 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO = sys.stdout) -> int:
         stdout.write(json.dumps(report, indent=2) + "\n")
     else:
         stdout.write(render(report, scrapy, fleet, scrapy_runs, fleet_runs))
+        if "publish" in report:
+            from bench import publish  # noqa: PLC0415
+
+            stdout.write(publish.render(report["publish"]))
         if "politeness" in report:
             from bench import polite  # noqa: PLC0415
 
             stdout.write(polite.render(report["politeness"]))
     stdout.flush()
     failed = [r for r in (*scrapy_runs, *fleet_runs) if not r.ok]
-    return 1 if failed or not polite_ok else 0
+    publish_ok = report.get("publish", {}).get("exact", True)
+    return 1 if failed or not polite_ok or not publish_ok else 0
 
 
 if __name__ == "__main__":

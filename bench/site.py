@@ -21,7 +21,9 @@ import html
 import math
 import posixpath
 import random
+import re
 from pathlib import Path
+from urllib.parse import quote
 
 MIN_PAGE_BYTES = 20_000
 MAX_PAGE_BYTES = 150_000
@@ -441,6 +443,42 @@ def generate_site(root: Path, pages: int, seed: int = 1) -> GeneratedSite:
         total_bytes=total,
         min_bytes=smallest,
         max_bytes=largest,
+        internal_links=internal,
+        external_links=external,
+    )
+
+
+_HREF_RE = re.compile(rb"""<a\s[^>]*?href\s*=\s*["']?([^"' >]+)""", re.IGNORECASE)
+
+
+def corpus_site(root: Path) -> GeneratedSite:
+    """An existing directory of HTML pages (``*.html``, recursively, symlinks followed) as a
+    site: every page once, in sorted order. Links are counted from the raw ``<a href>``s:
+    internal ones are relative or root-relative, external ones have a scheme."""
+    root = root.resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(f"corpus {root} is not a directory")
+    files = sorted(p for p in root.rglob("*.html") if p.is_file())
+    if not files:
+        raise FileNotFoundError(f"corpus {root} holds no *.html file")
+    paths: list[str] = []
+    sizes: list[int] = []
+    internal = external = 0
+    for file in files:
+        data = file.read_bytes()
+        sizes.append(len(data))
+        paths.append("/" + quote(file.relative_to(root).as_posix()))
+        for href in _HREF_RE.findall(data):
+            if href.startswith((b"http://", b"https://", b"//")):
+                external += 1
+            elif not href.startswith((b"#", b"mailto:", b"javascript:")):
+                internal += 1
+    return GeneratedSite(
+        root=root,
+        paths=paths,
+        total_bytes=sum(sizes),
+        min_bytes=min(sizes),
+        max_bytes=max(sizes),
         internal_links=internal,
         external_links=external,
     )

@@ -230,17 +230,21 @@ def publish(
     telemetry = _telemetry("publish", settings)
 
     async def go() -> dict[str, int]:
+        from fleet.nats.acks import FastAcks
         from fleet.nats.session import nats_session
         from fleet.publisher import Publisher, read_url_lines
 
-        async with nats_session(
-            settings, name="fleet-publish", reconnect=False, publish_async_max_pending=2048
-        ) as session:
+        async with (
+            nats_session(
+                settings, name="fleet-publish", reconnect=False, publish_async_max_pending=2048
+            ) as session,
+            FastAcks(session.nc, session.js) as acks,
+        ):
             with _open_lines(file) as fh:
                 bar = _progress(file, not as_json)
                 try:
                     publisher = Publisher(
-                        session.js,
+                        acks,
                         settings,
                         headers_for=telemetry.publish_headers(settings.urls_subject),
                         counted=telemetry.published,

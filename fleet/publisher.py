@@ -1,7 +1,8 @@
 """Publisher role: URL lines in, UrlTask messages on the URLs stream out.
 
-Publishing is pipelined: up to ``window`` publishes are in flight and their acks are
-collected as they come, instead of one round trip per URL. Every message carries
+Publishing is pipelined: up to ``window`` publishes are in flight; when the window is full
+the older half is settled while the newer half is still on its way, so the server stores
+one half while the publisher sends the next (no stop-and-wait per window). Every message carries
 ``Nats-Msg-Id`` = the URL's id, so JetStream drops a URL already published within the
 dedup window (a re-run of the same file publishes nothing twice).
 """
@@ -139,6 +140,7 @@ class Publisher:
         report = PublishReport()
         seen: set[str] = set()
         pending: list[_Pending] = []
+        half = max(1, self._window // 2)
         for lineno, raw in lines:
             try:
                 url = normalize_url(raw)
@@ -156,8 +158,8 @@ class Publisher:
             seen.add(url)
             pending.append(await self._send(url, source))
             if len(pending) >= self._window:
-                await self._settle(pending, report, progress)
-                pending = []
+                await self._settle(pending[:half], report, progress)
+                del pending[:half]
         await self._settle(pending, report, progress)
         if report.failed:
             raise PublishFailed(
@@ -168,7 +170,9 @@ class Publisher:
         return report
 
     def _headers(self, task: UrlTask) -> dict[str, str]:
-        headers = dict(self._headers_for(task)) if self._headers_for else {}
+        if self._headers_for is None:
+            return {"Nats-Msg-Id": task.id}
+        headers = dict(self._headers_for(task))
         headers["Nats-Msg-Id"] = task.id
         return headers
 
@@ -186,17 +190,19 @@ class Publisher:
     ) -> None:
         if not pending:
             return
-        # publish_async futures have no deadline of their own; bound the wait.
-        done, _ = await asyncio.wait(
-            [p.future for p in pending], timeout=max(5.0, self._settings.ack_wait_s)
-        )
+        # publish_async futures have no deadline of their own; bound the wait. Waiting only
+        # on those not done yet: in a sliding window most of the older half already are.
+        waiting = [p.future for p in pending if not p.future.done()]
+        if waiting:
+            await asyncio.wait(waiting, timeout=max(5.0, self._settings.ack_wait_s))
         for item in pending:
             ack: PubAck | None = None
-            if item.future in done and item.future.exception() is None:
-                ack = item.future.result()
+            future = item.future
+            if future.done() and not future.cancelled() and future.exception() is None:
+                ack = future.result()
             else:
-                if not item.future.done():
-                    item.future.cancel()
+                if not future.done():
+                    future.cancel()
                 ack = await self._retry(item)
             if ack is None:
                 report.failed += 1

@@ -19,11 +19,13 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from fleet.admin import dead_letter_counts, skipped_counts
 from fleet.crawl import CrawlOptions, read_counts, start_crawl
 from fleet.errors import TransientError
+from fleet.nats.acks import FastAcks
 from fleet.nats.frontier import Frontier
 from fleet.nats.server import EmbeddedNats
 from fleet.nats.session import nats_session
@@ -204,16 +206,19 @@ async def _feed(
     settings: Settings,
     summary: RunSummary,
     feed: _Input,
+    *,
+    nc: NATS,
 ) -> Callable[[], Awaitable[bool]] | None:
     """Publish the file, or start the crawl; returns the crawl's "settled" check."""
     crawl = feed.crawl
     if crawl is None:
-        publisher = Publisher(
-            js, settings, headers_for=feed.telemetry.publish_headers(settings.urls_subject)
-        )
-        report = await publisher.publish_urls(
-            feed.lines, on_invalid=feed.on_invalid, progress=feed.progress, source=feed.source
-        )
+        async with FastAcks(nc, js) as acks:
+            publisher = Publisher(
+                acks, settings, headers_for=feed.telemetry.publish_headers(settings.urls_subject)
+            )
+            report = await publisher.publish_urls(
+                feed.lines, on_invalid=feed.on_invalid, progress=feed.progress, source=feed.source
+            )
         summary.published, summary.duplicates = report.published, report.duplicates
         summary.invalid = report.invalid
         return None
@@ -323,7 +328,7 @@ async def run_pipeline(
                         children.spawn("worker", *_metrics_args(port, 1 + n))
                 frontier = Frontier(session.nc, js, settings)
                 try:
-                    also = await _feed(js, frontier, settings, summary, feed)
+                    also = await _feed(js, frontier, settings, summary, feed, nc=session.nc)
                     await _wait_done(
                         js,
                         settings,

@@ -13,6 +13,10 @@ from fleet.errors import InvalidUrl
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 MAX_URL_LENGTH = 8192
 _BAD_CHARS = re.compile(r"[\s\x00-\x1f\x7f]")
+# Already canonical: lowercase http(s), a plain lowercase ASCII host without port or
+# userinfo, a path, printable ASCII without "#" or "\\" and not ending in "?". Such a URL
+# normalises to itself (a test compares with the full path on many shapes).
+_CANONICAL = re.compile(r"https?://[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?/[!-\"$-\[\]-~]*(?<!\?)\Z")
 
 
 def normalize_url(raw: str) -> str:
@@ -22,6 +26,8 @@ def normalize_url(raw: str) -> str:
     fragment, and gives an empty path "/". Query strings are kept as they are: their order
     can matter to the server.
     """
+    if len(raw) <= MAX_URL_LENGTH and _CANONICAL.match(raw) is not None:
+        return raw  # the common case, ~10x faster than urlsplit + urlunsplit
     url = raw.strip()
     if not url:
         raise InvalidUrl("empty URL")

@@ -25,6 +25,7 @@ from fleet.crawl import CrawlCoordinator, CrawlWork
 from fleet.disposition import Settler
 from fleet.errors import BadMessage, HttpStatusError, RenderUnavailable, TransientError
 from fleet.messages import Page, Skipped, UrlTask, page_encoder, url_task_decoder
+from fleet.nats.acks import FastAcks
 from fleet.nats.frontier import Frontier
 from fleet.nats.hosts import KvHostSlots, KvRobotsCache, hosts_bucket, robots_bucket
 from fleet.nats.kv import KvDecisionStore, render_bucket, render_samples_bucket
@@ -49,6 +50,8 @@ PAYLOAD_HEADROOM = 4096
 
 
 MAX_FETCH_BATCH = 64
+# How long a result's PubAck may take (JetStream's own publish waits 5 s by default).
+RESULT_ACK_TIMEOUT_S = 5.0
 
 # Pull waits while URLs are parked: short, so the parked ones start on time.
 PARKED_PULL_WAIT_MIN_S = 0.01
@@ -220,8 +223,11 @@ class Worker:
         telemetry: Telemetry | None = None,
         politeness: Politeness | None = None,
         crawl: CrawlWork | None = None,
+        results: FastAcks | None = None,
     ) -> None:
         self._js = js
+        # Result publishes with cheap PubAcks (fleet/nats/acks.py); None: JetStream's own.
+        self._results = results
         self._telemetry = telemetry or Telemetry.disabled()
         self._scraper = scraper
         self._settings = settings
@@ -525,9 +531,14 @@ class Worker:
         subject = self._settings.results_subject
         with self._telemetry.publishing(subject, headers, message_id=msg_id):
             try:
-                await self._js.publish(
-                    subject, payload, stream=self._settings.results_stream, headers=headers
-                )
+                stream = self._settings.results_stream
+                if self._results is None:
+                    await self._js.publish(subject, payload, stream=stream, headers=headers)
+                else:
+                    acked = await self._results.publish_async(
+                        subject, payload, stream=stream, headers=headers
+                    )
+                    await asyncio.wait_for(acked, RESULT_ACK_TIMEOUT_S)
             except Exception as exc:
                 # NATS trouble, not the page's fault: retry like any transient error.
                 raise TransientError(
@@ -589,12 +600,13 @@ def politeness_needed(settings: Settings) -> bool:
 
 
 async def politeness_for(
-    js: JetStreamContext, settings: Settings, fetcher: Fetcher
+    js: JetStreamContext, settings: Settings, fetcher: Fetcher, acks: FastAcks | None = None
 ) -> Politeness | None:
-    """The worker's politeness gate over the fleet-wide KV buckets (None: nothing limited)."""
+    """The worker's politeness gate over the fleet-wide KV buckets (None: nothing limited);
+    with ``acks``, host-state writes go through them (``KvHostSlots``)."""
     if not politeness_needed(settings):
         return None
-    slots = KvHostSlots(await hosts_bucket(js, settings))
+    slots = KvHostSlots(await hosts_bucket(js, settings), acks=acks, bucket=settings.hosts_bucket)
     robots = Robots(
         KvRobotsCache(js, await robots_bucket(js, settings), settings.robots_bucket),
         fetcher,
@@ -625,7 +637,7 @@ async def _serve(
                 # Held pages keep their slots: the others go on meanwhile.
                 max_held=max(1, settings.worker_concurrency // 4),
             )
-        async with Fetcher(settings) as fetcher:
+        async with Fetcher(settings) as fetcher, FastAcks(nc, js) as results:
             scraper = Scraper(fetcher, settings, telemetry=telemetry, renderer=pool, policy=policy)
             frontier = Frontier(nc, js, settings)
             crawl = CrawlWork(frontier, scraper, fetcher)
@@ -635,8 +647,9 @@ async def _serve(
                 settings,
                 max_payload=nc.max_payload,
                 telemetry=telemetry,
-                politeness=await politeness_for(js, settings, fetcher),
+                politeness=await politeness_for(js, settings, fetcher, results),
                 crawl=crawl,
+                results=results,
             )
             coordinating = asyncio.create_task(CrawlCoordinator(frontier).run(stop))
             try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import time
 
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -310,3 +311,22 @@ async def test_resolver_propagates_lookup_failure() -> None:
     resolver = GuardedResolver(HostPolicy(()), StubResolver({}))
     with pytest.raises(OSError, match="no such host"):
         await resolver.resolve("missing.test", 80, socket.AF_UNSPEC)
+
+
+def test_check_url_remembers_passed_hosts_for_the_ttl_only() -> None:
+    policy = HostPolicy(("127.0.0.1:8080",), verdict_ttl_s=0.05)
+    check_url("http://127.0.0.1:8080/a", policy)
+    assert policy.passed_recently("127.0.0.1", 8080, time.monotonic())
+    # A refusal is not remembered: each refused URL raises, naming itself.
+    for path in ("/x", "/y"):
+        with pytest.raises(BlockedAddress, match=f"127.0.0.1:9090{path}"):
+            check_url(f"http://127.0.0.1:9090{path}", policy)
+    assert not policy.passed_recently("127.0.0.1", 9090, time.monotonic())
+    assert not policy.passed_recently("127.0.0.1", 8080, time.monotonic() + 0.06)
+
+
+def test_check_url_cache_is_per_port() -> None:
+    policy = HostPolicy(("127.0.0.1:8080",))
+    check_url("http://127.0.0.1:8080/", policy)
+    with pytest.raises(BlockedAddress):
+        check_url("http://127.0.0.1:8081/", policy)

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 
+import fleet.urls
 from fleet.errors import InvalidUrl
 from fleet.urls import normalize_url, url_id
 
@@ -50,3 +53,56 @@ def test_ids_are_stable_and_meili_safe() -> None:
     assert a == b
     assert a.isalnum() and len(a) == 32
     assert url_id("http://example.com/y") != a
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "http://a.com/",
+        "https://a.com/x?y=1",
+        "http://a.com/x?",
+        "http://a.com/x??",
+        "http://a.com/x?y=1?",
+        "http://a.com/x#f",
+        "http://A.com/",
+        "http://a.com",
+        "http://a.com?x",
+        "http://a.com:80/",
+        "http://a.com:8080/",
+        "http://a.com./x",
+        "http://a..b/x",
+        "http://a.com//x",
+        "http://a.com/x\\y",
+        "http://a.com/%20",
+        "http://a.com/x?a=1&b=[2]",
+        "http://a.com/a b",
+        "http://-a.com/x",
+        "http://a-.com/x",
+        "http://1.2.3.4/x",
+        "http://a.com/@x",
+        "http://u@a.com/x",
+        "http://a.com/x;y",
+        "http://a.com/~x|y{}^`",
+        "ftp://a.com/x",
+        "http://a.com/é",
+        " http://a.com/x",
+    ],
+)
+def test_normalize_fast_path_agrees_with_the_full_one(
+    raw: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Already-canonical URLs skip urlsplit/urlunsplit: the answer must be the same."""
+
+    def full(url: str) -> str:
+        with monkeypatch.context() as m:
+            m.setattr(fleet.urls, "_CANONICAL", re.compile(r"(?!)"))
+            try:
+                return normalize_url(url)
+            except InvalidUrl as exc:
+                return f"InvalidUrl: {exc}"
+
+    try:
+        fast = normalize_url(raw)
+    except InvalidUrl as exc:
+        fast = f"InvalidUrl: {exc}"
+    assert fast == full(raw)

@@ -129,17 +129,21 @@ _SPACE_LIKE = ("\n", "\r", "\t", "\f", "\v", "\xa0")
 def _collapse(text: str | None) -> str:
     """Collapse runs of whitespace to one space.
 
-    Hot path (tens of KB per page): chained str.replace runs in C and is ~15x faster than
-    " ".join(text.split()), which builds a list of every word. Rarer Unicode spaces are
-    left as they are; the search tokenizers treat them as separators anyway.
+    Hot path (tens of KB per page), kept to C string methods and one scan for runs: the
+    single-character replaces are memchr-fast, and ``split("  ")`` finds every run of two
+    or more spaces in one pass (a replace("  ", " ") loop scans the text once per halving,
+    ~1.5 ms on a 100 KB page; " ".join(text.split()) builds a list of every word). Rarer
+    Unicode spaces are left as they are; the search tokenizers treat them as separators.
     """
     if not text:
         return ""
     for ch in _SPACE_LIKE:
         if ch in text:
             text = text.replace(ch, " ")
-    while "  " in text:
-        text = text.replace("  ", " ")
+    parts = text.split("  ")
+    if len(parts) > 1:
+        # Each piece may keep one space next to a run (odd runs); empty pieces are runs of 4+.
+        text = " ".join([p for p in (q.strip(" ") for q in parts) if p])
     return text.strip()
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import time
 from typing import Final
 
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -31,6 +32,10 @@ _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 _HEX_DIGITS: Final = frozenset("0123456789abcdefABCDEF")
 _OCT_DIGITS: Final = frozenset("01234567")
 _NUMERIC_FLAGS: Final = socket.AI_NUMERICHOST | socket.AI_NUMERICSERV
+# How long check_url trusts a host:port it let through (the connector's DNS cache keeps
+# resolved names as long); bounded, emptied when full.
+VERDICT_TTL_S: Final = 60.0
+_MAX_VERDICTS: Final = 4096
 
 # Belt and braces over ``is_global``: older Pythons got several of these wrong, and a guard
 # must not depend on the patch level of the interpreter.
@@ -188,12 +193,21 @@ def _norm_host(host: str) -> str:
 
 
 class HostPolicy:
-    """Which ``host[:port]`` may be fetched even though it is not a public address."""
+    """Which ``host[:port]`` may be fetched even though it is not a public address.
 
-    __slots__ = ("_any_port", "_exact", "entries")
+    Also remembers, for ``verdict_ttl_s``, each raw host:port ``check_url`` let through, so
+    the same host is not parsed and judged again for every URL; refusals are never cached
+    (each one raises with its own URL).
+    """
 
-    def __init__(self, allow_hosts: tuple[str, ...] = ()) -> None:
+    __slots__ = ("_any_port", "_exact", "_passed", "_ttl_s", "entries")
+
+    def __init__(
+        self, allow_hosts: tuple[str, ...] = (), *, verdict_ttl_s: float = VERDICT_TTL_S
+    ) -> None:
         self.entries = allow_hosts
+        self._ttl_s = verdict_ttl_s
+        self._passed: dict[tuple[str, int], float] = {}
         self._any_port: frozenset[str]
         self._exact: frozenset[tuple[str, int]]
         any_port: set[str] = set()
@@ -235,6 +249,17 @@ class HostPolicy:
             port = int(port_text)
         return _norm_host(host), port
 
+    def passed_recently(self, host: str, port: int, now: float) -> bool:
+        """True if ``check_url`` let ``host:port`` through less than the TTL ago."""
+        until = self._passed.get((host, port))
+        return until is not None and until > now
+
+    def remember_passed(self, host: str, port: int, now: float) -> None:
+        """Note that ``host:port`` passed ``check_url`` at ``now``."""
+        if len(self._passed) >= _MAX_VERDICTS:
+            self._passed.clear()
+        self._passed[(host, port)] = now + self._ttl_s
+
     def is_allowed_exception(self, host: str, port: int) -> bool:
         """True if exactly this host (any port, or this port) was listed in allow_hosts."""
         if not self._any_port and not self._exact:
@@ -275,9 +300,14 @@ def check_url(url: str | URL, policy: HostPolicy) -> URL:
         raise InvalidUrl(f"scheme {scheme or 'none'!r} not supported in {str(url)!r}: use http(s)")
     if not host:
         raise InvalidUrl(f"URL {str(url)!r} has no host")
+    port = port or _DEFAULT_PORTS[scheme]
+    now = time.monotonic()
+    if policy.passed_recently(host, port, now):
+        return target
     ip = parse_ip_literal(host)
     if ip is not None:
-        policy.check_ip(ip, host, port or _DEFAULT_PORTS[scheme], url=str(url))
+        policy.check_ip(ip, host, port, url=str(url))
+    policy.remember_passed(host, port, now)
     return target
 
 
