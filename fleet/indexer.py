@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Sequence
@@ -22,7 +23,7 @@ from nats.js import JetStreamContext
 
 from fleet.disposition import Settler, backoff_delay
 from fleet.errors import BadMessage, FleetError, PermanentError, SinkUnavailable
-from fleet.messages import CrawlEvent, Page, page_decoder
+from fleet.messages import CrawlEvent, Page, UrlTask, page_decoder
 from fleet.nats.frontier import INDEX_FAILED, INDEXED, Event, Frontier
 from fleet.nats.session import nats_session
 from fleet.nats.streams import INDEXER_CONSUMER, pull
@@ -240,6 +241,12 @@ class Indexer:
         return True
 
 
+async def indexed_since(sink: Sink, task: UrlTask) -> bool:
+    """Whether ``task``'s page is in ``sink``, fetched after the task was published."""
+    page = await sink.get(task.id)
+    return page is not None and page.fetched_at >= task.published_at
+
+
 async def serve(
     settings: Settings, stop: asyncio.Event, sink: Sink, telemetry: Telemetry | None = None
 ) -> int:
@@ -266,6 +273,7 @@ async def serve(
             settings,
             on_dead_letter=telemetry.dead_lettered if telemetry is not None else None,
             before_delete=frontier.count_dead_letter,
+            indexed=functools.partial(indexed_since, sink),
         )
         sweeping = asyncio.create_task(sweeper.run(stop), name="sweep")
         try:

@@ -144,6 +144,11 @@ class Sweeper:
     ``before_delete`` runs for a decoded task once its dead letter is written and before it
     leaves the stream (a crawl counts it there); ``on_dead_letter`` counts a dead letter
     (stage, reason). ``swept`` counts the URLs this sweeper dead-lettered.
+
+    ``indexed`` (the indexer passes its sink's answer) says whether a task's page was
+    stored after the task was published: such a URL was processed and its ack lost (a
+    cluster's stream can keep a message acked just before a leader change), so it is
+    removed from the stream without a dead letter. ``removed`` counts those.
     """
 
     def __init__(
@@ -155,6 +160,7 @@ class Sweeper:
         *,
         on_dead_letter: Callable[[str, str], None] | None = None,
         before_delete: Callable[[UrlTask], Awaitable[None]] | None = None,
+        indexed: Callable[[UrlTask], Awaitable[bool]] | None = None,
         batch: int = SWEEP_BATCH,
     ) -> None:
         self._nc = nc
@@ -163,12 +169,14 @@ class Sweeper:
         self._settings = settings
         self._on_dead_letter = on_dead_letter
         self._before_delete = before_delete
+        self._indexed = indexed
         self._batch = batch
         # Stranded at the previous sweep: dead-lettered if this one finds them again.
         self._suspects: set[int] = set()
         # Stream sequences the server announced as past max_deliver.
         self._hinted: set[int] = set()
         self.swept = 0
+        self.removed = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Listen to the advisories, then sweep now and every ``sweep_interval_s`` until
@@ -290,6 +298,8 @@ class Sweeper:
             url, item_id, attempts = task.url, task.id, task.attempts + deliveries
         except Exception:
             url, item_id, attempts = "?", f"seq{seq}", deliveries
+        if task is not None and await self._was_indexed(task):
+            return await self._remove_processed(task, seq)
         letter = DeadLetter(
             url=url,
             id=item_id,
@@ -323,5 +333,30 @@ class Sweeper:
             url,
             attempts,
             extra={"url": url},
+        )
+        return True
+
+    async def _was_indexed(self, task: UrlTask) -> bool:
+        if self._indexed is None:
+            return False
+        try:
+            return await self._indexed(task)
+        except Exception as exc:  # the sink's trouble: dead-letter as if not indexed
+            log.warning("could not ask the sink about %s: %s", task.url, exc)
+            return False
+
+    async def _remove_processed(self, task: UrlTask, seq: int) -> bool:
+        """Delete a URL whose page is stored (its ack was lost), without a dead letter."""
+        try:
+            await self._js.delete_msg(self._settings.urls_stream, seq)
+        except APIError as exc:
+            if not (isinstance(exc, NotFoundError) or exc.err_code == _NO_MESSAGE_FOUND):
+                raise
+            return False
+        self.removed += 1
+        log.info(
+            "removed %s from the URLs stream: its page is indexed (an ack the stream lost)",
+            task.url,
+            extra={"url": task.url},
         )
         return True

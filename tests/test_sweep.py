@@ -8,23 +8,28 @@ worker stopped. Nothing pulls afterwards, so only the sweep can move the URLs.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import msgspec
 import pytest
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, ConsumerInfo, SequenceInfo
 
 from fleet.disposition import Settler
+from fleet.indexer import indexed_since
 from fleet.messages import UrlTask, dead_letter_decoder, url_task_encoder
 from fleet.nats.session import NatsSession, nats_session
 from fleet.nats.streams import WORKERS_CONSUMER
 from fleet.settings import Settings
+from fleet.sinks import Sink, open_sink
 from fleet.sweep import Sweeper, stranded_upto
 from tests.conftest import wait_for
+from tests.pipeline_helpers import sample_page
 
 
 def info(*, delivered: int, floor: int, ack_pending: int) -> ConsumerInfo:
@@ -96,10 +101,11 @@ class Queue:
             await sub.unsubscribe()
         return out
 
-    def sweeper(self) -> Sweeper:
+    def sweeper(self, sink: Sink | None = None) -> Sweeper:
         s = self.settings
         settler = Settler(self.js, s, stage="worker", max_deliver=s.max_deliver)
-        return Sweeper(self.session.nc, self.js, settler, s)
+        indexed = None if sink is None else functools.partial(indexed_since, sink)
+        return Sweeper(self.session.nc, self.js, settler, s, indexed=indexed)
 
 
 @pytest.fixture
@@ -228,3 +234,42 @@ async def test_a_url_left_below_the_ack_floor_is_swept_without_advisory(queue: Q
 
     await wait_for(drained, timeout=30, interval=0.2)
     assert await queue.letters() == [(stranded.url, "max_deliveries", 2)]
+
+
+async def test_a_url_whose_page_was_indexed_after_it_was_published_leaves_without_a_letter(
+    queue: Queue,
+) -> None:
+    # A cluster's stream can keep a URL whose ack was lost in a leader change: its page is
+    # in the sink, fetched after the URL was published. It leaves the stream, no dead letter;
+    # a page stored before the URL was published (an older fetch) does not count.
+    done = await exhaust(queue, "done")
+    older = await exhaust(queue, "older")
+    await queue.sub.unsubscribe()
+    sink = open_sink(queue.settings)
+    await sink.open()
+    try:
+        stored = [
+            msgspec.structs.replace(
+                sample_page("done", title="Done", text="indexed"),
+                id=done.id,
+                fetched_at=done.published_at + 1,
+            ),
+            msgspec.structs.replace(
+                sample_page("older", title="Older", text="indexed"),
+                id=older.id,
+                fetched_at=older.published_at - 3600,
+            ),
+        ]
+        assert await sink.upsert(stored) == []
+        sweeper = queue.sweeper(sink)
+        await sweeper.listen()
+
+        async def drained() -> bool:
+            await sweeper.sweep()
+            return await queue.urls_left() == 0
+
+        await wait_for(drained, timeout=30, interval=0.2)
+    finally:
+        await sink.close()
+    assert (sweeper.removed, sweeper.swept) == (1, 1)
+    assert await queue.letters() == [(older.url, "max_deliveries", 2)]
