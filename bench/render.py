@@ -281,6 +281,55 @@ def tree_memory(pid: int, pss: bool = True) -> tuple[int, int, int]:
     return rss, pss_sum, len(procs)
 
 
+PROCESS_KINDS = ("renderers", "browser", "chromium other", "driver", "python")
+
+
+def _kind(cmdline: list[str]) -> str:
+    if "run-driver" in cmdline:
+        return "driver"
+    if any(a.startswith("--type=renderer") for a in cmdline):
+        return "renderers"
+    if any(a.startswith("--type=") for a in cmdline):
+        return "chromium other"  # GPU, network service, storage
+    if any("--remote-debugging-pipe" in a for a in cmdline):
+        return "browser"
+    return "python"
+
+
+class TreeCpu:
+    """CPU seconds of a process tree by kind of process (``PROCESS_KINDS``): each process's
+    last seen CPU time minus what it had at ``start`` (0 for those born after), so the
+    processes that exit between two samples lose at most a sample's worth."""
+
+    def __init__(self, pid: int) -> None:
+        self._pid = pid
+        self._base: dict[int, float] = {}
+        self._last: dict[int, tuple[str, float]] = {}
+
+    def _read(self) -> dict[int, tuple[str, float]]:
+        seen: dict[int, tuple[str, float]] = {}
+        with contextlib.suppress(psutil.Error):
+            root = psutil.Process(self._pid)
+            for proc in [root, *root.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    t = proc.cpu_times()
+                    seen[proc.pid] = (_kind(proc.cmdline()), t.user + t.system)
+        return seen
+
+    def start(self) -> None:
+        self._base = {pid: t for pid, (_, t) in self._read().items()}
+        self._last = {}
+
+    def sample(self) -> None:
+        self._last.update(self._read())
+
+    def ms_per_page(self, pages: int) -> dict[str, float]:
+        out = dict.fromkeys(PROCESS_KINDS, 0.0)
+        for pid, (kind, t) in self._last.items():
+            out[kind] += (t - self._base.get(pid, 0.0)) * 1000 / max(1, pages)
+        return out
+
+
 async def run_fleet_worker(
     site: Site, pages: int, concurrency: int, workdir: Path, extra_env: dict[str, str]
 ) -> dict[str, Any]:
@@ -318,6 +367,8 @@ async def run_fleet_worker(
         await asyncio.sleep(1.0)
         urls = workdir / "urls.txt"
         urls.write_text("".join(site.url(n) + "\n" for n in range(pages)))
+        cpu = TreeCpu(worker.pid)
+        cpu.start()
         started, busy = time.perf_counter(), machine_busy_s()
         subprocess.run(
             [sys.executable, "-m", "fleet", "publish", str(urls)],
@@ -337,6 +388,7 @@ async def run_fleet_worker(
                 done = 0
             with_pss = len(samples) % PSS_EVERY == 0
             rss, pss, _ = tree_memory(worker.pid, pss=with_pss)
+            cpu.sample()
             if done < pages:  # the last sample sees the pool closing contexts
                 samples.append((done, rss, pss))
             if time.perf_counter() - started > 1800:
@@ -354,6 +406,7 @@ async def run_fleet_worker(
         "seconds": elapsed,
         "pages_per_s": pages / elapsed,
         "cpu_ms_per_page": busy * 1000 / pages,
+        "process_cpu_ms_per_page": cpu.ms_per_page(pages),
         "memory": {
             "rss": _spread([s[1] for s in after]),
             "pss": _spread([s[2] for s in after if s[2]]),
@@ -400,9 +453,19 @@ def run_crawlee(
         command += ["--chromium", chromium]
     busy = machine_busy_s()
     with (workdir / "crawlee.log").open("wb") as err:
-        subprocess.run(command, stdin=subprocess.DEVNULL, stderr=err, check=True, timeout=3600)
+        crawler = subprocess.Popen(command, stdin=subprocess.DEVNULL, stderr=err)
+        cpu = TreeCpu(crawler.pid)
+        deadline = time.monotonic() + 3600
+        while crawler.poll() is None and time.monotonic() < deadline:
+            cpu.sample()
+            time.sleep(SAMPLE_S / 2)
+        if crawler.poll() is None:
+            crawler.kill()
+        if crawler.wait() != 0:
+            raise RuntimeError(f"Crawlee failed; see {workdir / 'crawlee.log'}")
     busy = machine_busy_s() - busy
     result: dict[str, Any] = json.loads(stats.read_text())
+    result["process_cpu_ms_per_page"] = cpu.ms_per_page(result["pages"])
     # Whole run, browser start included (Crawlee has no hook after it): an upper bound.
     result["cpu_ms_per_page"] = busy * 1000 / max(1, result["pages"])
     return result
@@ -473,6 +536,19 @@ def report_text(r: dict[str, Any]) -> str:
         f"{_verdict(r['crawlee_ratio'] >= TARGET_CRAWLEE)}; Crawlee's CPU/page includes its "
         "browser start)",
         f"block_media on / off: {r['media']['on'] / r['media']['off']:.2f}x",
+        "",
+        "CPU ms per page by process (its own CPU time, not the machine's; Crawlee's "
+        "includes its start):",
+        f"  {'':10} " + " ".join(f"{k:>14}" for k in (*PROCESS_KINDS, "total")),
+    ]
+    for name, run in (("fleet", f), ("Crawlee", r["crawlee"])):
+        per = run["process_cpu_ms_per_page"]
+        lines.append(
+            f"  {name:10} "
+            + " ".join(f"{per[k]:>14.1f}" for k in PROCESS_KINDS)
+            + f" {sum(per.values()):>14.1f}"
+        )
+    lines += [
         "",
         f"worker tree memory after warm-up ({mem['samples']} samples, "
         f"{WARMUP_SHARE:.0%} of pages skipped):",

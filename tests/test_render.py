@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -30,6 +31,7 @@ from fleet.nats.kv import (
     render_samples_bucket,
 )
 from fleet.scrape import extract
+from fleet.scrape import extract as extraction
 from fleet.scrape.fetch import FetchResult
 from fleet.scrape.render.assess import Assessment, assess, domain_of, rendering_helped
 from fleet.scrape.render.policy import DEFER_S, MemoryDecisionStore, RenderPolicy
@@ -329,6 +331,25 @@ async def test_scraper_chooses_the_path(
     assert (page.via, page.via_reason, renderer.calls) == (via, reason, calls)
     if via == "browser":
         assert "rendered words" in page.text
+
+
+@pytest.mark.parametrize(("render", "extractions"), [("always", 1), ("auto", 2)])
+async def test_always_mode_extracts_only_the_rendered_page(
+    render: str, extractions: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`always` never falls back to the HTTP result, so the fetched copy is not extracted."""
+    bodies: list[bytes] = []
+    real = extraction.extract
+
+    def counting(body: bytes, **kwargs: Any) -> extraction.Extracted:
+        bodies.append(body)
+        return real(body, **kwargs)
+
+    monkeypatch.setattr(extraction, "extract", counting)
+    page = await scrape(FakeFetcher(SHELL), FakeRenderer(RENDERED), render=render)
+    assert page.via == "browser" and "rendered words" in page.text
+    assert len(bodies) == extractions
+    assert bodies[-1] == RENDERED.encode()
 
 
 async def test_scraper_without_a_browser_keeps_the_http_result() -> None:

@@ -123,8 +123,14 @@ class Scraper:
         self, task: UrlTask, attempt: int, fetched: FetchResult, started: float
     ) -> Page:
         fetch_ms = (time.perf_counter() - started) * 1000
-        with self._telemetry.stage("extract"):
-            ex = self._extract(fetched.body, fetched, fetched.content_type, fetched.charset)
+        # `always` renders every HTML page and never falls back to the HTTP result (a failed
+        # render is retried or dead-lettered), so extracting the fetched copy is wasted work.
+        rendered_anyway = (
+            self._settings.render == "always"
+            and self._renderer is not None
+            and fetched.content_type in HTML_TYPES
+        )
+        ex = None if rendered_anyway else self._extract_fetched(fetched)
         via: Literal["http", "browser"] = "http"
         plan = await self._plan(task.url, fetched, ex, attempt)
         if plan.render and self._renderer is None:
@@ -154,11 +160,13 @@ class Scraper:
                     rendered_ex = self._extract(
                         rendered.html.encode(), fetched, "text/html", "utf-8"
                     )
-                if plan.sample and self._policy is not None:
+                if plan.sample and self._policy is not None and ex is not None:
                     await self._policy.record(task.url, plan, len(ex.text), len(rendered_ex.text))
                 ex, via = rendered_ex, "browser"
         if via == "http":
             self._telemetry.rendered("http", plan.reason, "ok", None)
+        if ex is None:  # not reached in `always` (a failed render raises), kept for safety
+            ex = self._extract_fetched(fetched)
         return Page(
             id=url_id(ex.canonical_url),
             url=task.url,
@@ -189,6 +197,10 @@ class Scraper:
         if plan.sample and self._policy is not None:
             await self._policy.abandon(url, plan)  # its sample slot goes to another page
 
+    def _extract_fetched(self, fetched: FetchResult) -> extraction.Extracted:
+        with self._telemetry.stage("extract"):
+            return self._extract(fetched.body, fetched, fetched.content_type, fetched.charset)
+
     def _extract(
         self, body: bytes, fetched: FetchResult, content_type: str, charset: str | None
     ) -> extraction.Extracted:
@@ -201,7 +213,7 @@ class Scraper:
         )
 
     async def _plan(
-        self, url: str, fetched: FetchResult, ex: extraction.Extracted, attempt: int
+        self, url: str, fetched: FetchResult, ex: extraction.Extracted | None, attempt: int
     ) -> Plan:
         mode = self._settings.render
         if mode == "never":
@@ -210,6 +222,7 @@ class Scraper:
             return Plan(False, "not_html")
         if mode == "always":
             return Plan(True, "render_always")
+        assert ex is not None  # extracted whenever the mode is not `always`
         assessment = assess(fetched.body, ex.text)
         if self._policy is None or self._renderer is None:
             # No browser here: nothing to learn with, and no page should wait for it.
