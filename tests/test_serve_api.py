@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -788,24 +789,34 @@ def test_serve_workers_share_the_port_and_stop_together(settings: Settings) -> N
         [*fleet_cli(), "serve", "--workers", "2"], env=env, stderr=subprocess.PIPE, text=True
     )
     assert proc.stderr is not None
+    stderr = proc.stderr
+    # Read the log to its end in a thread: a pipe nobody reads would block the servers.
+    log: list[str] = []
+    reader = threading.Thread(target=lambda: log.extend(iter(stderr.readline, "")), daemon=True)
+    reader.start()
     try:
         urls: list[str] = []
         deadline = time.monotonic() + 90
-        while len(urls) < 2 and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line:
-                break
-            message = json.loads(line)["message"]
-            if message.startswith("serving on "):
-                urls.append(message.split()[2])
-        assert len(urls) == 2 and urls[0] == urls[1], urls  # both processes, one port
+        while len(urls) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            lines = list(log)
+            urls = [
+                m.split()[2]
+                for m in (json.loads(line)["message"] for line in lines)
+                if m.startswith("serving on ")
+            ]
+            time.sleep(0.1)
+        assert len(urls) == 2 and urls[0] == urls[1], (urls, log)  # both processes, one port
         [worker] = psutil.Process(proc.pid).children()
         assert "--join-port" in worker.cmdline()
         for _ in range(20):  # a new connection each time: either process answers
             with urllib.request.urlopen(f"{urls[0]}/health", timeout=10) as resp:
                 assert resp.status == 200
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
+        try:
+            code = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"fleet serve --workers 2 did not stop: {log[-20:]}") from None
+        assert code == 0, log[-20:]
         assert not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE
     finally:
         if proc.poll() is None:

@@ -300,10 +300,14 @@ async def serve(
     )
     server = _Server(config)
 
+    workers: list[RoleProcess] = []
+
     async def stopper() -> None:
         await stop.wait()
         log.info("stopping: finishing requests in flight (at most %gs)", settings.drain_timeout_s)
         server.should_exit = True
+        for w in workers:  # they drain at the same time as this process
+            w.terminate()
 
     watcher = asyncio.create_task(stopper())
 
@@ -324,14 +328,14 @@ async def serve(
                     await result
 
     announcer = asyncio.create_task(announce())
-    workers = _start_workers(settings, port, child_env)
+    workers.extend(_start_workers(settings, port, child_env))
     try:
         await server.serve(sockets=[sock])
     finally:
         watcher.cancel()
         announcer.cancel()
         sock.close()
-        # They drain at the same time as this process did (SIGTERM each).
+        # SIGTERM'd by the stopper (again here if this process ended another way).
         await asyncio.gather(*(w.stop_async(settings.drain_timeout_s + 5) for w in workers))
     if not server.started:
         raise ConfigError("fleet serve did not start; see the log above")

@@ -163,8 +163,13 @@ class NatsLink:
     async def close(self) -> None:
         """Drain the connection if it is open, and forget it."""
         if self._nc is not None and not self._nc.is_closed:
-            with contextlib.suppress(Exception):
-                await self._nc.drain()
+            try:
+                # Bounded: a drain stuck on a reconnecting link must not hold the exit.
+                await asyncio.wait_for(self._nc.drain(), timeout=self._settings.drain_timeout_s)
+            except Exception as exc:
+                log.warning("NATS drain did not finish (%s); closing", type(exc).__name__)
+                with contextlib.suppress(Exception):
+                    await self._nc.close()
         self._nc = self._js = None
 
 
