@@ -48,35 +48,38 @@ def _kv_key(domain: str) -> str:
     return re.sub(r"[^-_.a-zA-Z0-9]", "_", domain) or "_"
 
 
+async def _open_bucket(
+    js: JetStreamContext, settings: Settings, bucket: str, ttl_s: float, description: str
+) -> KeyValue:
+    """Open ``bucket`` (one value a key, expiring after ``ttl_s``), creating it on first use
+    with the stream replicas of the settings; a race with another worker creating it with
+    the same config is harmless."""
+    config = KeyValueConfig(bucket=bucket, history=1, ttl=ttl_s, description=description)
+    return await ensure_bucket(js, replicated_kv(config, settings))
+
+
 async def render_bucket(js: JetStreamContext, settings: Settings) -> KeyValue:
-    """The decisions bucket, created on first use with the stream replicas of the settings
-    (idempotent; a race with another worker creating it with the same config is harmless)."""
-    config = replicated_kv(
-        KeyValueConfig(
-            bucket=settings.render_bucket,
-            history=1,
-            # Sites change: a decision expires and the domain is learned again.
-            ttl=DECISION_TTL_S,
-            description="fleet: learned per-domain render decisions",
-        ),
+    """The decisions bucket, created on first use (see ``_open_bucket``)."""
+    # Sites change: a decision expires and the domain is learned again.
+    return await _open_bucket(
+        js,
         settings,
+        settings.render_bucket,
+        DECISION_TTL_S,
+        "fleet: learned per-domain render decisions",
     )
-    return await ensure_bucket(js, config)
 
 
 async def render_samples_bucket(js: JetStreamContext, settings: Settings) -> KeyValue:
     """The sample-claims bucket (see ``KvDecisionStore``), created on first use like the
     decisions bucket."""
-    config = replicated_kv(
-        KeyValueConfig(
-            bucket=settings.render_samples_bucket,
-            history=1,
-            ttl=SAMPLES_TTL_S,
-            description="fleet: sample renders of domains auto mode is still learning",
-        ),
+    return await _open_bucket(
+        js,
         settings,
+        settings.render_samples_bucket,
+        SAMPLES_TTL_S,
+        "fleet: sample renders of domains auto mode is still learning",
     )
-    return await ensure_bucket(js, config)
 
 
 async def learned_domains(js: JetStreamContext, settings: Settings) -> list[RenderDecision]:
