@@ -18,8 +18,11 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import msgspec
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from fleet.crawl import CrawlCoordinator, CrawlWork
 from fleet.disposition import Settler
@@ -93,6 +96,9 @@ class Parked:
     seq: int
     why: str
     beat_at: float = dataclasses.field(default_factory=time.monotonic)
+    # The worker's `Worker.term` when this copy was delivered: a later term means the
+    # consumer may have delivered the URL again elsewhere meanwhile.
+    term: int = 0
 
 
 class Parking:
@@ -224,8 +230,12 @@ class Worker:
         politeness: Politeness | None = None,
         crawl: CrawlWork | None = None,
         results: FastAcks | None = None,
+        nc: NATS | None = None,
     ) -> None:
         self._js = js
+        # For the consumer's leader elections (see `term`); None: not watched.
+        self._nc = nc
+        self._elections = 0
         # Result publishes with cheap PubAcks (fleet/nats/acks.py); None: JetStream's own.
         self._results = results
         self._telemetry = telemetry or Telemetry.disabled()
@@ -241,6 +251,19 @@ class Worker:
         self.processed = 0
         self.skipped = 0
         self.deferred = 0
+        self.stale = 0  # parked copies dropped: another delivery had settled their URL
+
+    @property
+    def term(self) -> int:
+        """Consumer leader elections seen plus this connection's reconnects.
+
+        A new leader of the workers' consumer may not know of the last deliveries of the
+        old one and deliver those URLs again; a reconnect may have missed an election's
+        advisory. A parked copy from an earlier term is looked up in the stream before it
+        is fetched (``_still_queued``).
+        """
+        reconnects = int(self._nc.stats["reconnects"]) if self._nc is not None else 0
+        return self._elections + reconnects
 
     @property
     def parked(self) -> int:
@@ -256,6 +279,7 @@ class Worker:
         sub = await self._js.pull_subscribe_bind(
             durable=WORKERS_CONSUMER, stream=self._settings.urls_stream
         )
+        elections = await self._watch_elections()
         heartbeat = asyncio.create_task(self._heartbeat())
         stopping = asyncio.create_task(stop.wait())
         concurrency = self._settings.worker_concurrency
@@ -296,9 +320,23 @@ class Worker:
         finally:
             await self._drain()
             heartbeat.cancel()
+            if elections is not None:
+                with contextlib.suppress(Exception):
+                    await elections.unsubscribe()
             stopping.cancel()
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+    async def _watch_elections(self) -> Subscription | None:
+        if self._nc is None:
+            return None
+        s = self._settings
+        subject = f"$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.{s.urls_stream}.{WORKERS_CONSUMER}"
+
+        async def elected(_msg: Msg) -> None:
+            self._elections += 1
+
+        return await self._nc.subscribe(subject, cb=elected)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], msg: Msg) -> None:
         task = asyncio.create_task(coro)
@@ -374,7 +412,9 @@ class Worker:
         if self._politeness is None:
             await self._process(msg, task=task, bad=None, attempt=prior + 1, seq=seq, go=None)
             return
-        item = Parked(msg=msg, task=task, prior_attempts=prior, seq=seq, why="queued")
+        item = Parked(
+            msg=msg, task=task, prior_attempts=prior, seq=seq, why="queued", term=self.term
+        )
         origin = self._politeness.origin(task.url)
         if self._parking.has(origin):
             # Others of this host wait here already: behind them, without asking.
@@ -383,6 +423,10 @@ class Worker:
         await self._admit(origin, item, parked=False)
 
     async def _admit_parked(self, origin: str, item: Parked) -> None:
+        if item.term != self.term and not await self._still_queued(item.seq):
+            self._drop_stale(item)
+            self._parking.resume(origin, time.time())  # its successor asks now
+            return
         try:
             await self._admit(origin, item, parked=True)
         finally:
@@ -432,10 +476,33 @@ class Worker:
         self._spawn(self._defer(item, due), item.msg)
 
     async def _defer(self, item: Parked, due: float) -> None:
+        if not await self._still_queued(item.seq):
+            # Handing a stale copy back would queue its URL a second time.
+            self._drop_stale(item)
+            return
         if await self._settler.defer(
             item.msg, item.task, until=due, attempts=item.prior_attempts, seq=item.seq
         ):
             self.deferred += 1
+
+    def _drop_stale(self, item: Parked) -> None:
+        """Forget a parked copy whose URL another delivery settled (the consumer's leader
+        changed, or its heartbeats were lost, and it was delivered again): no fetch, no
+        ack (the server has the other one's)."""
+        log.info("dropping a parked copy of %s settled by another delivery", item.task.url)
+        self.stale += 1
+
+    async def _still_queued(self, seq: int) -> bool:
+        """Whether the URL message at ``seq`` is still in the work-queue stream (an ack or
+        term by any delivery removes it); True when the server cannot say: a URL queued
+        twice beats one lost."""
+        try:
+            await self._js.get_msg(self._settings.urls_stream, seq)
+        except NotFoundError:
+            return False
+        except Exception as exc:
+            log.debug("could not look up URL message %d: %s", seq, exc)
+        return True
 
     async def _skip(self, item: Parked, skip: Skip) -> None:
         record = Skipped(
@@ -650,6 +717,7 @@ async def _serve(
                 politeness=await politeness_for(js, settings, fetcher, results),
                 crawl=crawl,
                 results=results,
+                nc=nc,
             )
             coordinating = asyncio.create_task(CrawlCoordinator(frontier).run(stop))
             try:

@@ -311,3 +311,45 @@ async def test_sigterm_hands_parked_urls_back_without_costing_an_attempt(
         assert st["dead_letters"] == 0
     finally:
         roles.stop_all()
+
+
+async def test_a_parked_copy_settled_by_another_delivery_is_not_handed_back(
+    settings: Settings, hosts: list[PoliteSite], tmp_path: Path
+) -> None:
+    # After a consumer leader change the new leader can deliver a parked URL again, to
+    # another worker, which settles it: the parked copy must not queue it a second time.
+    site = hosts[0]
+    s = _polite(settings, hosts, host_delay_s=3.0, ack_wait_s=30.0)
+    roles = Roles(s)
+    log = tmp_path / "worker.log"
+    try:
+        urls = [site.url(f"/page/{n}") for n in range(4)]
+        cli_json(s, "publish", str(write_urls(tmp_path / "u.txt", urls)))
+        first = roles.start("worker", "--concurrency", "8", log=log)
+
+        async def one_fetched_rest_parked() -> bool:
+            st = await get_status(s)
+            return len(site.pages()) >= 1 and st["consumers"]["workers"]["ack_pending"] >= 3
+
+        await wait_for(one_fetched_rest_parked, timeout=30)
+        nc = await nats.connect(s.nats_url)
+        try:
+            # The last URL (parked behind two others, 6 s away) settled elsewhere: gone.
+            assert await nc.jetstream().delete_msg(s.urls_stream, len(urls))
+        finally:
+            await nc.close()
+        first.terminate()
+        assert await asyncio.to_thread(first.wait, 20) == 0
+        assert "dropping a parked copy of " + urls[-1] in log.read_text()
+        roles.start("worker", "--concurrency", "8")
+        roles.start("indexer")
+
+        async def the_rest_indexed() -> bool:
+            return len(indexed_urls(s)) == len(urls) - 1
+
+        await wait_for(the_rest_indexed, timeout=60)
+        st = await get_status(s)
+        assert st["streams"]["urls"]["messages"] == 0 and st["deferred"] == 0
+        assert "/page/3" not in {r.path for r in site.pages()}
+    finally:
+        roles.stop_all()
