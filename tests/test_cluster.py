@@ -207,6 +207,27 @@ async def test_a_stream_config_left_from_a_single_server_is_scaled_not_rejected(
         assert info.config.num_replicas == 3
 
 
+async def test_a_bucket_opened_without_a_majority_waits_for_the_cluster(
+    cluster: NatsCluster, cluster_settings: Settings
+) -> None:
+    # A worker started during an election opens its buckets once it is over (it exited
+    # with a timeout before).
+    settings = cluster_settings
+    async with nats_session(settings, name="test"):
+        pass
+    cluster.kill("n2")
+    cluster.kill("n3")
+    async with cluster.client() as nc:
+        opening = asyncio.create_task(hosts_bucket(nc.jetstream(), settings))
+        await asyncio.sleep(8.0)  # past a JetStream request's timeout (5 s)
+        assert not opening.done()
+        cluster.restart("n2")
+        kv = await asyncio.wait_for(opening, timeout=60)
+        assert kv is not None
+    cluster.restart("n3")
+    cluster.wait_formed()
+
+
 # -- the URL stream's leader killed mid-run
 
 

@@ -20,6 +20,7 @@ from nats.js.errors import APIError, BucketNotFoundError
 from nats.js.kv import KeyValue
 
 from fleet.errors import ConfigError
+from fleet.nats.busy import when_answered
 from fleet.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,21 @@ def replication_explained(
 
 async def ensure_bucket(js: JetStreamContext, want: KeyValueConfig) -> KeyValue:
     """Open the KV bucket ``want``, creating it if missing; an existing bucket whose replicas
-    or placement differ is updated in place (with a warning), like a stream's drift."""
+    or placement differ is updated in place (with a warning), like a stream's drift.
+
+    A cluster electing a leader is waited for (``when_answered``): a worker started during
+    an election opens its buckets once it is over.
+    """
+    return await when_answered(
+        lambda: _ensure_bucket(js, want),
+        unavailable=lambda exc: (
+            f"JetStream did not answer while opening KV bucket {want.bucket} ({exc!s}); "
+            "is a majority of the cluster's servers up?"
+        ),
+    )
+
+
+async def _ensure_bucket(js: JetStreamContext, want: KeyValueConfig) -> KeyValue:
     try:
         kv = await js.key_value(want.bucket)
     except BucketNotFoundError:

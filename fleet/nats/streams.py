@@ -15,8 +15,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import time
-from typing import Any, Final, Protocol
+from typing import Any, Protocol
 
 from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError, NoRespondersError
@@ -36,7 +35,8 @@ from nats.js.api import (
 )
 from nats.js.errors import FetchTimeoutError, NotFoundError, ServiceUnavailableError
 
-from fleet.errors import ConfigError, TransientError
+from fleet.errors import ConfigError
+from fleet.nats.busy import CLUSTER_WAIT_S, cluster_busy, when_answered
 from fleet.nats.frontier import crawl_topology
 from fleet.nats.replicas import replicated, replication_explained
 from fleet.settings import Settings
@@ -258,30 +258,6 @@ async def ensure_consumer(js: JetStreamContext, stream: str, want: ConsumerConfi
     return info
 
 
-class JetStreamUnavailable(TransientError):
-    """JetStream did not answer for ``waited_s`` (a cluster without a leader: too few of its
-    servers up); the role exits and is restarted, nothing is lost."""
-
-    reason = "jetstream_unavailable"
-
-    def __init__(self, message: str, *, waited_s: float) -> None:
-        super().__init__(message)
-        self.waited_s = waited_s
-
-
-# How long a role waits at start-up for a JetStream cluster that is electing a leader.
-TOPOLOGY_WAIT_S: Final = 30.0
-
-
-def cluster_busy(exc: BaseException) -> bool:
-    """JetStream is there but cannot answer now: no reply in time, or a server's 503 ("system
-    temporarily unavailable" while a cluster elects a leader). Not "no responders": that is a
-    server without JetStream."""
-    if isinstance(exc, ServiceUnavailableError):
-        return exc.code == 503
-    return isinstance(exc, NatsTimeoutError | TimeoutError)
-
-
 # JetStream API level 2 = nats-server 2.12: message schedules (URLs deferred for
 # politeness come back on their own) and per-message TTLs (robots.txt cache, claims).
 MIN_API_LEVEL = 2
@@ -315,31 +291,22 @@ async def require_jetstream(
 
 
 async def ensure_topology(
-    js: JetStreamContext, settings: Settings, *, wait_s: float = TOPOLOGY_WAIT_S
+    js: JetStreamContext, settings: Settings, *, wait_s: float = CLUSTER_WAIT_S
 ) -> Topology:
     """Check JetStream, then create or reconcile every stream and consumer; returns the topology.
 
-    A cluster that cannot answer yet (a leader being elected, `cluster_busy`) is waited for
-    up to ``wait_s``, then ``JetStreamUnavailable``: a role started during a leader election
-    starts once it is over.
+    A cluster that cannot answer yet (a leader being elected) is waited for up to ``wait_s``,
+    then ``JetStreamUnavailable``: a role started during a leader election starts once it is
+    over.
     """
-    deadline = time.monotonic() + wait_s
-    attempt = 0
-    while True:
-        try:
-            return await _ensure_topology(js, settings)
-        except Exception as exc:
-            if not cluster_busy(exc):
-                raise
-            if time.monotonic() >= deadline:
-                raise JetStreamUnavailable(
-                    f"JetStream at {redact_servers(settings.nats_servers)} did not answer for "
-                    f"{wait_s:g}s ({exc!s}); is a majority of the cluster's servers up?",
-                    waited_s=wait_s,
-                ) from None
-            attempt += 1
-            log.warning("JetStream not answering (%s); waiting for the cluster", exc)
-            await asyncio.sleep(min(2.0, 0.25 * 2**attempt))
+    return await when_answered(
+        lambda: _ensure_topology(js, settings),
+        unavailable=lambda exc: (
+            f"JetStream at {redact_servers(settings.nats_servers)} did not answer for "
+            f"{wait_s:g}s ({exc!s}); is a majority of the cluster's servers up?"
+        ),
+        wait_s=wait_s,
+    )
 
 
 async def _ensure_topology(js: JetStreamContext, settings: Settings) -> Topology:
