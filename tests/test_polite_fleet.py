@@ -332,7 +332,7 @@ async def test_a_parked_copy_settled_by_another_delivery_is_not_handed_back(
             return len(site.pages()) >= 1 and st["consumers"]["workers"]["ack_pending"] >= 3
 
         await wait_for(one_fetched_rest_parked, timeout=30)
-        nc = await nats.connect(s.nats_url)
+        nc = await nats.connect(servers=list(s.nats_servers))
         try:
             # The last URL (parked behind two others, 6 s away) settled elsewhere: gone.
             assert await nc.jetstream().delete_msg(s.urls_stream, len(urls))
