@@ -207,13 +207,18 @@ async def client_loop(
         began = time.perf_counter()
         await asyncio.gather(*(one() for _ in range(connections)))
         elapsed = time.perf_counter() - began
+    return _summary(f"aiohttp client, {connections} connections", latencies, errors, elapsed)
+
+
+def _summary(tool: str, latencies: list[float], errors: int, elapsed: float) -> dict[str, Any]:
+    """A client's figures: requests, errors, req/s and latency percentiles (ms)."""
     latencies.sort()
 
     def pct(p: float) -> float:
         return round(latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000, 2)
 
     return {
-        "tool": f"aiohttp client, {connections} connections",
+        "tool": tool,
         "requests": len(latencies),
         "errors": errors,
         "seconds": round(elapsed, 2),
@@ -259,21 +264,8 @@ async def paced_loop(
             tasks.append(asyncio.create_task(one(due, rng.choice(queries))))
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - began
-    latencies.sort()
-
-    def pct(p: float) -> float:
-        return round(latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000, 2)
-
-    return {
-        "tool": f"aiohttp open loop at {rate:g} req/s, up to {connections} connections",
-        "requests": len(latencies),
-        "errors": errors,
-        "seconds": round(elapsed, 2),
-        "rps": round(len(latencies) / elapsed, 1),
-        "p50_ms": pct(0.50),
-        "p90_ms": pct(0.90),
-        "p99_ms": pct(0.99),
-    }
+    tool = f"aiohttp open loop at {rate:g} req/s, up to {connections} connections"
+    return _summary(tool, latencies, errors, elapsed)
 
 
 def run_client(
