@@ -242,3 +242,28 @@ def trace_headers(headers: dict[str, str] | None) -> dict[str, str]:
     if not headers:
         return {}
     return {k: headers[k] for k in TRACE_HEADERS if k in headers}
+
+
+def fit_page(page: Page, max_bytes: int) -> bytes:
+    """Encode a page so it fits in ``max_bytes``: cut text (marked), then links. Never fails."""
+    data = page_encoder.encode(page)
+    if len(data) <= max_bytes:
+        return data
+    bare = _replace(page, text="", text_truncated=True)
+    # Pathological link lists: halve them until the page without text fits.
+    while bare.links and len(page_encoder.encode(bare)) > max_bytes:
+        bare = _replace(bare, links=bare.links[: len(bare.links) // 2])
+    if len(page_encoder.encode(bare)) > max_bytes:
+        bare = _replace(bare, headings=[], description=bare.description[:500])
+    text = page.text.encode()
+    keep = max(0, max_bytes - len(page_encoder.encode(bare)))
+    while True:
+        data = page_encoder.encode(_replace(bare, text=text[:keep].decode(errors="ignore")))
+        if len(data) <= max_bytes or keep == 0:
+            return data
+        # JSON escaping (quotes, control characters) made it longer: cut the excess.
+        keep = max(0, keep - (len(data) - max_bytes) - 16)
+
+
+def _replace(page: Page, **changes: object) -> Page:
+    return msgspec.structs.replace(page, **changes)

@@ -8,16 +8,12 @@ worker only asks JetStream for as many messages as it has free slots.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import dataclasses
-import heapq
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -27,13 +23,14 @@ from nats.js.errors import NotFoundError
 from fleet.crawl import CrawlCoordinator, CrawlWork
 from fleet.disposition import Settler
 from fleet.errors import BadMessage, HttpStatusError, RenderUnavailable, TransientError
-from fleet.messages import Page, Skipped, UrlTask, page_encoder, url_task_decoder
+from fleet.messages import Page, Skipped, UrlTask, fit_page, url_task_decoder
 from fleet.nats.acks import FastAcks
 from fleet.nats.frontier import Frontier
 from fleet.nats.hosts import KvHostSlots, KvRobotsCache, hosts_bucket, robots_bucket
 from fleet.nats.kv import KvDecisionStore, render_bucket, render_samples_bucket
 from fleet.nats.session import nats_session
 from fleet.nats.streams import WORKERS_CONSUMER, pull
+from fleet.parking import Parked, Parking
 from fleet.scrape.fetch import Fetcher
 from fleet.scrape.politeness import Go, Outcome, Politeness, Skip, Wait
 from fleet.scrape.proxy import GuardedProxy
@@ -59,154 +56,6 @@ RESULT_ACK_TIMEOUT_S = 5.0
 # Pull waits while URLs are parked: short, so the parked ones start on time.
 PARKED_PULL_WAIT_MIN_S = 0.01
 PARKED_PULL_WAIT_MAX_S = 0.1
-
-
-def fit_page(page: Page, max_bytes: int) -> bytes:
-    """Encode a page so it fits in ``max_bytes``: cut text (marked), then links. Never fails."""
-    data = page_encoder.encode(page)
-    if len(data) <= max_bytes:
-        return data
-    bare = _replace(page, text="", text_truncated=True)
-    # Pathological link lists: halve them until the page without text fits.
-    while bare.links and len(page_encoder.encode(bare)) > max_bytes:
-        bare = _replace(bare, links=bare.links[: len(bare.links) // 2])
-    if len(page_encoder.encode(bare)) > max_bytes:
-        bare = _replace(bare, headings=[], description=bare.description[:500])
-    text = page.text.encode()
-    keep = max(0, max_bytes - len(page_encoder.encode(bare)))
-    while True:
-        data = page_encoder.encode(_replace(bare, text=text[:keep].decode(errors="ignore")))
-        if len(data) <= max_bytes or keep == 0:
-            return data
-        # JSON escaping (quotes, control characters) made it longer: cut the excess.
-        keep = max(0, keep - (len(data) - max_bytes) - 16)
-
-
-def _replace(page: Page, **changes: object) -> Page:
-    return msgspec.structs.replace(page, **changes)
-
-
-@dataclasses.dataclass(slots=True)
-class Parked:
-    """A URL held by this worker until its host's turn (in-progress heartbeats keep it)."""
-
-    msg: Msg
-    task: UrlTask
-    prior_attempts: int  # fetch attempts before this delivery
-    seq: int
-    why: str
-    beat_at: float = dataclasses.field(default_factory=time.monotonic)
-    # The worker's `Worker.term` when this copy was delivered: a later term means the
-    # consumer may have delivered the URL again elsewhere meanwhile.
-    term: int = 0
-
-
-class Parking:
-    """Bounded per-origin FIFOs of parked URLs, each origin with the time its head may ask
-    again. Only the head of an origin asks the politeness gate; the others wait behind it
-    locally, so a host with many waiting URLs costs one question per turn, not one per URL.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.size = 0
-        self._queues: dict[str, collections.deque[Parked]] = {}
-        self._wake: dict[str, float] = {}  # origin -> wall time; absent: its head is out
-        self._heap: list[tuple[float, str]] = []
-        self._horizon: dict[str, float] = {}  # latest due time given to a deferred URL
-
-    def __len__(self) -> int:
-        return self.size
-
-    def room(self) -> int | None:
-        """How many more URLs may park (None: no parking at all, limit 0)."""
-        return None if self.limit <= 0 else max(0, self.limit - self.size)
-
-    def has(self, origin: str) -> bool:
-        """Whether URLs of ``origin`` wait here (new ones then queue behind them)."""
-        return origin in self._queues
-
-    def queued(self, origin: str) -> int:
-        """URLs of ``origin`` parked here."""
-        queue = self._queues.get(origin)
-        return len(queue) if queue is not None else 0
-
-    def wake_at(self, origin: str) -> float:
-        """When the head of ``origin`` may ask again (0: its head is out asking)."""
-        return self._wake.get(origin, 0.0)
-
-    def push(self, origin: str, item: Parked, *, wake_at: float, front: bool = False) -> None:
-        """Queue ``item``; ``front`` for a head that asked and must wait again."""
-        queue = self._queues.setdefault(origin, collections.deque())
-        if front:
-            queue.appendleft(item)
-            self._set_wake(origin, wake_at)
-        else:
-            queue.append(item)
-            if origin not in self._wake and len(queue) == 1:
-                self._set_wake(origin, wake_at)
-        self.size += 1
-
-    def resume(self, origin: str, wake_at: float) -> None:
-        """The head of ``origin`` left (fetched or skipped): the next may ask at ``wake_at``."""
-        if origin in self._queues:
-            self._set_wake(origin, wake_at)
-
-    def due(self, now: float, limit: int) -> list[tuple[str, Parked]]:
-        """Take up to ``limit`` heads whose time has come (one per origin)."""
-        out: list[tuple[str, Parked]] = []
-        while self._heap and len(out) < limit:
-            wake, origin = self._heap[0]
-            if wake > now:
-                break
-            heapq.heappop(self._heap)
-            if self._wake.get(origin) != wake:
-                continue  # stale heap entry
-            del self._wake[origin]
-            queue = self._queues[origin]
-            item = queue.popleft()
-            self.size -= 1
-            if not queue:
-                del self._queues[origin]
-            out.append((origin, item))
-        return out
-
-    def next_wake(self) -> float | None:
-        """The earliest time a head may ask again, or None."""
-        while self._heap and self._wake.get(self._heap[0][1]) != self._heap[0][0]:
-            heapq.heappop(self._heap)
-        return self._heap[0][0] if self._heap else None
-
-    def items(self) -> list[Parked]:
-        """Every parked URL (for heartbeats)."""
-        return [item for queue in self._queues.values() for item in queue]
-
-    def take_all(self) -> list[tuple[str, Parked, float]]:
-        """Empty the parking (drain): every item with the time its origin was due."""
-        out: list[tuple[str, Parked, float]] = []
-        for origin, queue in self._queues.items():
-            wake = self._wake.get(origin, 0.0)
-            out += [(origin, item, wake) for item in queue]
-        self._queues.clear()
-        self._wake.clear()
-        self._heap.clear()
-        self.size = 0
-        return out
-
-    def defer_slot(self, origin: str, earliest: float, interval_s: float) -> float:
-        """Due time for one more deferred URL of ``origin``: after those already deferred,
-        so that deferred URLs come back spread out at the host's pace, not all at once."""
-        horizon = self._horizon.get(origin, 0.0)
-        due = max(earliest, horizon + interval_s)
-        self._horizon[origin] = due
-        if len(self._horizon) > 4 * max(self.limit, 1024):
-            now = time.time()
-            self._horizon = {o: t for o, t in self._horizon.items() if t > now}
-        return due
-
-    def _set_wake(self, origin: str, wake_at: float) -> None:
-        self._wake[origin] = wake_at
-        heapq.heappush(self._heap, (wake_at, origin))
 
 
 class Worker:

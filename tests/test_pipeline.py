@@ -25,14 +25,13 @@ from nats.js.api import RetentionPolicy, StreamConfig
 from fleet import worker as worker_role
 from fleet.admin import replay_dead_letters
 from fleet.errors import ConfigError
-from fleet.messages import Page, UrlTask, page_decoder, url_task_decoder
+from fleet.messages import Page, UrlTask, fit_page, page_decoder, url_task_decoder
 from fleet.nats.server import find_nats_server
 from fleet.nats.session import connect
 from fleet.nats.streams import ensure_topology
 from fleet.scrape.fetch import Fetcher
 from fleet.scrape.scraper import Scraper
 from fleet.settings import Settings
-from fleet.worker import fit_page
 from tests.conftest import Roles, fleet_cli, wait_for
 from tests.pipeline_helpers import (
     cli,

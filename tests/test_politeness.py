@@ -9,6 +9,7 @@ import pytest
 
 from fleet.errors import TooManyRedirects, TransientError
 from fleet.messages import HostState
+from fleet.parking import Parked, Parking
 from fleet.scrape.fetch import FetchResult
 from fleet.scrape.politeness import (
     BUSY_POLL_S,
@@ -30,7 +31,6 @@ from fleet.scrape.robots import (
     robots_url,
 )
 from fleet.settings import Settings, SettingsError, parse_host_rules
-from fleet.worker import Parked, Parking
 
 ORIGIN = "http://example.org:80"
 UA = Settings().user_agent
