@@ -484,7 +484,7 @@ async def pool_rate(site: Site, pages: int, concurrency: int, block_media: bool)
         Fetcher(settings) as fetcher,
         Fetcher(settings) as browser_fetcher,
         GuardedProxy(settings, browser_fetcher) as proxy,
-        BrowserPool(settings, proxy) as pool,
+        BrowserPool(settings, proxy, environ=os.environ) as pool,
     ):
         sem = asyncio.Semaphore(concurrency * 2)
 

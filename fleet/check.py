@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import importlib.util
+from collections.abc import Mapping
 from typing import Final
 
 import aiohttp
@@ -112,7 +113,7 @@ async def _check(role: str, settings: Settings) -> list[str]:
     return checked
 
 
-async def _check_browser(settings: Settings) -> str:
+async def _check_browser(settings: Settings, environ: Mapping[str, str]) -> str:
     """A rendering worker's browser: launched, a data: URL rendered, closed (``probe_browser``).
 
     With ``render=auto`` and no Playwright installed the worker runs without rendering (it
@@ -127,7 +128,7 @@ async def _check_browser(settings: Settings) -> str:
         return "browser: none (render=auto without Playwright: pages get the HTTP result)"
     try:
         async with Fetcher(settings) as fetcher, GuardedProxy(settings, fetcher) as proxy:
-            return await probe_browser(settings, proxy)
+            return await probe_browser(settings, proxy, environ=environ)
     except FleetError as exc:
         raise Unhealthy(f"browser: {exc}") from None
     except TimeoutError:
@@ -180,8 +181,17 @@ async def _check_supervisor(settings: Settings) -> list[str]:
     return [f"{url}: {shown}" + (f"; degraded: {said}" if said else "")]
 
 
-async def check(role: str, settings: Settings, *, timeout_s: float = 5.0) -> CheckResult:
-    """Never raises for an unhealthy system: the result says what is wrong."""
+async def check(
+    role: str,
+    settings: Settings,
+    *,
+    timeout_s: float = 5.0,
+    environ: Mapping[str, str] | None = None,
+) -> CheckResult:
+    """Never raises for an unhealthy system: the result says what is wrong.
+
+    ``environ`` is the environment a worker's browser would get (the CLI passes its
+    process's); without it a rendering worker's browser is not checked."""
     if role not in ROLES:
         return CheckResult(role, False, f"unknown role (choose from {', '.join(ROLES)})")
     try:
@@ -192,10 +202,10 @@ async def check(role: str, settings: Settings, *, timeout_s: float = 5.0) -> Che
                 checked = await _check_api(settings)
             else:
                 checked = await _check(role, settings)
-        if role == "worker" and settings.render != "never":
+        if role == "worker" and settings.render != "never" and environ is not None:
             # Its own budget: a browser launch is slower than a NATS round trip.
             async with asyncio.timeout(timeout_s):
-                checked.append(await _check_browser(settings))
+                checked.append(await _check_browser(settings, environ))
     except Unhealthy as exc:
         return CheckResult(role, False, _redacted(str(exc), settings))
     except TimeoutError:

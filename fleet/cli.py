@@ -296,12 +296,21 @@ def worker(
         metrics_port=metrics_port,
     )
     from fleet import worker as worker_role
+    from fleet.scrape.render.chromium import driver_node_options
 
+    if settings.render != "never":
+        # Before Playwright's driver starts: it inherits this process's environment.
+        os.environ["NODE_OPTIONS"] = driver_node_options(
+            settings, os.environ.get("NODE_OPTIONS", "")
+        )
     telemetry = _telemetry("worker", settings)
+    environ = dict(os.environ)
     try:
         _guard(
             lambda: _run(
-                _until_signalled(lambda stop: worker_role.serve(settings, stop, telemetry))
+                _until_signalled(
+                    lambda stop: worker_role.serve(settings, stop, telemetry, environ=environ)
+                )
             )
         )
     finally:
@@ -1073,7 +1082,9 @@ def check(
     settings = _settings(ctx, nats_url=nats_url, sink=sink)
     from fleet.check import check as run_check
 
-    result = _guard(lambda: _run(run_check(role, settings, timeout_s=timeout_s)))
+    result = _guard(
+        lambda: _run(run_check(role, settings, timeout_s=timeout_s, environ=dict(os.environ)))
+    )
     if as_json:
         click.echo(json.dumps({"role": role, "ok": result.ok, "detail": result.detail}))
     else:

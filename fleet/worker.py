@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 from nats.aio.client import Client as NATS
@@ -34,7 +34,6 @@ from fleet.parking import Parked, Parking
 from fleet.scrape.fetch import Fetcher
 from fleet.scrape.politeness import Go, Outcome, Politeness, Skip, Wait
 from fleet.scrape.proxy import GuardedProxy
-from fleet.scrape.render.chromium import cap_driver_heap
 from fleet.scrape.render.policy import RenderPolicy
 from fleet.scrape.render.pool import BrowserPool
 from fleet.scrape.robots import Robots
@@ -476,26 +475,36 @@ class Worker:
         return lambda: crawl.dead_lettered(task)
 
 
-async def serve(settings: Settings, stop: asyncio.Event, telemetry: Telemetry | None = None) -> int:
-    """Run one worker process until ``stop``; returns the number of pages it published."""
+async def serve(
+    settings: Settings,
+    stop: asyncio.Event,
+    telemetry: Telemetry | None = None,
+    *,
+    environ: Mapping[str, str],
+) -> int:
+    """Run one worker process until ``stop``; returns the number of pages it published.
+
+    ``environ`` is the browser's environment (the process's, from the CLI)."""
     async with contextlib.AsyncExitStack() as stack:
         # Before NATS: `--render always` without a browser fails at start, with the fix.
-        pool = await _start_browser(settings, stack, telemetry)
+        pool = await _start_browser(settings, stack, telemetry, environ)
         return await _serve(settings, stop, telemetry, pool)
 
 
 async def _start_browser(
-    settings: Settings, stack: contextlib.AsyncExitStack, telemetry: Telemetry | None
+    settings: Settings,
+    stack: contextlib.AsyncExitStack,
+    telemetry: Telemetry | None,
+    environ: Mapping[str, str],
 ) -> BrowserPool | None:
     """The worker's browser pool, or None (render=never, or auto without a browser)."""
     if settings.render == "never":
         return None
-    cap_driver_heap(settings)  # before Playwright's driver starts: it inherits the env
     # The browser's own fetcher (its connection pool apart from the pages'), behind the
     # proxy every browser connection goes through.
     fetcher = await stack.enter_async_context(Fetcher(settings))
     proxy = await stack.enter_async_context(GuardedProxy(settings, fetcher))
-    pool = BrowserPool(settings, proxy, telemetry=telemetry)
+    pool = BrowserPool(settings, proxy, environ=environ, telemetry=telemetry)
     try:
         # auto: the browser starts with the first page that needs it (most pages do not).
         await pool.start(launch=settings.render == "always")

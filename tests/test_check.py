@@ -280,7 +280,9 @@ async def test_a_rendering_workers_check_launches_the_browser(settings: Settings
     need_browser()
     await _create_topology(settings)
     for mode in ("always", "auto"):
-        result = await check("worker", settings.replace(render=mode), timeout_s=30)
+        result = await check(
+            "worker", settings.replace(render=mode), timeout_s=30, environ=os.environ
+        )
         assert result.ok, result.line()
         assert "consumer workers; browser " in result.detail
         assert "launched, rendered a page, closed" in result.detail
@@ -292,7 +294,7 @@ async def test_a_broken_browser_makes_a_rendering_worker_unhealthy(
     need_browser()
     await _create_topology(settings)
     missing = settings.replace(render="always", chromium_path=str(tmp_path / "no-chromium"))
-    result = await check("worker", missing, timeout_s=30)
+    result = await check("worker", missing, timeout_s=30, environ=os.environ)
     assert not result.ok
     assert result.detail.startswith(f"browser: no Chromium at {tmp_path / 'no-chromium'}")
     assert "FLEET_CHROMIUM_PATH" in result.detail  # the fix
@@ -300,6 +302,6 @@ async def test_a_broken_browser_makes_a_rendering_worker_unhealthy(
     broken.write_text("#!/bin/sh\necho 'error while loading shared libraries' >&2\nexit 127\n")
     broken.chmod(0o755)
     auto = settings.replace(render="auto", chromium_path=str(broken))
-    result = await check("worker", auto, timeout_s=30)
+    result = await check("worker", auto, timeout_s=30, environ=os.environ)
     assert not result.ok
     assert result.detail.startswith("browser: cannot launch Chromium"), result.detail

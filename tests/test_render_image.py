@@ -34,7 +34,7 @@ async def main():
     doc = FetchResult("http://example.invalid/", "http://example.invalid/", 200,
                       "text/html", "utf-8", HTML, 1.0, 0)
     async with Fetcher(settings) as fetcher, GuardedProxy(settings, fetcher) as proxy:
-        async with BrowserPool(settings, proxy) as pool:
+        async with BrowserPool(settings, proxy, environ=os.environ) as pool:
             rendered = await pool.render(doc.url, doc)
     print(os.getuid(), rendered.html)
 

@@ -59,7 +59,7 @@ class Rig:
         self.fetcher = Fetcher(settings)
         self.browser_fetcher = Fetcher(settings)
         self.proxy = GuardedProxy(settings, self.browser_fetcher)
-        self.pool = BrowserPool(settings, self.proxy, telemetry=telemetry, **kw)
+        self.pool = BrowserPool(settings, self.proxy, environ=os.environ, telemetry=telemetry, **kw)
 
     async def start(self, *, launch: bool = True) -> None:
         await self.proxy.start()

@@ -89,19 +89,19 @@ def chromium_executable(settings: Settings) -> str | None:
     return next((path for path in DEBIAN_CHROMIUMS if Path(path).exists()), None)
 
 
-def cap_driver_heap(settings: Settings) -> None:
-    """Cap the old space of Playwright's driver (node) at ``render_driver_heap_mb``: left
-    alone its heap grows lazily by ~70 MB before its first major collection
-    (docs/benchmarks.md).
+def driver_node_options(settings: Settings, current: str) -> str:
+    """NODE_OPTIONS (``current`` plus a cap) that limit the old space of Playwright's
+    driver (node) to ``render_driver_heap_mb``: left alone its heap grows lazily by ~70 MB
+    before its first major collection (docs/benchmarks.md).
 
-    Playwright starts its driver with a copy of this process's environment and takes no
-    environment of its own (playwright/_impl/_driver.py, ``get_driver_env``), so this
-    process's NODE_OPTIONS is the only way in. The worker role calls this once at start-up,
-    before its browser pool; nothing else in a worker runs node. Idempotent."""
+    Playwright starts its driver with a copy of the process's environment and takes no
+    environment of its own (playwright/_impl/_driver.py, ``get_driver_env``), so the
+    process's NODE_OPTIONS is the only way in: `fleet worker` sets it at start-up, before
+    its browser pool; nothing else in a worker runs node. Idempotent."""
     cap = f"--max-old-space-size={settings.render_driver_heap_mb}"
-    current = os.environ.get("NODE_OPTIONS", "")
-    if cap not in current.split():
-        os.environ["NODE_OPTIONS"] = " ".join(filter(None, (current, cap)))
+    if cap in current.split():
+        return current
+    return " ".join(filter(None, (current, cap)))
 
 
 RENDER_FIX: Final = (

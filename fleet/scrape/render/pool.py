@@ -21,6 +21,7 @@ import shutil
 import tempfile
 import time
 import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol, Self
 
@@ -343,10 +344,13 @@ class BrowserPool:
         settings: Settings,
         proxy: BrowserProxy,
         *,
+        environ: Mapping[str, str],
         telemetry: RenderTelemetry | None = None,
         memory_check_interval_s: float = MEMORY_CHECK_INTERVAL_S,
     ) -> None:
         self._settings = settings
+        # The browser's environment (the CLI passes its process's), but for TMPDIR.
+        self._environ = dict(environ)
         self._proxy = proxy
         self._telemetry = telemetry
         self._memory_check_interval_s = memory_check_interval_s
@@ -468,9 +472,9 @@ class BrowserPool:
                 executable_path=chromium_executable(self._settings),
                 headless=True,
                 args=[*self._launch_args()],
-                # The browser's environment is this process's (Playwright's default) but
-                # for its temporary directory.
-                env={**os.environ, "TMPDIR": tmpdir},
+                # Its own temporary directory, removed with it (a killed browser leaves
+                # its /tmp/org.chromium.Chromium.* behind otherwise).
+                env={**self._environ, "TMPDIR": tmpdir},
                 handle_sigterm=False,  # the worker drains on SIGTERM, then closes the pool
                 handle_sigint=False,
                 handle_sighup=False,
@@ -847,7 +851,9 @@ PROBE_HTML: Final = (
 )
 
 
-async def probe_browser(settings: Settings, proxy: BrowserProxy) -> str:
+async def probe_browser(
+    settings: Settings, proxy: BrowserProxy, *, environ: Mapping[str, str]
+) -> str:
     """Launch a browser as a worker would, render a data: URL whose script writes its text,
     close it; returns what was checked. Raises ``RenderUnavailable`` (with the fix) when
     Playwright or Chromium is missing or cannot launch, ``RenderFailed`` when the page did
@@ -855,7 +861,7 @@ async def probe_browser(settings: Settings, proxy: BrowserProxy) -> str:
     url = "data:text/html," + urllib.parse.quote(PROBE_HTML)
     document = FetchResult(url, url, 200, "text/html", "utf-8", PROBE_HTML.encode(), 0.0, 0)
     started = time.perf_counter()
-    async with BrowserPool(settings.replace(render_concurrency=1), proxy) as pool:
+    async with BrowserPool(settings.replace(render_concurrency=1), proxy, environ=environ) as pool:
         rendered = await pool.render(url, document)
     if "rendered 42" not in rendered.html:
         raise RenderFailed("the browser rendered a page without running its script")
