@@ -194,12 +194,7 @@ async def client_loop(
             while time.perf_counter() < deadline:
                 word = rng.choice(queries)
                 started = time.perf_counter()
-                try:
-                    async with session.get(f"{base}/api/search?q={word}&limit=10") as resp:
-                        await resp.read()
-                        ok = resp.status == 200
-                except aiohttp.ClientError:
-                    ok = False
+                ok = await _search(session, base, word)
                 latencies.append(time.perf_counter() - started)
                 if not ok:
                     errors += 1
@@ -208,6 +203,16 @@ async def client_loop(
         await asyncio.gather(*(one() for _ in range(connections)))
         elapsed = time.perf_counter() - began
     return _summary(f"aiohttp client, {connections} connections", latencies, errors, elapsed)
+
+
+async def _search(session: aiohttp.ClientSession, base: str, word: str) -> bool:
+    """One ``GET /api/search`` read to the end; whether it answered 200."""
+    try:
+        async with session.get(f"{base}/api/search?q={word}&limit=10") as resp:
+            await resp.read()
+            return resp.status == 200
+    except aiohttp.ClientError:
+        return False
 
 
 def _summary(tool: str, latencies: list[float], errors: int, elapsed: float) -> dict[str, Any]:
@@ -244,12 +249,7 @@ async def paced_loop(
 
         async def one(due: float, word: str) -> None:
             nonlocal errors
-            try:
-                async with session.get(f"{base}/api/search?q={word}&limit=10") as resp:
-                    await resp.read()
-                    ok = resp.status == 200
-            except aiohttp.ClientError:
-                ok = False
+            ok = await _search(session, base, word)
             latencies.append(time.perf_counter() - due)
             if not ok:
                 errors += 1
