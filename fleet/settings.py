@@ -98,9 +98,9 @@ class Settings:
     # Old-space cap of Playwright's driver (node): its heap otherwise grows lazily by
     # ~80 MB over the first few thousand pages. A rendered page's HTML must fit well within.
     render_driver_heap_mb: int = 256
-    # Abort images, fonts and media while rendering: faster on image-heavy pages (see
-    # docs/benchmarks.md), off by default so pages render as a visitor sees them.
-    render_block_media: bool = False
+    # Chromium loads no images while rendering: fleet extracts text, and decoding images
+    # was ~10 % of a render's CPU (docs/benchmarks.md). False renders pages with them.
+    render_block_media: bool = True
     # Auto mode's learning per domain (docs/architecture.md, "Rendering"): sample renders
     # of an undecided domain, fleet-wide (at most this many in flight; they decide it).
     render_samples: int = 3

@@ -103,6 +103,8 @@ class LoopbackSite:
         app.router.add_get("/spa-promise/{n}", self._spa_page_with("promise.js"))
         app.router.add_get("/spa-import/{n}", self._spa_page_with("import.js"))
         app.router.add_get("/spa-clock/{n}", self._spa_page_with("clock.js"))
+        app.router.add_get("/spa-idle/{n}", self._spa_page_with("idle.js"))
+        app.router.add_get("/spa-message/{n}", self._spa_page_with("message.js"))
         app.router.add_get("/module/{n}", self._module)
         app.router.add_get("/chunk/{n}", self._chunk)
         app.router.add_get("/borderline/{n}", self._borderline_page)
@@ -513,6 +515,35 @@ document.getElementById('app').append(p, clock);
 setInterval(() => { clock.textContent = String(Date.now()); }, 400);
 """
 
+# Idle callbacks, one after another for 0.4 s (work done in idle time, as a scheduler
+# does), then the text: no timer, frame, fetch or DOM change meanwhile.
+_IDLE_JS = """
+const n = location.pathname.split('/').pop();
+const start = performance.now();
+const step = () => {
+  if (performance.now() - start < 400) { requestIdleCallback(step); return; }
+  const p = document.createElement('p');
+  p.textContent = 'idleword' + n + ' ' + 'written in idle time '.repeat(30);
+  document.getElementById('app').append(p);
+};
+requestIdleCallback(step);
+"""
+
+# Work in message tasks, each posting the next through a MessageChannel for 0.4 s (as
+# React's scheduler yields), then the text.
+_MESSAGE_JS = """
+const n = location.pathname.split('/').pop();
+const start = performance.now();
+const channel = new MessageChannel();
+channel.port1.onmessage = () => {
+  if (performance.now() - start < 400) { channel.port2.postMessage(null); return; }
+  const p = document.createElement('p');
+  p.textContent = 'messageword' + n + ' ' + 'written by a message task '.repeat(30);
+  document.getElementById('app').append(p);
+};
+channel.port2.postMessage(null);
+"""
+
 STATIC_JS = {
     "app.js": _APP_JS % repr(WORDS),
     "slow.js": _SLOW_JS,
@@ -525,6 +556,8 @@ STATIC_JS = {
     "promise.js": _PROMISE_JS,
     "import.js": _IMPORT_JS,
     "clock.js": _CLOCK_JS,
+    "idle.js": _IDLE_JS,
+    "message.js": _MESSAGE_JS,
     "theme.js": "document.documentElement.dataset.theme = 'light';",
 }
 

@@ -26,6 +26,7 @@ from fleet.scrape.render.chromium import (
 )
 from fleet.scrape.render.pool import (
     GC_EVERY,
+    PAGE_HTML_JS,
     PAGE_REUSE_LIMIT,
     TIMER_MAX_MS,
     TMPDIR_PREFIX,
@@ -214,16 +215,67 @@ async def test_settling_waits_for_what_the_text_waits_for(
         ("/spa-raf/3", "rafword3"),
         ("/spa-promise/4", "promiseword4"),
         ("/spa-import/5", "importword5"),
+        ("/spa-idle/6", "idleword6"),
+        ("/spa-message/7", "messageword7"),
     ],
-    ids=["setInterval", "requestAnimationFrame", "promise-chain", "dynamic-import"],
+    ids=[
+        "setInterval",
+        "requestAnimationFrame",
+        "promise-chain",
+        "dynamic-import",
+        "idle-callbacks",
+        "message-tasks",
+    ],
 )
 async def test_settling_waits_for_timers_frames_promises_and_imports(
     site: LoopbackSite, rig_factory: list[Rig], path: str, word: str
 ) -> None:
     # Each page writes its text 0.3-0.5 s after the load event, with no fetch or script
-    # element pending meanwhile: only the tracked timers, frames and import() wait for it.
+    # element pending meanwhile: only the tracked timers, frames, idle callbacks, message
+    # tasks and import() wait for it.
     rig = await start_rig(rig_factory, site_settings(site))
     assert word in await rig.render_text(site.url(path))
+
+
+async def test_a_body_read_counts_until_the_body_has_arrived(
+    site: LoopbackSite, rig_factory: list[Rig]
+) -> None:
+    # fetch() resolves with the headers; over HTTPS (a tunnel the proxy cannot see into)
+    # the body may still be on its way, and the text waits for it. A body that has not
+    # arrived (a stream not yet closed) counts in the page's tracker until it has.
+    rig = await start_rig(rig_factory, site_settings(site))
+    await rig.render_text(site.url("/spa/1"))
+    session = next(iter(rig.pool._sessions))
+    page = next(t.page for t in session.tabs if t.page.url.endswith("/spa/1"))
+    busy = await page.evaluate(
+        """async () => {
+          let feed;
+          const body = new ReadableStream({start(c) { feed = c; }});
+          const reading = new Response(body).text();
+          const during = window.__fleetBusy(Infinity);
+          feed.enqueue(new TextEncoder().encode('late body')); feed.close();
+          const text = await reading;
+          return [during, window.__fleetBusy(Infinity), text];
+        }"""
+    )
+    assert busy == [1, 0, "late body"]
+
+
+async def test_the_html_is_read_in_the_page_and_matches_playwrights(
+    site: LoopbackSite, rig_factory: list[Rig]
+) -> None:
+    # The pool reads the HTML with built-ins taken before the page's scripts ran (a page
+    # replacing them cannot break it), and it is what page.content() gives.
+    rig = await start_rig(rig_factory, site_settings(site))
+    await rig.render_text(site.url("/spa/2"))
+    session = next(iter(rig.pool._sessions))
+    page = next(t.page for t in session.tabs if t.page.url.endswith("/spa/2"))
+    await page.evaluate("() => { XMLSerializer.prototype.serializeToString = () => 'x'; }")
+    ours = await page.evaluate(PAGE_HTML_JS)
+    await page.evaluate("() => { delete XMLSerializer.prototype.serializeToString; }")
+    assert ours.startswith("<!DOCTYPE html><html")
+    assert "spaword2" in ours
+    assert ours == await page.content()
 
 
 async def test_a_page_filled_by_a_300_ms_timer_is_indexed_rendered(
@@ -519,14 +571,18 @@ async def test_without_the_proxy_the_browser_reaches_nothing() -> None:
         assert sum(canary.hits.values()) == 0, canary.hits
 
 
-async def test_block_media_aborts_images(site: LoopbackSite, rig_factory: list[Rig]) -> None:
+@pytest.mark.parametrize("block", [True, False], ids=["default", "off"])
+async def test_images_are_not_loaded_unless_asked_for(
+    site: LoopbackSite, rig_factory: list[Rig], block: bool
+) -> None:
+    assert Settings().render_block_media is True  # the default
     with LoopbackSite() as other:
-        settings = site_settings(site, render_block_media=True).replace(
+        settings = site_settings(site, render_block_media=block).replace(
             allow_hosts=(site.hostport, other.hostport)
         )
         rig = await start_rig(rig_factory, settings)
         await rig.render_text(site.url(f"/probe?target={other.url('/static')}"))
-        assert other.hits["/static/pixel.png"] == 0
+        assert other.hits["/static/pixel.png"] == (0 if block else 1)
         assert other.hits["/static/evil.js"] == 1  # scripts still load
 
 
