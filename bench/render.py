@@ -4,8 +4,8 @@
    SPA shell whose script (one shared bundle) builds ~300 words of text and three images.
 2. Baseline: a bare Playwright loop in this process renders --baseline-pages of those pages
    (same Chromium, same launch flags minus fleet's fence (proxy, DNS rules), same
-   concurrency, pages reused, same settle condition: the load event, then DOM_QUIET_MS (50 ms) without
-   DOM mutation).
+   concurrency, pages reused, same settle condition: the load event, then DOM_QUIET_MS
+   (50 ms) without DOM mutation).
 3. fleet: a private nats-server and ``fleet worker --render always`` (render_concurrency =
    the same concurrency) render --pages pages; done when the results stream holds them all.
    The worker's process tree (Python, the Playwright driver, Chromium and its children) is

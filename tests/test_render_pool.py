@@ -203,7 +203,8 @@ async def test_settling_waits_for_what_the_text_waits_for(
     site: LoopbackSite, rig_factory: list[Rig], path: str, word: str
 ) -> None:
     # Each page's text arrives 0.5 s after the load event (a fetch, an XHR, a script added
-    # after load): far beyond the DOM's quiet window (DOM_QUIET_MS), so only the pending count waits.
+    # after load): far beyond the DOM's quiet window (DOM_QUIET_MS), so only the pending
+    # count waits.
     rig = await start_rig(rig_factory, site_settings(site))
     assert word in await rig.render_text(site.url(path))
 
