@@ -71,10 +71,13 @@ def test_the_modules_were_found() -> None:
 
 
 def test_nothing_imports_the_cli() -> None:
+    # Its own modules import each other; outside the package only the entry point may.
     bad = [
-        f"{mod} imports fleet.cli"
+        f"{mod} imports {imp}"
         for mod, imps in MODULES.items()
-        if "fleet.cli" in imps and mod != "fleet.__main__"  # the entry point, nothing else
+        if not within(mod, "fleet.cli") and mod != "fleet.__main__"
+        for imp in sorted(imps)
+        if within(imp, "fleet.cli")
     ]
     assert bad == []
 
