@@ -54,7 +54,8 @@ from fleet.nats.server import EmbeddedNats
 from fleet.scrape.fetch import Fetcher
 from fleet.scrape.proxy import GuardedProxy
 from fleet.scrape.render.chromium import CHROMIUM_ARGS, chromium_executable
-from fleet.scrape.render.pool import DOM_QUIET_MS, SETTLE_JS, TIMER_MAX_MS, BrowserPool
+from fleet.scrape.render.pool import BrowserPool
+from fleet.scrape.render.settle import DOM_QUIET_MS, SETTLE_JS, TIMER_MAX_MS
 from fleet.settings import Settings
 
 DEFAULT_PAGES = 4000

@@ -26,14 +26,13 @@ from fleet.scrape.render.chromium import (
 )
 from fleet.scrape.render.pool import (
     GC_EVERY,
-    PAGE_HTML_JS,
     PAGE_REUSE_LIMIT,
-    TIMER_MAX_MS,
     TMPDIR_PREFIX,
     BrowserPool,
     _Session,
     _Tab,
 )
+from fleet.scrape.render.settle import PAGE_HTML_JS, TIMER_MAX_MS
 from fleet.settings import Settings
 from fleet.telemetry import Metrics, Telemetry
 from tests.conftest import Roles, need_browser, wait_for
