@@ -194,7 +194,9 @@ async def running_serve(
     ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(
         serve(
-            settings.replace(api_port=0),
+            # Its NATS drain is bounded (then the connection is closed): well inside the
+            # 30 s this waits for the exit below, even when a drain hangs on a loaded machine.
+            settings.replace(api_port=0, drain_timeout_s=min(settings.drain_timeout_s, 5.0)),
             stop,
             telemetry or Telemetry.disabled("serve"),
             ready=ready.set_result,
