@@ -83,16 +83,15 @@ TRACKER_JS: Final = r"""
     for (const at of due.values()) if (at <= until) n++;
     return n;
   });
-  const fetch0 = window.fetch;
-  if (typeof fetch0 === 'function') {
-    window.fetch = function fetch(...args) {
-      pending++;
-      let result;
-      try { result = fetch0.apply(this, args); } catch (e) { done(); throw e; }
-      Promise.resolve(result).then(done, done);
-      return result;
-    };
-  }
+  // A call returning a promise, counted until it settles.
+  const counted = (call) => function (...args) {
+    pending++;
+    let result;
+    try { result = call.apply(this, args); } catch (e) { done(); throw e; }
+    Promise.resolve(result).then(done, done);
+    return result;
+  };
+  if (typeof window.fetch === 'function') window.fetch = counted(window.fetch);
   const XHR = window.XMLHttpRequest;
   if (XHR) {
     const send0 = XHR.prototype.send;
@@ -134,15 +133,7 @@ TRACKER_JS: Final = r"""
   // A fetch() resolves with the headers; the text waits for the body read after it.
   const body = window.Response && window.Response.prototype;
   if (body) for (const name of ['text', 'json', 'arrayBuffer', 'blob', 'formData']) {
-    const read0 = body[name];
-    if (typeof read0 !== 'function') continue;
-    body[name] = function (...args) {
-      pending++;
-      let result;
-      try { result = read0.apply(this, args); } catch (e) { done(); throw e; }
-      Promise.resolve(result).then(done, done);
-      return result;
-    };
+    if (typeof body[name] === 'function') body[name] = counted(body[name]);
   }
   // Messages: schedulers (React's among them) run their work in message tasks, each
   // posting the next; a post counts for POSTED_MS, long enough to bridge to the next one.
