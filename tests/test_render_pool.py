@@ -9,6 +9,7 @@ import signal
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 import pytest
@@ -45,6 +46,9 @@ from tests.pipeline_helpers import (
     write_urls,
 )
 from tests.site import LoopbackSite
+
+if TYPE_CHECKING:
+    from playwright.async_api import Page
 
 
 def site_settings(site: LoopbackSite, **overrides: object) -> Settings:
@@ -237,6 +241,12 @@ async def test_settling_waits_for_timers_frames_promises_and_imports(
     assert word in await rig.render_text(site.url(path))
 
 
+def page_showing(rig: Rig, path: str) -> Page:
+    """The open tab's page that last rendered ``path``."""
+    session = next(iter(rig.pool._sessions))
+    return next(t.page for t in session.tabs if t.page.url.endswith(path))
+
+
 async def test_a_body_read_counts_until_the_body_has_arrived(
     site: LoopbackSite, rig_factory: list[Rig]
 ) -> None:
@@ -245,8 +255,7 @@ async def test_a_body_read_counts_until_the_body_has_arrived(
     # arrived (a stream not yet closed) counts in the page's tracker until it has.
     rig = await start_rig(rig_factory, site_settings(site))
     await rig.render_text(site.url("/spa/1"))
-    session = next(iter(rig.pool._sessions))
-    page = next(t.page for t in session.tabs if t.page.url.endswith("/spa/1"))
+    page = page_showing(rig, "/spa/1")
     busy = await page.evaluate(
         """async () => {
           let feed;
@@ -268,8 +277,7 @@ async def test_the_html_is_read_in_the_page_and_matches_playwrights(
     # replacing them cannot break it), and it is what page.content() gives.
     rig = await start_rig(rig_factory, site_settings(site))
     await rig.render_text(site.url("/spa/2"))
-    session = next(iter(rig.pool._sessions))
-    page = next(t.page for t in session.tabs if t.page.url.endswith("/spa/2"))
+    page = page_showing(rig, "/spa/2")
     await page.evaluate("() => { XMLSerializer.prototype.serializeToString = () => 'x'; }")
     ours = await page.evaluate(PAGE_HTML_JS)
     await page.evaluate("() => { delete XMLSerializer.prototype.serializeToString; }")
